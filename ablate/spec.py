@@ -1,0 +1,126 @@
+"""Validated configuration: one training run (TrialConfig)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MethodName = Literal[
+    "dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline", "zeroshot"
+]
+DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrialConfig(StrictModel):
+    """Everything that defines one trial: one method on one dataset at one label ratio."""
+
+    # what is compared
+    method: MethodName = "dualcoop"
+    dataset: DatasetName = "synthetic"
+    data_root: Path | None = Field(
+        None, description="dataset root; for `synthetic` a folder to generate into (default: cache dir)"
+    )
+    label_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of (image, class) labels kept")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of train images held out for model selection")
+    voc_difficult: Literal["negative", "positive", "ignore"] = "negative"
+    synthetic_images: int = Field(240, ge=20, description="train images of the generated synthetic set")
+
+    # backbone
+    backbone: str = Field("ablate-tiny-rn", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
+    pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
+    image_size: int | None = Field(None, ge=16, description="input size; default: the model's own")
+
+    # prompts / method options
+    n_ctx: int = Field(16, ge=1, le=64)
+    csc: bool = Field(True, description="class-specific contexts (else one shared context)")
+    ctx_init: str | None = Field(None, description="phrase to initialise contexts from; None = N(0, 0.02)")
+    prompt_residual: bool = Field(False, description="PositiveCoOp/NegativeCoOp: free residual on the prompt side")
+    temperature: float = Field(20.0, gt=0, description="cosine scale inside the spatial aggregation")
+    logit_scale: float = Field(5.0, gt=0, description="scale of the aggregated class logit")
+    zeroshot_positive: str = "a photo of a {}."
+    zeroshot_negative: str = "a photo without a {}."
+
+    # loss
+    loss: Literal["asl_softmax", "asl_sigmoid"] = "asl_softmax"
+    gamma_neg: float | None = Field(None, ge=0, description="default 2 (softmax variant) or 4 (sigmoid)")
+    gamma_pos: float = Field(1.0, ge=0)
+    clip: float = Field(0.05, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    reduction: Literal["mean", "sum"] = "mean"
+    loss_weight: float = Field(1.0, gt=0)
+
+    # optimisation
+    epochs: int = Field(50, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.002, gt=0, description="learning rate of prompt contexts")
+    free_lr_mult: float = Field(100.0, gt=0, description="free embeddings learn at lr x this")
+    linear_lr_mult: float = Field(1.0, gt=0, description="baseline linear head learns at lr x this")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    free_weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, gt=0)
+    augment: bool = Field(True, description="Cutout + RandAugment on training images")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    amp: bool = Field(True, description="autocast (fp16) on CUDA")
+    num_workers: int = Field(2, ge=0)
+    cache_dir: Path | None = Field(None, description="where masks and generated data go (default ./.ablate_cache)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrialConfig":
+        if self.ctx_init is not None and not self.ctx_init.strip():
+            raise ValueError("ctx_init must be a non-empty phrase or null")
+        for name in ("zeroshot_positive", "zeroshot_negative"):
+            if "{}" not in getattr(self, name):
+                raise ValueError(f"{name} must contain '{{}}' where the class name goes")
+        return self
+
+    @property
+    def resolved_gamma_neg(self) -> float:
+        if self.gamma_neg is not None:
+            return self.gamma_neg
+        return 2.0 if self.loss == "asl_softmax" else 4.0
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(".ablate_cache")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: source, dotted field path, message."""
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check spelling; `ablate train --help` lists the fields)"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+class ConfigError(ValueError):
+    """A configuration problem that names the file and field; nothing was run."""
+
+
+def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
+    """Read a YAML TrialConfig; `overrides` (e.g. CLI flags) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrialConfig fields at the top level")
+    data.update(overrides or {})
+    try:
+        return TrialConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from None
