@@ -1,0 +1,255 @@
+"""Frozen open_clip backbone: loading, dense image features and a prompt text encoder.
+
+One door, `create_backbone(name, pretrained, image_size, device)`:
+- `name`: any open_clip model name, or one of the tiny configs shipped here (`ablate-tiny-vit`,
+  `ablate-tiny-rn`), registered with open_clip so they work wherever a model name is accepted.
+- `pretrained`: an open_clip tag (e.g. `openai`), a local checkpoint file (open_clip or
+  OpenAI-format state dict, possibly wrapped under "state_dict"/"model", or an OpenAI TorchScript
+  archive), or `none` for random weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+open_clip.add_model_config(CONFIG_DIR)
+
+# Keys OpenAI's own checkpoints carry that are not parameters of open_clip's CLIP.
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+class BackboneError(ValueError):
+    """The backbone name, weights or tower type cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    pretrained: str
+    image_size: int
+    embed_dim: int  # joint space width (dense features and text features)
+    text_width: int  # token embedding width (learned contexts)
+    tower: str  # "resnet" or "vit"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    quick_gelu: bool
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise BackboneError(f"{path} does not hold a state dict (or one under 'state_dict'/'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
+    """Load a local checkpoint safely -> (state dict, is OpenAI format)."""
+    if not path.is_file():
+        raise BackboneError(f"checkpoint file not found: {path}")
+    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        # TorchScript archive (OpenAI's released .pt files): no pickle is executed here.
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
+    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    is_openai = any(k in state for k in _OPENAI_EXTRA_KEYS)
+    for k in _OPENAI_EXTRA_KEYS:
+        state.pop(k, None)
+    return state, is_openai
+
+
+def weights_fingerprint(pretrained: str) -> str:
+    """Stable id of the weights: the tag itself, or a hash of a local file's bytes."""
+    path = Path(pretrained)
+    if pretrained.lower() == "none" or not path.is_file():
+        return pretrained.lower()
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _build_clip(name: str, pretrained: str, image_size: int | None) -> tuple[nn.Module, bool]:
+    if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
+        raise BackboneError(
+            f"unknown backbone '{name}'; use an open_clip model name (open_clip.list_models()) "
+            f"or one of {', '.join(TINY_MODELS)}"
+        )
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    if pretrained.lower() == "none":
+        return open_clip.create_model(name, pretrained=None, **kwargs), "quickgelu" in name
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors") or path.exists():
+        state, is_openai = read_checkpoint(path)
+        # OpenAI weights were trained with QuickGELU; another activation gives wrong features silently.
+        quick = is_openai or "quickgelu" in name
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
+        _load_state(model, state, path)
+        return model, quick
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise BackboneError(
+            f"'{pretrained}' is neither a local file nor an open_clip tag of {name} "
+            f"(tags: {', '.join(tags) or 'none'}); pass a checkpoint path or 'none'"
+        )
+    model = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+    return model, "quickgelu" in name or pretrained == "openai"
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    target = model.state_dict()
+    # Positional embeddings of another input size are resized on use, so copy them as stored.
+    for key in ("visual.positional_embedding", "visual.attnpool.positional_embedding"):
+        if key in state and key in target and state[key].shape != target[key].shape:
+            owner = model.get_submodule(key.rsplit(".", 1)[0])
+            owner.positional_embedding = nn.Parameter(state[key].clone())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "logit_bias"]
+    if missing or unexpected:
+        raise BackboneError(
+            f"{path} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            "(is --backbone the model the checkpoint was trained as?)"
+        )
+
+
+class Backbone(nn.Module):
+    """A frozen CLIP: always in eval mode, no parameter requires grad."""
+
+    def __init__(self, model: nn.Module, info: BackboneInfo) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.info = info
+        self.tokenizer = open_clip.get_tokenizer(info.name)
+        text = model.text if hasattr(model, "text") else model
+        if getattr(text, "text_pool_type", "argmax") != "argmax":
+            raise BackboneError(f"{info.name}: prompt learning needs an argmax (EOT) text pool")
+        self.text = text
+        self._pos_cache: dict[tuple[int, int], Tensor] = {}
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(False)  # BatchNorm statistics and dropout stay frozen
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.model.visual
+
+    # ---- image side -------------------------------------------------------------------------
+    def _resized_pos(self, pos: Tensor, grid: tuple[int, int]) -> Tensor:
+        """[1 + g*g, C] -> [1 + h*w, C], bicubic on the spatial part, class/mean token kept."""
+        side = int(round((pos.shape[0] - 1) ** 0.5))
+        if (side, side) == grid:
+            return pos
+        key = (pos.data_ptr(), *grid)
+        if key not in self._pos_cache:
+            spatial = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+            spatial = F.interpolate(spatial, size=grid, mode="bicubic", align_corners=False)
+            spatial = spatial.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+            self._pos_cache[key] = torch.cat([pos[:1], spatial], dim=0)
+        return self._pos_cache[key]
+
+    def _dense_resnet(self, images: Tensor) -> Tensor:
+        v = self.visual
+        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        x = x + self._resized_pos(v.attnpool.positional_embedding, (h, w)).to(x.dtype)
+        # The attention pool's value and output projections, applied at every location.
+        return v.attnpool.c_proj(v.attnpool.v_proj(x))
+
+    def _dense_vit(self, images: Tensor) -> Tensor:
+        v = self.visual
+        if v.attn_pool is not None:
+            raise BackboneError(f"{self.info.name}: ViTs with attentional pooling have no dense tokens")
+        x = v.conv1(images)
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self._resized_pos(v.positional_embedding, (h, w)).to(x.dtype)
+        x = v.transformer(v.ln_pre(v.patch_dropout(x)))
+        x = v.ln_post(x)
+        return x @ v.proj if v.proj is not None else x
+
+    @torch.no_grad()
+    def dense_features(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, HW + 1, D]; token 0 is the global (mean or class) token."""
+        if self.info.tower == "resnet":
+            return self._dense_resnet(images)
+        return self._dense_vit(images)
+
+    # ---- text side --------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> Tensor:
+        return self.tokenizer(texts).to(self.text.token_embedding.weight.device)
+
+    @torch.no_grad()
+    def token_embedding(self, tokens: Tensor) -> Tensor:
+        return self.text.token_embedding(tokens)
+
+    def encode_embeddings(self, embeddings: Tensor, eot: Tensor, truncate: bool = True) -> Tensor:
+        """Token embeddings [K, 77, W] (learned contexts inside) + EOT positions [K] -> [K, D].
+
+        With the causal mask the EOT output depends only on the tokens up to it, so cutting every
+        sequence after the longest EOT gives the same result for a fraction of the cost.
+        """
+        t = self.text
+        length = int(eot.max()) + 1 if truncate else embeddings.shape[1]
+        x = embeddings[:, :length] + t.positional_embedding[:length].to(embeddings.dtype)
+        mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
+        x = t.ln_final(t.transformer(x, attn_mask=mask))
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = t.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenize(texts)
+        return self.encode_embeddings(self.token_embedding(tokens), tokens.argmax(dim=-1))
+
+
+def _tower(visual: nn.Module, name: str) -> str:
+    if isinstance(visual, ModifiedResNet):
+        return "resnet"
+    if isinstance(visual, VisionTransformer):
+        return "vit"
+    raise BackboneError(
+        f"{name}: dense features need an open_clip ModifiedResNet or VisionTransformer image tower, "
+        f"got {type(visual).__name__}"
+    )
+
+
+def create_backbone(
+    name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu"
+) -> Backbone:
+    model, quick = _build_clip(name, pretrained, image_size)
+    visual = model.visual
+    pre = getattr(visual, "preprocess_cfg", {}) or {}
+    size = visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    token_width = (model.text if hasattr(model, "text") else model).token_embedding.weight.shape[1]
+    info = BackboneInfo(
+        name=name,
+        pretrained=pretrained,
+        image_size=int(image_size or size),
+        embed_dim=int(visual.output_dim),
+        text_width=int(token_width),
+        tower=_tower(visual, name),
+        mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
+        quick_gelu=quick,
+    )
+    return Backbone(model, info).to(device)

@@ -1,0 +1,117 @@
+"""Command line: `ablate train ...` (one trial)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .backbone import BackboneError
+from .data import DataError
+from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
+
+# flag -> TrialConfig field for the common options; any field can also come from --config.
+TRAIN_FLAGS: dict[str, tuple[str, type]] = {
+    "--method": ("method", str),
+    "--dataset": ("dataset", str),
+    "--data-root": ("data_root", str),
+    "--label-ratio": ("label_ratio", float),
+    "--backbone": ("backbone", str),
+    "--pretrained": ("pretrained", str),
+    "--image-size": ("image_size", int),
+    "--n-ctx": ("n_ctx", int),
+    "--ctx-init": ("ctx_init", str),
+    "--epochs": ("epochs", int),
+    "--batch-size": ("batch_size", int),
+    "--lr": ("lr", float),
+    "--seed": ("seed", int),
+    "--device": ("device", str),
+    "--loss": ("loss", str),
+    "--num-workers": ("num_workers", int),
+    "--cache-dir": ("cache_dir", str),
+}
+BOOL_FLAGS = {"csc": "class-specific contexts", "augment": "training augmentation",
+              "prompt-residual": "free residual on the prompt side", "amp": "autocast on CUDA"}
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train and evaluate one trial",
+                       description="Train one method on one dataset at one label ratio; writes metrics.json.")
+    p.add_argument("--config", type=Path, help="YAML file of TrialConfig fields (flags override it)")
+    for flag, (field, typ) in TRAIN_FLAGS.items():
+        desc = TrialConfig.model_fields[field].description or ""
+        p.add_argument(flag, dest=field, type=typ, default=None, help=desc)
+    for name, desc in BOOL_FLAGS.items():
+        p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                       default=None, help=desc)
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (metrics.json, checkpoint)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and trainable parameter count; load no data, train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def resolve_config(args: argparse.Namespace) -> TrialConfig:
+    fields = [f for f, _ in TRAIN_FLAGS.values()] + [n.replace("-", "_") for n in BOOL_FLAGS]
+    overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if args.config is not None:
+        return load_trial_config(args.config, overrides)
+    try:
+        return TrialConfig(**overrides)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "command-line flags")) from None
+
+
+def dry_run(cfg: TrialConfig) -> dict:
+    """Build the model with random weights (the count does not depend on them) and count parameters."""
+    from .backbone import create_backbone
+    from .data.classnames import class_names
+    from .methods import create_method
+
+    backbone = create_backbone(cfg.backbone, "none", cfg.image_size)
+    method = create_method(cfg, backbone, class_names(cfg.dataset))
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "trainable_params": method.trainable_params(),
+        "num_classes": method.n_classes,
+        "embed_dim": backbone.info.embed_dim,
+        "text_width": backbone.info.text_width,
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.dry_run:
+        print(json.dumps(dry_run(cfg), indent=2))
+        return 0
+    from .trainer import run_trial
+
+    metrics = run_trial(cfg, args.out, progress=not args.quiet)
+    summary = {k: metrics[k] for k in ("method", "dataset", "label_ratio", "trainable_params",
+                                       "best_val_map", "test_map", "last_test_map", "train_time_s")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out / 'metrics.json'}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, BackboneError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""COCO 2014 (and the generated synthetic set, which uses the same layout).
+
+Layout::
+
+    <root>/annotations/instances_train2014.json   -> split "train"
+    <root>/annotations/instances_val2014.json     -> split "test"
+    <root>/train2014/<file_name>                  images named by the json's "file_name"
+    <root>/val2014/<file_name>
+
+Category ids are not contiguous (1..90 for COCO): label column j is the j-th smallest id,
+and class names come from the json. Every image in "images" is kept, also those without
+annotations (all-negative rows); crowd annotations count as present, as in the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from .base import DataError, LabelledImages, check_images_exist
+from .classnames import class_names
+
+LAYOUT = (
+    "<root>/annotations/instances_{train,val}2014.json and <root>/{train,val}2014/<file_name> "
+    "(train2014 = train split, val2014 = test split)"
+)
+_SPLITS = {"train": "train2014", "test": "val2014"}
+
+
+def coco_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Path]:
+    """(annotation json, image folder) of a split."""
+    folder = _SPLITS[split]
+    return root / "annotations" / f"instances_{folder}.json", root / folder
+
+
+def check_coco_root(root: Path, dataset: str = "coco2014") -> None:
+    """Raise DataError unless both splits' annotation files and image folders exist."""
+    if not root.is_dir():
+        raise DataError(f"{dataset} root {root} does not exist; expected layout: {LAYOUT}")
+    for split in _SPLITS:
+        ann, images = coco_files(root, split)
+        if not ann.is_file():
+            raise DataError(f"{dataset} root {root} is missing {ann.relative_to(root)}; expected layout: {LAYOUT}")
+        if not images.is_dir():
+            raise DataError(
+                f"{dataset} root {root} is missing the folder {images.relative_to(root)}/; expected layout: {LAYOUT}"
+            )
+
+
+def _read(ann: Path, dataset: str) -> COCO:
+    try:
+        with ann.open() as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{dataset}: cannot read {ann} as JSON ({err}); expected layout: {LAYOUT}") from None
+    if not isinstance(data, dict) or not {"images", "categories"} <= data.keys():
+        raise DataError(f"{dataset}: {ann} needs top-level 'images' and 'categories' lists (COCO instances format)")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+    except (KeyError, TypeError) as err:
+        raise DataError(f"{dataset}: {ann} is not in COCO instances format (bad entry: {err!r})") from None
+    return coco
+
+
+def load_coco(
+    root: Path, split: Literal["train", "test"], dataset: str | None = "coco2014"
+) -> LabelledImages:
+    """Load one split; `dataset` (a built-in name) checks the class count, None skips that check."""
+    root = Path(root).expanduser().absolute()
+    check_coco_root(root, dataset or "coco")
+    ann, image_dir = coco_files(root, split)
+    coco = _read(ann, dataset or "coco")
+
+    cat_ids = sorted(coco.cats)
+    names = [coco.cats[c]["name"] for c in cat_ids]
+    if dataset is not None and len(names) != len(class_names(dataset)):
+        raise DataError(
+            f"{dataset}: {ann} has {len(names)} categories, expected {len(class_names(dataset))}; "
+            f"is this the right annotation file?"
+        )
+    img_ids = sorted(coco.imgs)
+    row = {img_id: i for i, img_id in enumerate(img_ids)}
+    col = {cat_id: j for j, cat_id in enumerate(cat_ids)}
+
+    labels = np.zeros((len(img_ids), len(cat_ids)), dtype=np.int8)
+    for a in coco.anns.values():
+        if a["image_id"] not in row or a["category_id"] not in col:
+            raise DataError(
+                f"{dataset or 'coco'}: {ann} annotation {a.get('id')} refers to an unknown "
+                f"image_id {a['image_id']} or category_id {a['category_id']}"
+            )
+        labels[row[a["image_id"]], col[a["category_id"]]] = 1
+
+    paths = [image_dir / coco.imgs[i]["file_name"] for i in img_ids]
+    check_images_exist(paths, dataset or "coco", LAYOUT)
+    return LabelledImages(paths, labels, names)

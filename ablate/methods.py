@@ -1,0 +1,173 @@
+"""The compared methods behind one interface: dense features [B, L, D] in, logits [B, 2, N] out.
+
+Each side of the 2x2 (positive / negative class embedding) is either a learned prompt through the
+frozen text encoder or a free vector in the joint space:
+
+| method        | positive side | negative side |
+| dualcoop      | prompt        | prompt        |
+| positivecoop  | prompt        | free          |
+| negativecoop  | free          | prompt        |
+| dualembed     | free          | free          |  (the missing corner: no text encoder at all)
+
+plus `baseline` (a linear layer at every location, no text) and `zeroshot` (hand-written positive
+and negated prompts, nothing trained). Logit index 0 is the negative, 1 the positive.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .aggregation import aggregate, aggregate_outputs
+from .backbone import Backbone
+from .prompts import PromptLearner
+from .spec import TrialConfig
+
+# Parameter kinds, each with its own learning rate and weight decay in the trainer.
+PROMPT, FREE, LINEAR = "prompt", "free", "linear"
+
+
+class PromptSide(nn.Module):
+    """A class embedding produced by a learned prompt (optionally plus a free residual)."""
+
+    kind = PROMPT
+
+    def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig, residual: bool) -> None:
+        super().__init__()
+        self.prompts = PromptLearner(backbone, classnames, cfg.n_ctx, cfg.csc, cfg.ctx_init)
+        self._backbone = (backbone,)  # a reference, not a submodule: the backbone is never trained
+        dim = backbone.info.embed_dim
+        self.residual = nn.Parameter(torch.zeros(len(classnames), dim)) if residual else None
+
+    def forward(self) -> Tensor:
+        feats = self._backbone[0].encode_embeddings(self.prompts(), self.prompts.eot)
+        return feats + self.residual if self.residual is not None else feats
+
+
+class FreeSide(nn.Module):
+    """A class embedding learned directly in the joint space."""
+
+    kind = FREE
+
+    def __init__(self, n_classes: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(n_classes, dim) * 0.02)
+
+    def forward(self) -> Tensor:
+        return self.embedding
+
+
+class Method(nn.Module):
+    """Base: `class_embeddings()` once per pass (cheap to reuse at eval), `forward` per batch."""
+
+    name: str = ""
+    trainable: bool = True
+
+    def __init__(self, cfg: TrialConfig, n_classes: int) -> None:
+        super().__init__()
+        self.temperature, self.logit_scale, self.n_classes = cfg.temperature, cfg.logit_scale, n_classes
+
+    def class_embeddings(self) -> tuple[Tensor, Tensor] | None:
+        return None
+
+    def head(self, dense: Tensor, embeddings: tuple[Tensor, Tensor] | None) -> Tensor:
+        positive, negative = embeddings
+        return aggregate(dense, positive, negative, self.temperature, self.logit_scale)
+
+    def forward(self, dense: Tensor, embeddings: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        if embeddings is None:
+            embeddings = self.class_embeddings()
+        return self.head(dense, embeddings)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by kind: prompt contexts, free embeddings, linear layers."""
+        groups: dict[str, list[nn.Parameter]] = {PROMPT: [], FREE: [], LINEAR: []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.endswith("prompts.ctx"):
+                groups[PROMPT].append(p)
+            elif isinstance(self, Baseline):
+                groups[LINEAR].append(p)
+            else:
+                groups[FREE].append(p)  # free embeddings and prompt-side residuals
+        return groups
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class TwoSided(Method):
+    """Positive and negative class embeddings, each a prompt or a free vector."""
+
+    def __init__(
+        self, backbone: Backbone, classnames: list[str], cfg: TrialConfig, positive: str, negative: str
+    ) -> None:
+        super().__init__(cfg, len(classnames))
+        self.positive = self._side(positive, backbone, classnames, cfg)
+        self.negative = self._side(negative, backbone, classnames, cfg)
+
+    @staticmethod
+    def _side(kind: str, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> nn.Module:
+        if kind == FREE:
+            return FreeSide(len(classnames), backbone.info.embed_dim)
+        return PromptSide(backbone, classnames, cfg, residual=cfg.prompt_residual)
+
+    def class_embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.positive(), self.negative()
+
+
+class Baseline(Method):
+    """Vision only: a linear layer D -> 2N at every location, each output with its own spatial softmax."""
+
+    name = "baseline"
+
+    def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> None:
+        super().__init__(cfg, len(classnames))
+        self.linear = nn.Linear(backbone.info.embed_dim, 2 * len(classnames))
+
+    def head(self, dense: Tensor, embeddings: None) -> Tensor:
+        logits = aggregate_outputs(self.linear(dense), self.logit_scale)  # [B, 2N]: negatives first
+        return logits.view(dense.shape[0], 2, self.n_classes)
+
+
+class ZeroShot(Method):
+    """Hand-written positive and negated prompts; nothing is trained."""
+
+    name = "zeroshot"
+    trainable = False
+
+    def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> None:
+        super().__init__(cfg, len(classnames))
+        self.register_buffer("pos", backbone.encode_text([cfg.zeroshot_positive.format(c) for c in classnames]))
+        self.register_buffer("neg", backbone.encode_text([cfg.zeroshot_negative.format(c) for c in classnames]))
+
+    def class_embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.pos, self.neg
+
+
+def _two_sided(positive: str, negative: str) -> Callable[[Backbone, list[str], TrialConfig], Method]:
+    def build(backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> Method:
+        return TwoSided(backbone, classnames, cfg, positive, negative)
+
+    return build
+
+
+METHODS: dict[str, Callable[[Backbone, list[str], TrialConfig], Method]] = {
+    "dualcoop": _two_sided(PROMPT, PROMPT),
+    "positivecoop": _two_sided(PROMPT, FREE),
+    "negativecoop": _two_sided(FREE, PROMPT),
+    "dualembed": _two_sided(FREE, FREE),
+    "baseline": Baseline,
+    "zeroshot": ZeroShot,
+}
+
+
+def create_method(cfg: TrialConfig, backbone: Backbone, classnames: list[str]) -> Method:
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method '{cfg.method}'; choose from {', '.join(METHODS)}")
+    method = METHODS[cfg.method](backbone, classnames, cfg)
+    method.name = cfg.method
+    return method

@@ -1,0 +1,278 @@
+"""One trial: a TrialConfig in, metrics out. The CLI and the sweep layer both call `run_trial`.
+
+Model selection uses the validation split carved from the (partially labelled) training split;
+the test split is scored only with the parameters of the best-validation epoch and of the last.
+A checkpoint (trainable parameters, optimizer, best-so-far, history) is written after every
+epoch; every epoch's randomness is derived from (seed, epoch), so a resumed trial repeats the
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .backbone import Backbone, create_backbone
+from .data import MultiLabelDataset, check_root, load_splits
+from .data.transforms import build_transform
+from .loss import AsymmetricLoss
+from .methods import FREE, LINEAR, PROMPT, Method, create_method
+from .metrics import multilabel_metrics
+from .spec import TrialConfig
+
+CHECKPOINT = "checkpoint.pt"
+Reporter = Callable[[dict, Path | None], None]
+
+
+class TrialDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the message says when."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % 2**31
+
+
+def _worker_init(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
+    mult = {PROMPT: 1.0, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
+    decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: cfg.weight_decay}
+    groups = [
+        {"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
+        for kind, params in method.param_groups().items()
+        if params
+    ]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def lr_at(epoch: int, cfg: TrialConfig) -> float:
+    """Constant warm-up, then cosine from `lr` to 0 over the remaining epochs (stepped per epoch)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    span = max(cfg.epochs - cfg.warmup_epochs, 1)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base * group["lr_mult"]
+
+
+def trainable_state(method: Method) -> dict[str, Tensor]:
+    return {k: p.detach().cpu().clone() for k, p in method.named_parameters() if p.requires_grad}
+
+
+class Trial:
+    """Holds what one trial needs; `run()` trains, selects on val and scores test."""
+
+    def __init__(self, cfg: TrialConfig, out_dir: Path | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        check_root(cfg)  # fail on a bad data root before loading any model
+        seed_everything(cfg.seed)
+        self.backbone: Backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, self.device)
+        self.splits = load_splits(cfg)
+        self.classnames = self.splits["train"].classnames
+        self.method = create_method(cfg, self.backbone, self.classnames).to(self.device)
+        self.loss_fn = AsymmetricLoss(
+            cfg.loss, cfg.gamma_neg, cfg.gamma_pos, cfg.clip, cfg.eps, cfg.reduction, cfg.loss_weight
+        )
+        self.optimizer = build_optimizer(self.method, cfg) if self.method.trainable else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    # ---- data ---------------------------------------------------------------------------------
+    def loader(self, split: str, train: bool, epoch: int = 0) -> DataLoader:
+        info = self.backbone.info
+        transform = build_transform(info.image_size, info.mean, info.std, train=train, augment=self.cfg.augment)
+        generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        workers = self.cfg.num_workers
+        return DataLoader(
+            MultiLabelDataset(self.splits[split], transform),
+            batch_size=self.cfg.batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+            worker_init_fn=_worker_init if workers else None,
+            persistent_workers=False,
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # ---- steps --------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        seed_everything(_epoch_seed(self.cfg.seed, epoch))  # augmentation randomness, resumable
+        set_lr(self.optimizer, lr_at(epoch, self.cfg))
+        self.method.train()
+        total, batches = 0.0, 0
+        bar = tqdm(self.loader("train", True, epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   disable=not self.progress, leave=False)
+        for step, (images, targets) in enumerate(bar):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with self.autocast():
+                dense = self.backbone.dense_features(images)
+                logits = self.method(dense)
+            loss = self.loss_fn(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise TrialDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                                    f"(lr {lr_at(epoch, self.cfg):g}); lower lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total, batches = total + loss.item(), batches + 1
+            bar.set_postfix(loss=f"{total / batches:.4f}")
+        return total / max(batches, 1)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        self.method.eval()
+        with self.autocast():
+            embeddings = self.method.class_embeddings()  # once per pass, not per batch
+        scores, targets = [], []
+        for images, target in self.loader(split, train=False):
+            with self.autocast():
+                logits = self.method(self.backbone.dense_features(images.to(self.device)), embeddings)
+            scores.append(logits.float().softmax(dim=1)[:, 1].cpu())
+            targets.append(target)
+        return multilabel_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy())
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, state: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+
+    def load_checkpoint(self, path: Path) -> dict:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("config") != self.cfg.model_dump(mode="json"):
+            raise ValueError(f"checkpoint {path} was written by a different configuration; "
+                             "use another --out or delete the checkpoint")
+        self.method.load_state_dict(state["trainable"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        return state
+
+    # ---- the trial ----------------------------------------------------------------------------
+    def run(self, checkpoint_dir: Path | None = None, report: Reporter | None = None) -> dict:
+        cfg = self.cfg
+        ckpt_dir = checkpoint_dir or self.out_dir
+        ckpt = Path(ckpt_dir) / CHECKPOINT if ckpt_dir else None
+        history: list[dict] = []
+        best = {"val_map": -math.inf, "epoch": -1, "state": trainable_state(self.method)}
+        start, elapsed = 0, 0.0
+        if ckpt is not None and ckpt.exists() and self.method.trainable:
+            state = self.load_checkpoint(ckpt)
+            history, best, start, elapsed = state["history"], state["best"], state["epoch"] + 1, state["elapsed"]
+        epochs = cfg.epochs if self.method.trainable else 0
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            loss = self.train_epoch(epoch)
+            val = self.evaluate("val")
+            elapsed += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "loss": loss, "val_map": val["mAP"], "lr": lr_at(epoch, cfg),
+                   "time_s": elapsed}
+            history.append(row)
+            if val["mAP"] > best["val_map"]:
+                best = {"val_map": val["mAP"], "epoch": epoch + 1, "state": trainable_state(self.method)}
+            if self.progress:
+                tqdm.write(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val mAP {val['mAP']:.2f}  "
+                           f"best {best['val_map']:.2f} @ {best['epoch']}")
+            if ckpt is not None:
+                self.save_checkpoint(ckpt, {
+                    "config": cfg.model_dump(mode="json"), "epoch": epoch, "elapsed": elapsed,
+                    "trainable": trainable_state(self.method), "optimizer": self.optimizer.state_dict(),
+                    "best": best, "history": history,
+                })
+            if report is not None:
+                report(dict(row), ckpt.parent if ckpt is not None else None)
+        return self.finish(history, best, elapsed)
+
+    def finish(self, history: list[dict], best: dict, elapsed: float) -> dict:
+        last_state = trainable_state(self.method)
+        last_test = self.evaluate("test")
+        if self.method.trainable and best["epoch"] > 0:
+            self.method.load_state_dict(best["state"], strict=False)
+            test = self.evaluate("test")
+            self.method.load_state_dict(last_state, strict=False)
+        else:
+            test = last_test
+        val = self.evaluate("val") if not history else None
+        info = self.backbone.info
+        return {
+            "method": self.cfg.method,
+            "dataset": self.cfg.dataset,
+            "label_ratio": self.cfg.label_ratio,
+            "trainable_params": self.method.trainable_params(),
+            "best_val_map": best["val_map"] if history else val["mAP"],
+            "best_epoch": best["epoch"] if history else 0,
+            "test_map": test["mAP"],
+            "last_test_map": last_test["mAP"],
+            "last_val_map": history[-1]["val_map"] if history else val["mAP"],
+            "test_metrics": {k: v for k, v in test.items() if k != "per_class_ap"},
+            "per_class_ap": dict(zip(self.classnames, test["per_class_ap"])),
+            "train_time_s": elapsed,
+            "epochs": len(history),
+            "history": history,
+            "split_sizes": {k: len(v) for k, v in self.splits.items()},
+            "device": str(self.device),
+            "backbone": {"name": info.name, "pretrained": info.pretrained, "image_size": info.image_size,
+                         "embed_dim": info.embed_dim, "tower": info.tower, "quick_gelu": info.quick_gelu},
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+
+def run_trial(
+    cfg: TrialConfig,
+    out_dir: Path | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    report: Reporter | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train and evaluate one trial; writes `metrics.json` (and checkpoints) into `out_dir`."""
+    trial = Trial(cfg, out_dir, progress)
+    metrics = trial.run(checkpoint_dir, report)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
