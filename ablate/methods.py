@@ -51,9 +51,9 @@ class FreeSide(nn.Module):
 
     kind = FREE
 
-    def __init__(self, n_classes: int, dim: int) -> None:
+    def __init__(self, n_classes: int, dim: int, std: float) -> None:
         super().__init__()
-        self.embedding = nn.Parameter(torch.randn(n_classes, dim) * 0.02)
+        self.embedding = nn.Parameter(torch.randn(n_classes, dim) * std)
 
     def forward(self) -> Tensor:
         return self.embedding
@@ -112,7 +112,7 @@ class TwoSided(Method):
     @staticmethod
     def _side(kind: str, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> nn.Module:
         if kind == FREE:
-            return FreeSide(len(classnames), backbone.info.embed_dim)
+            return FreeSide(len(classnames), backbone.info.embed_dim, cfg.free_init_std)
         return PromptSide(backbone, classnames, cfg, residual=cfg.prompt_residual)
 
     def class_embeddings(self) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ class TrialConfig(StrictModel):
     synthetic_images: int = Field(240, ge=20, description="train images of the generated synthetic set")
 
     # backbone
-    backbone: str = Field("ablate-tiny-rn", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
+    backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
     pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
     image_size: int | None = Field(None, ge=16, description="input size; default: the model's own")
 
@@ -44,6 +44,9 @@ class TrialConfig(StrictModel):
     csc: bool = Field(True, description="class-specific contexts (else one shared context)")
     ctx_init: str | None = Field(None, description="phrase to initialise contexts from; None = N(0, 0.02)")
     prompt_residual: bool = Field(False, description="PositiveCoOp/NegativeCoOp: free residual on the prompt side")
+    free_init_std: float = Field(
+        1.0, gt=0, description="std of free embeddings at init; only their direction is scored, so a "
+        "larger norm means smaller angular steps at the 100x learning rate")
     temperature: float = Field(20.0, gt=0, description="cosine scale inside the spatial aggregation")
     logit_scale: float = Field(5.0, gt=0, description="scale of the aggregated class logit")
     zeroshot_positive: str = "a photo of a {}."

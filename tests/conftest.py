@@ -1,0 +1,28 @@
+"""Shared fixtures: one generated synthetic data set per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ablate.spec import TrialConfig
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ablate_cache")
+
+
+@pytest.fixture()
+def tiny_cfg(cache_dir: Path):
+    """A fast trial on the synthetic set: tiny ViT CLIP (random weights keep images apart, unlike the random ResNet), CPU."""
+
+    def make(**overrides) -> TrialConfig:
+        base = dict(dataset="synthetic", synthetic_images=80, backbone="ablate-tiny-vit", pretrained="none",
+                    n_ctx=4, epochs=2, warmup_epochs=0, batch_size=16, num_workers=0, augment=False,
+                    device="cpu", cache_dir=cache_dir)
+        base.update(overrides)
+        return TrialConfig(**base)
+
+    return make
