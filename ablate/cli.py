@@ -1,4 +1,4 @@
-"""Command line: `ablate train ...` (one trial)."""
+"""Command line: `ablate train` (one trial), `ablate sweep` (a spec on Ray Tune)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from .backbone import BackboneError
 from .data import DataError
+from .tracking import TrackingError
 from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
 
 # flag -> TrialConfig field for the common options; any field can also come from --config.
@@ -96,19 +97,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run a tune_specs/*.yaml sweep on Ray Tune, tracked in MLflow",
+                       description="Expand a sweep spec into trials and run them on Ray (a running cluster "
+                                   "if there is one, else local Ray); every trial lands in MLflow.")
+    p.add_argument("--spec", required=True, help="spec file (relative paths: working dir, then the project)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep: finished trials are kept, errored ones resume")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: spec, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
+    p.add_argument("--storage-path", help="where Ray Tune keeps results and checkpoints (default: spec)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded trial list and its size only")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import describe, resolve_spec_path, run_sweep
+    from .spec import load_sweep_spec
+
+    if args.dry_run:
+        print(json.dumps(describe(load_sweep_spec(resolve_spec_path(args.spec))), indent=2))
+        return 0
+    summary = run_sweep(args.spec, resume=args.resume, tracking_uri=args.tracking_uri,
+                        storage_path=args.storage_path)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["errored"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _sweep_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train}
+    handlers = {"train": cmd_train, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, BackboneError) as err:
+    except (ConfigError, DataError, BackboneError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

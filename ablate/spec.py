@@ -127,3 +127,133 @@ def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
         return TrialConfig(**data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path))) from None
+
+
+# ---- sweeps ------------------------------------------------------------------------------------
+
+# Fields a method does not read: trials differing only in these are the same trial.
+_PROMPT_FIELDS = ("n_ctx", "csc", "ctx_init", "prompt_residual")
+_HAND_PROMPTS = ("zeroshot_positive", "zeroshot_negative")
+_TRAINING_FIELDS = ("label_ratio", "epochs", "lr", "free_lr_mult", "linear_lr_mult", "momentum",
+                    "weight_decay", "free_weight_decay", "warmup_epochs", "warmup_lr", "augment", "loss",
+                    "gamma_neg", "gamma_pos", "clip", "reduction", "loss_weight")
+IGNORED_BY_METHOD: dict[str, tuple[str, ...]] = {
+    "dualcoop": (*_HAND_PROMPTS, "free_init_std"),
+    "positivecoop": _HAND_PROMPTS,
+    "negativecoop": _HAND_PROMPTS,
+    "dualembed": (*_PROMPT_FIELDS, *_HAND_PROMPTS),
+    "baseline": (*_PROMPT_FIELDS, *_HAND_PROMPTS, "free_init_std"),
+    "zeroshot": (*_PROMPT_FIELDS, "free_init_std", *_TRAINING_FIELDS),
+}
+
+METRICS = ("val_map", "loss")  # reported every epoch, so usable by Optuna and ASHA
+
+
+def canonical(cfg: TrialConfig) -> TrialConfig:
+    """The same trial with every field its method ignores set to the default."""
+    defaults = {f: TrialConfig.model_fields[f].default for f in IGNORED_BY_METHOD.get(cfg.method, ())}
+    return cfg.model_copy(update=defaults)
+
+
+class ParamSpace(StrictModel):
+    """One Optuna-searched field."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpace":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.type} needs low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class OptunaSpec(StrictModel):
+    space: dict[str, ParamSpace]
+    num_samples: int = Field(8, ge=1, description="Optuna trials per grid arm")
+    metric: Literal[METRICS] = "val_map"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+
+
+class AshaSpec(StrictModel):
+    metric: Literal[METRICS] = "val_map"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(1, ge=1, description="epochs before a trial can be stopped")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class Resources(StrictModel):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, description="fractions (e.g. 0.25) pack several trials on one GPU")
+
+
+class SweepSpec(StrictModel):
+    """A tune_specs/*.yaml file: a grid and/or Optuna search over TrialConfig fields."""
+
+    name: str = Field(description="MLflow experiment and Ray Tune run name")
+    description: str = ""
+    base: TrialConfig = Field(default_factory=TrialConfig)
+    grid: dict[str, list] = Field(default_factory=dict, description="TrialConfig field -> values")
+    optuna: OptunaSpec | None = None
+    asha: AshaSpec | None = None
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
+    storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
+    tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepSpec":
+        fields = TrialConfig.model_fields
+        for key, values in self.grid.items():
+            if key not in fields:
+                raise ValueError(f"grid.{key}: not a TrialConfig field")
+            if not values:
+                raise ValueError(f"grid.{key}: needs at least one value")
+            for i, value in enumerate(values):
+                try:
+                    TrialConfig.model_validate({**self.base.model_dump(), key: value})
+                except ValidationError as err:
+                    raise ValueError(f"grid.{key}[{i}] = {value!r}: {err.errors()[0]['msg']}") from None
+        if self.optuna:
+            for key, p in self.optuna.space.items():
+                if key not in fields:
+                    raise ValueError(f"optuna.space.{key}: not a TrialConfig field")
+                if key in self.grid:
+                    raise ValueError(f"optuna.space.{key}: also in grid; search a field one way only")
+                probe = p.choices if p.type == "categorical" else [p.low, p.high]
+                for value in probe:
+                    value = int(value) if p.type == "int" else value
+                    try:
+                        TrialConfig.model_validate({**self.base.model_dump(), key: value})
+                    except ValidationError as err:
+                        raise ValueError(f"optuna.space.{key}: {value!r} is not allowed: "
+                                         f"{err.errors()[0]['msg']}") from None
+        if self.asha and self.optuna and (self.asha.metric, self.asha.mode) != (self.optuna.metric, self.optuna.mode):
+            raise ValueError("asha and optuna must use the same metric and mode")
+        return self
+
+
+def load_sweep_spec(path: Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with at least 'name' at the top level")
+    try:
+        return SweepSpec(**data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from None

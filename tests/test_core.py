@@ -523,6 +523,62 @@ def test_prompt_with_phrase_context_equals_the_written_prompt():
         assert_close(m.positive(), backbone.model.encode_text(tokens), atol=1e-5)
 
 
+def reference_logits(dense, positive, negative, temperature=20.0, logit_scale=5.0):
+    """DualCoOp head written out with explicit sums: [B, L, D], [N, D] x 2 -> [B, 2, N]."""
+    unit = lambda x: x / x.pow(2).sum(-1, keepdim=True).sqrt()  # noqa: E731
+    s_pos = temperature * torch.einsum("bld,nd->bln", unit(dense), unit(positive))
+    s_neg = temperature * torch.einsum("bld,nd->bln", unit(dense), unit(negative))
+    e = torch.exp(s_pos - s_pos.max(dim=1, keepdim=True).values)
+    w = e / e.sum(dim=1, keepdim=True)
+    return logit_scale * torch.stack([(s_neg * w).sum(1), (s_pos * w).sum(1)], dim=1)
+
+
+@pytest.mark.parametrize("method", ["dualcoop", "positivecoop", "negativecoop", "dualembed"])
+def test_two_sided_logits_put_negative_first_and_use_the_right_sides(method):
+    backbone = tiny(TINY_RN)
+    m = make_method(method, backbone, n_ctx=4, ctx_init="a photo of a", temperature=7.0, logit_scale=3.0)
+    dense = backbone.dense_features(images(64))
+    with torch.no_grad():
+        text = backbone.model.encode_text(open_clip.get_tokenizer(TINY_RN)([f"a photo of a {c}." for c in CLASSES]))
+        positive, negative = m.class_embeddings()
+        assert_close(m(dense), reference_logits(dense, positive, negative, 7.0, 3.0), atol=1e-4)
+    sides = {"dualcoop": ("prompt", "prompt"), "positivecoop": ("prompt", "free"),
+             "negativecoop": ("free", "prompt"), "dualembed": ("free", "free")}[method]
+    for kind, module, embedding in zip(sides, (m.positive, m.negative), (positive, negative)):
+        if kind == "prompt":
+            assert_close(embedding, text, atol=1e-5)  # the prompt goes through the text encoder
+        else:
+            assert torch.equal(embedding, module.embedding.detach())
+
+
+def test_zeroshot_uses_positive_and_negated_hand_prompts():
+    backbone = tiny(TINY_RN)
+    m = make_method("zeroshot", backbone)
+    tokenizer = open_clip.get_tokenizer(TINY_RN)
+    dense = backbone.dense_features(images(64))
+    with torch.no_grad():
+        pos = backbone.model.encode_text(tokenizer([f"a photo of a {c}." for c in CLASSES]))
+        neg = backbone.model.encode_text(tokenizer([f"a photo without a {c}." for c in CLASSES]))
+        assert_close(m(dense), reference_logits(dense, pos, neg), atol=1e-4)
+
+
+def test_baseline_head_negatives_first_each_output_own_softmax():
+    backbone = tiny(TINY_RN)
+    m = make_method("baseline", backbone, classnames=["cat", "dog"])
+    d = backbone.info.embed_dim
+    with torch.no_grad():
+        m.linear.weight.zero_()
+        m.linear.weight[:, :4] = torch.eye(4)  # output k reads feature k: [neg cat, neg dog, pos cat, pos dog]
+        m.linear.bias.copy_(torch.tensor([0.0, 0.5, -1.0, 2.0]))
+    features = [[1.0, 2.0, 3.0], [0.0, 1.0, -1.0], [2.0, -2.0, 0.5], [0.3, 0.1, 0.2]]  # [4 features][L=3]
+    dense = torch.zeros(1, 3, d)
+    dense[0, :, :4] = torch.tensor(features).t()
+    bias = [0.0, 0.5, -1.0, 2.0]
+    agg = [5 * softmax_weighted_sum([v + b for v in f], [v + b for v in f]) for f, b in zip(features, bias)]
+    with torch.no_grad():
+        assert_close(m(dense), [[agg[:2], agg[2:]]], atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def rn101():
     return create_backbone("RN101", pretrained="none")

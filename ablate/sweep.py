@@ -1,0 +1,279 @@
+"""Ray Tune sweeps from a SweepSpec: grid, Optuna per grid arm, ASHA, resources, resume.
+
+This is the only module that imports Ray. A sweep is a list of arms (grid combinations, with
+trials that differ only in fields their method ignores merged); without Optuna one Tuner runs a
+grid search over the arms, with Optuna each arm gets its own Tuner and the same number of
+samples (OptunaSearch cannot be mixed with `tune.grid_search`). Each trial runs `run_trial`, the
+same function `ablate train` uses, and logs to its own MLflow child run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import resource
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .spec import IGNORED_BY_METHOD, ConfigError, SweepSpec, TrialConfig, canonical, load_sweep_spec
+from .tracking import (TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri,
+                       start_parent_run)
+
+THRESHOLD_METRICS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+STATE_FILE = "ablate_sweep.json"  # beside Ray's experiment folders: which MLflow parent run is ours
+
+
+# ---- expansion (no Ray needed: also serves --dry-run) --------------------------------------------
+
+@dataclass
+class Arm:
+    overrides: dict[str, Any]  # the grid values that matter for this arm's method
+    config: TrialConfig  # canonical base + overrides
+    search: dict[str, Any] = field(default_factory=dict)  # Optuna fields that this method reads
+
+    @property
+    def slug(self) -> str:
+        return "-".join(f"{k}={v}" for k, v in self.overrides.items()) or "base"
+
+
+def expand(spec: SweepSpec) -> list[Arm]:
+    keys = list(spec.grid)
+    arms: dict[str, Arm] = {}
+    for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
+        combo = dict(zip(keys, values))
+        cfg = canonical(TrialConfig.model_validate({**spec.base.model_dump(), **combo}))
+        ignored = IGNORED_BY_METHOD.get(cfg.method, ())
+        overrides = {k: v for k, v in combo.items() if k not in ignored}
+        search = {k: v for k, v in (spec.optuna.space.items() if spec.optuna else []) if k not in ignored}
+        arms.setdefault(json.dumps(cfg.model_dump(mode="json"), sort_keys=True), Arm(overrides, cfg, search))
+    return list(arms.values())
+
+
+def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
+    return spec.optuna.num_samples if spec.optuna and arm.search else 1
+
+
+def describe(spec: SweepSpec) -> dict:
+    arms = expand(spec)
+    rows = [{"arm": a.slug, "trials": samples_per_arm(spec, a), "search": sorted(a.search)} for a in arms]
+    return {"name": spec.name, "arms": len(arms), "trials": sum(r["trials"] for r in rows), "arm_list": rows}
+
+
+def resolve_spec_path(path: str | Path) -> Path:
+    """As given (relative to the working directory), else relative to the installed project."""
+    candidates = [Path(path).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates.append(Path(__file__).resolve().parents[1] / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"spec file not found; tried {', '.join(str(c) for c in candidates)}")
+
+
+# ---- the trial, as Ray runs it ---------------------------------------------------------------------
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def ray_trial(config: dict, *, base: dict, arm: dict, tracking: TrackingContext, gpus: float, cpus: float) -> None:
+    """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run."""
+    import torch
+    from ray import tune
+
+    from .trainer import run_trial
+
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = TrialConfig.model_validate({**base, **arm, **config.get("arm", {}),
+                                      **{k: v for k, v in config.items() if k != "arm"}})
+    trial_id = tune.get_context().get_trial_id()
+    run = TrialRun.attach(tracking, cfg, trial_id, {**arm, **config.get("arm", {})})
+    workdir = Path(tempfile.mkdtemp(prefix="ablate-trial-"))
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as src:
+            shutil.copytree(src, workdir, dirs_exist_ok=True)
+
+    def report(row: dict, ckpt_dir: Path | None) -> None:
+        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+        tune.report(row, checkpoint=checkpoint)
+
+    try:
+        metrics = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False)
+    except Exception as err:
+        run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    final = {
+        "test_map": metrics["test_map"], "last_test_map": metrics["last_test_map"],
+        "best_val_map": metrics["best_val_map"], "trainable_params": metrics["trainable_params"],
+        "train_time_s": metrics["train_time_s"], "gpu_hours": metrics["train_time_s"] * gpus / 3600,
+        "peak_memory_mb": _peak_memory_mb(metrics["device"]),
+        **{f"test_{k}": v for k, v in metrics["test_metrics"].items() if k in THRESHOLD_METRICS},
+    }
+    run.log_metrics(final, step=metrics["epochs"])
+    run.log_dict(metrics["per_class_ap"], "per_class_ap.json")
+    run.log_dict({k: v for k, v in metrics.items() if k != "per_class_ap"}, "metrics.json")
+    run.finish()
+    tune.report({**final, "epoch": metrics["epochs"], "done": True})
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+
+def init_ray() -> None:
+    """Join a running cluster when there is one, else start local Ray sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # one checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+    except ConnectionError:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+@dataclass
+class SweepState:
+    """Persisted beside the Tune results so `--resume` re-attaches to the same MLflow parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @classmethod
+    def load(cls, path: Path) -> "SweepState":
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=2))
+
+
+def _tracker_callback(ctx: TrackingContext):
+    """Driver-side: close runs whose trial never got to (trials stopped by ASHA, killed workers)."""
+    from ray.tune import Callback
+
+    class CloseRuns(Callback):
+        def _close(self, trial, status: str, reason: str) -> None:
+            run = TrialRun.find(ctx, trial.trial_id)
+            if run is not None and run.status() == "RUNNING":
+                run.close(status, reason)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._close(trial, "KILLED", "stopped early by the scheduler")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._close(trial, "FAILED", f"trial errored; see {trial.local_path}")
+
+    return CloseRuns()
+
+
+def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingContext, storage: str,
+           resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    res = spec.resources
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trial, base=spec.base.model_dump(mode="json"),
+                             arm=arm.overrides if arm else {}, tracking=ctx, gpus=res.gpu, cpus=res.cpu),
+        {"cpu": res.cpu, "gpu": res.gpu},
+    )
+    name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
+    path = os.path.join(storage, name)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    opt = spec.optuna if arm is not None and arm.search else None
+    if opt is not None:
+        space = {k: _domain(p) for k, p in arm.search.items()}
+        metric = {"metric": opt.metric, "mode": opt.mode}
+        search_alg, samples = OptunaSearch(seed=opt.seed), opt.num_samples
+    else:
+        space = {"arm": tune.grid_search([a.overrides for a in arms])} if arm is None else {}
+        metric = {"metric": spec.asha.metric, "mode": spec.asha.mode} if spec.asha else {}
+        search_alg, samples = None, 1
+    scheduler = None
+    if spec.asha:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(spec.base.epochs, 1),
+                                  grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(**metric, search_alg=search_alg, scheduler=scheduler, num_samples=samples,
+                                    max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx)],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _domain(p):
+    from ray import tune
+
+    if p.type == "categorical":
+        return tune.choice(p.choices)
+    if p.type == "int":
+        return (tune.lograndint if p.log else tune.randint)(int(p.low), int(p.high) + 1)
+    return (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
+
+
+def _storage_root(spec: SweepSpec, override: str | None) -> str:
+    root = override or spec.storage_path
+    return root if "://" in root else str(Path(root).expanduser().absolute())
+
+
+def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str | None = None,
+              storage_path: str | None = None) -> dict:
+    """Launch (or continue) every trial of a spec; returns counts and the MLflow ids."""
+    path = resolve_spec_path(spec_path)
+    spec = load_sweep_spec(path)  # validated before anything starts or is recorded
+    storage = _storage_root(spec, storage_path)
+    state_path = Path(storage) / spec.name / STATE_FILE if "://" not in storage else None
+    arms = expand(spec)
+    if resume:
+        if state_path is None or not state_path.exists():
+            raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
+        state = SweepState.load(state_path)
+        client = connect(state.tracking_uri)
+        client.update_run(state.parent_run_id, status="RUNNING")
+    else:
+        if state_path is not None and state_path.exists():
+            raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
+                              "it, or change `name` / --storage-path for a new sweep")
+        uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
+        client = connect(uri)
+        experiment_id = ensure_experiment(client, spec.name)
+        parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text())
+        state = SweepState(uri, experiment_id, parent)
+        if state_path is not None:
+            state.save(state_path)
+    ctx = TrackingContext(state.tracking_uri, state.experiment_id, state.parent_run_id)
+    init_ray()
+    tuners = [_tuner(spec, arm, arms, ctx, storage, resume) for arm in arms] if spec.optuna else \
+        [_tuner(spec, None, arms, ctx, storage, resume)]
+    errored = total = 0
+    for tuner in tuners:
+        results = tuner.fit()
+        total += len(results)
+        errored += len(results.errors)
+    client.log_metric(state.parent_run_id, "trials", total)
+    client.log_metric(state.parent_run_id, "trials_errored", errored)
+    client.set_terminated(state.parent_run_id, "FINISHED" if errored == 0 else "FAILED")
+    return {"experiment_id": state.experiment_id, "parent_run_id": state.parent_run_id,
+            "trials": total, "errored": errored, "storage": storage}

@@ -1,0 +1,165 @@
+"""MLflow tracking: one experiment per sweep name, a parent run per sweep, a child run per trial.
+
+Everything goes through `MlflowClient` with explicit experiment and run ids (never the global
+`mlflow.set_experiment`, which redirects other integrations). Child runs are keyed by a hash of
+(parent run, canonical trial config): a resumed or retried trial re-attaches to its run instead of
+creating a duplicate. The driver creates the store schema, experiment and parent run before any
+trial starts, so parallel trials never race to create them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from .spec import TrialConfig
+
+TRIAL_KEY = "ablate.trial_key"
+SWEEP_TAG = "ablate.sweep"
+ROLE_TAG = "ablate.role"
+ERROR_TAG = "ablate.error"
+ARM_FIELDS = ("method", "dataset", "label_ratio", "backbone", "pretrained", "n_ctx", "csc", "seed")
+DEFAULT_DB = "mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used; the message names the URI."""
+
+
+def resolve_tracking_uri(flag: str | None = None, spec: str | None = None) -> str:
+    """Flag, then spec, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory."""
+    uri = flag or spec or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Trials run in other working directories: pin the file to an absolute path.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().absolute())
+    return uri
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client whose store answers (for sqlite: the schema exists afterwards)."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # the store raises many types; all mean "not usable"
+        raise TrackingError(f"MLflow tracking store {uri} is not reachable: {err}") from err
+    return client
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment '{name}' is deleted; restore it in MLflow or rename the spec")
+    return exp.experiment_id
+
+
+def flatten_config(cfg: TrialConfig) -> dict[str, str]:
+    return {k: "" if v is None else str(v) for k, v in cfg.model_dump(mode="json").items()}
+
+
+def trial_key(parent_run_id: str, trial_id: str) -> str:
+    """A Ray trial keeps its id across retries and `Tuner.restore`, so this finds its run again."""
+    return hashlib.sha256(f"{parent_run_id}/{trial_id}".encode()).hexdigest()[:24]
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, spec_path: Path,
+                     spec_text: str) -> str:
+    tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, "ablate.spec_sha256":
+            hashlib.sha256(spec_text.encode()).hexdigest(), "ablate.spec_path": str(spec_path)}
+    commit = git_commit(spec_path.parent)
+    if commit:
+        tags["ablate.git_commit"] = commit
+    run = client.create_run(experiment_id, tags=tags, run_name=sweep_name)
+    client.log_text(run.info.run_id, spec_text, "spec.yaml")
+    return run.info.run_id
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """What a trial needs to find its run; plain data so it travels to Ray workers."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def _retry(fn, *args, attempts: int = 8, **kwargs):
+    """sqlite allows one writer at a time; parallel trials wait their turn instead of failing."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            if "locked" not in str(err).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+
+
+class TrialRun:
+    """The child run of one trial: found by its key, or created once."""
+
+    def __init__(self, client: MlflowClient, run_id: str, resumed: bool) -> None:
+        self.client, self.run_id, self.resumed = client, run_id, resumed
+
+    @classmethod
+    def find(cls, ctx: TrackingContext, trial_id: str) -> "TrialRun | None":
+        client = MlflowClient(tracking_uri=ctx.uri)
+        key = trial_key(ctx.parent_run_id, trial_id)
+        found = _retry(client.search_runs, [ctx.experiment_id],
+                       filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1)
+        return cls(client, found[0].info.run_id, True) if found else None
+
+    @classmethod
+    def attach(cls, ctx: TrackingContext, cfg: TrialConfig, trial_id: str, arm: dict) -> "TrialRun":
+        """Re-attach to this trial's run (retry, resume) or create it with params and arm tags."""
+        run = cls.find(ctx, trial_id)
+        if run is not None:
+            _retry(run.client.update_run, run.run_id, status="RUNNING")
+            return run
+        client = MlflowClient(tracking_uri=ctx.uri)
+        tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: trial_key(ctx.parent_run_id, trial_id),
+                ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
+                **{f"ablate.{k}": str(getattr(cfg, k)) for k in ARM_FIELDS}}
+        name = "-".join(str(v) for v in arm.values()) or cfg.method
+        run_id = _retry(client.create_run, ctx.experiment_id, tags=tags, run_name=name).info.run_id
+        params = [Param(k, v) for k, v in flatten_config(cfg).items()]
+        for i in range(0, len(params), 100):
+            _retry(client.log_batch, run_id, params=params[i : i + 100])
+        return cls(client, run_id, False)
+
+    def status(self) -> str:
+        return _retry(self.client.get_run, self.run_id).info.status
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
+        _retry(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        _retry(self.client.log_dict, self.run_id, data, name)
+
+    def finish(self) -> None:
+        _retry(self.client.set_terminated, self.run_id, "FINISHED")
+
+    def close(self, status: str, reason: str) -> None:
+        _retry(self.client.set_tag, self.run_id, ERROR_TAG if status == "FAILED" else "ablate.stopped", reason[:5000])
+        _retry(self.client.set_terminated, self.run_id, status)
+
+    def fail(self, reason: str) -> None:
+        self.close("FAILED", reason)
