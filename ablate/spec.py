@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -143,7 +143,8 @@ IGNORED_BY_METHOD: dict[str, tuple[str, ...]] = {
     "negativecoop": _HAND_PROMPTS,
     "dualembed": (*_PROMPT_FIELDS, *_HAND_PROMPTS),
     "baseline": (*_PROMPT_FIELDS, *_HAND_PROMPTS, "free_init_std"),
-    "zeroshot": (*_PROMPT_FIELDS, "free_init_std", *_TRAINING_FIELDS),
+    # zero-shot scores the test split with fixed prompts: training fields and seed change nothing
+    "zeroshot": (*_PROMPT_FIELDS, "free_init_std", "seed", *_TRAINING_FIELDS),
 }
 
 METRICS = ("val_map", "loss")  # reported every epoch, so usable by Optuna and ASHA
@@ -202,6 +203,8 @@ class SweepSpec(StrictModel):
     name: str = Field(description="MLflow experiment and Ray Tune run name")
     description: str = ""
     base: TrialConfig = Field(default_factory=TrialConfig)
+    per_dataset: dict[DatasetName, dict[str, Any]] = Field(
+        default_factory=dict, description="TrialConfig fields set per dataset (data_root, lr, image_size...)")
     grid: dict[str, list] = Field(default_factory=dict, description="TrialConfig field -> values")
     optuna: OptunaSpec | None = None
     asha: AshaSpec | None = None
@@ -214,6 +217,14 @@ class SweepSpec(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
         fields = TrialConfig.model_fields
+        for dataset, overrides in self.per_dataset.items():
+            for key, value in overrides.items():
+                if key not in fields or key == "dataset":
+                    raise ValueError(f"per_dataset.{dataset}.{key}: not a settable TrialConfig field")
+                try:
+                    TrialConfig.model_validate({**self.base.model_dump(), key: value})
+                except ValidationError as err:
+                    raise ValueError(f"per_dataset.{dataset}.{key} = {value!r}: {err.errors()[0]['msg']}") from None
         for key, values in self.grid.items():
             if key not in fields:
                 raise ValueError(f"grid.{key}: not a TrialConfig field")
@@ -257,3 +268,9 @@ def load_sweep_spec(path: Path) -> SweepSpec:
         return SweepSpec(**data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(path))) from None
+
+
+def arm_config(spec: SweepSpec, combo: dict[str, Any]) -> TrialConfig:
+    """Base, then the dataset's own settings, then the grid values."""
+    dataset = combo.get("dataset", spec.base.dataset)
+    return TrialConfig.model_validate({**spec.base.model_dump(), **spec.per_dataset.get(dataset, {}), **combo})

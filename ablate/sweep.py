@@ -9,6 +9,7 @@ same function `ablate train` uses, and logs to its own MLflow child run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -20,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spec import IGNORED_BY_METHOD, ConfigError, SweepSpec, TrialConfig, canonical, load_sweep_spec
+from .spec import (IGNORED_BY_METHOD, ConfigError, SweepSpec, TrialConfig, arm_config, canonical,
+                   load_sweep_spec)
 from .tracking import (TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri,
                        start_parent_run)
 
 THRESHOLD_METRICS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
-STATE_FILE = "ablate_sweep.json"  # beside Ray's experiment folders: which MLflow parent run is ours
+STATE_FILE = "ablate_sweep.json"
+# One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # beside Ray's experiment folders: which MLflow parent run is ours
 
 
 # ---- expansion (no Ray needed: also serves --dry-run) --------------------------------------------
@@ -46,7 +50,7 @@ def expand(spec: SweepSpec) -> list[Arm]:
     arms: dict[str, Arm] = {}
     for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
         combo = dict(zip(keys, values))
-        cfg = canonical(TrialConfig.model_validate({**spec.base.model_dump(), **combo}))
+        cfg = canonical(arm_config(spec, combo))
         ignored = IGNORED_BY_METHOD.get(cfg.method, ())
         overrides = {k: v for k, v in combo.items() if k not in ignored}
         search = {k: v for k, v in (spec.optuna.space.items() if spec.optuna else []) if k not in ignored}
@@ -85,18 +89,22 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def ray_trial(config: dict, *, base: dict, arm: dict, tracking: TrackingContext, gpus: float, cpus: float) -> None:
-    """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run."""
+def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: TrackingContext, gpus: float,
+              cpus: float) -> None:
+    """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run.
+
+    `config` holds the grid arm's index ("arm") and any Optuna-sampled fields.
+    """
     import torch
     from ray import tune
 
     from .trainer import run_trial
 
     torch.set_num_threads(max(1, int(cpus)))
-    cfg = TrialConfig.model_validate({**base, **arm, **config.get("arm", {}),
-                                      **{k: v for k, v in config.items() if k != "arm"}})
-    trial_id = tune.get_context().get_trial_id()
-    run = TrialRun.attach(tracking, cfg, trial_id, {**arm, **config.get("arm", {})})
+    index = config.get("arm", 0)
+    sampled = {k: v for k, v in config.items() if k != "arm"}
+    cfg = TrialConfig.model_validate({**arms[index], **sampled})
+    run = TrialRun.attach(tracking, cfg, tune.get_context().get_trial_id(), {**labels[index], **sampled})
     workdir = Path(tempfile.mkdtemp(prefix="ablate-trial-"))
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -126,7 +134,10 @@ def ray_trial(config: dict, *, base: dict, arm: dict, tracking: TrackingContext,
     run.log_dict(metrics["per_class_ap"], "per_class_ap.json")
     run.log_dict({k: v for k, v in metrics.items() if k != "per_class_ap"}, "metrics.json")
     run.finish()
-    tune.report({**final, "epoch": metrics["epochs"], "done": True})
+    # the selection metrics again, so Optuna and ASHA read the trial's final standing
+    last_loss = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")
+    tune.report({**final, "val_map": metrics["best_val_map"], "loss": last_loss, "epoch": metrics["epochs"],
+                 "done": True})
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -137,8 +148,6 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    # one checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
     except ConnectionError:
@@ -152,6 +161,7 @@ class SweepState:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    spec_sha256: str
 
     @classmethod
     def load(cls, path: Path) -> "SweepState":
@@ -188,9 +198,10 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     from ray.tune.search.optuna import OptunaSearch
 
     res = spec.resources
+    members = arms if arm is None else [arm]
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trial, base=spec.base.model_dump(mode="json"),
-                             arm=arm.overrides if arm else {}, tracking=ctx, gpus=res.gpu, cpus=res.cpu),
+        tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
+                             labels=[a.overrides for a in members], tracking=ctx, gpus=res.gpu, cpus=res.cpu),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
     name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
@@ -203,12 +214,12 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
         metric = {"metric": opt.metric, "mode": opt.mode}
         search_alg, samples = OptunaSearch(seed=opt.seed), opt.num_samples
     else:
-        space = {"arm": tune.grid_search([a.overrides for a in arms])} if arm is None else {}
+        space = {"arm": tune.grid_search(list(range(len(arms))))} if arm is None else {}
         metric = {"metric": spec.asha.metric, "mode": spec.asha.mode} if spec.asha else {}
         search_alg, samples = None, 1
     scheduler = None
     if spec.asha:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(spec.base.epochs, 1),
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(max(a.config.epochs for a in members), 1),
                                   grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
     return tune.Tuner(
         trainable,
@@ -233,6 +244,22 @@ def _domain(p):
     return (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prepare_data(arms: list[Arm]) -> None:
+    """Check every data root (and generate the synthetic set) once, in the driver, before any trial."""
+    from .data import check_root
+
+    seen = set()
+    for arm in arms:
+        key = (arm.config.dataset, arm.config.data_root, arm.config.synthetic_images, arm.config.cache_dir)
+        if key not in seen:
+            seen.add(key)
+            check_root(arm.config)
+
+
 def _storage_root(spec: SweepSpec, override: str | None) -> str:
     root = override or spec.storage_path
     return root if "://" in root else str(Path(root).expanduser().absolute())
@@ -246,10 +273,14 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     storage = _storage_root(spec, storage_path)
     state_path = Path(storage) / spec.name / STATE_FILE if "://" not in storage else None
     arms = expand(spec)
+    prepare_data(arms)  # a bad data root stops here, before anything is recorded
     if resume:
         if state_path is None or not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
         state = SweepState.load(state_path)
+        if state.spec_sha256 != _sha(path):
+            raise ConfigError(f"{path} changed since sweep '{spec.name}' started; resume needs the same spec "
+                              "(restore the file, or start a new sweep under another name)")
         client = connect(state.tracking_uri)
         client.update_run(state.parent_run_id, status="RUNNING")
     else:
@@ -260,7 +291,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
         client = connect(uri)
         experiment_id = ensure_experiment(client, spec.name)
         parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text())
-        state = SweepState(uri, experiment_id, parent)
+        state = SweepState(uri, experiment_id, parent, _sha(path))
         if state_path is not None:
             state.save(state_path)
     ctx = TrackingContext(state.tracking_uri, state.experiment_id, state.parent_run_id)

@@ -39,6 +39,16 @@ def tiny(name: str):
     return create_backbone(name, pretrained="none")
 
 
+def open_clip_text(backbone, texts: list[str]) -> torch.Tensor:
+    """Text features straight from open_clip's own tokenizer and encode_text."""
+    with torch.no_grad():
+        return backbone.model.encode_text(open_clip.get_tokenizer(backbone.info.name)(texts))
+
+
+def photo_of(template: str = "a photo of a {}.") -> list[str]:
+    return [template.format(c) for c in CLASSES]
+
+
 def images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -110,7 +120,8 @@ def test_aggregate_negative_side_does_not_set_the_weights():
     # With its own softmax the negative logit of class 0 would be near 5 * 20 (location 2 is a
     # perfect match), but the positive side puts almost all weight on location 1.
     neg = run_aggregate()[0, 0, 0].item()
-    own = 5 * softmax_weighted_sum([20 * cosine(l, NEGATIVE[0]) for l in DENSE], [20 * cosine(l, NEGATIVE[0]) for l in DENSE])
+    s_neg = [20 * cosine(loc, NEGATIVE[0]) for loc in DENSE]
+    own = 5 * softmax_weighted_sum(s_neg, s_neg)
     assert own > 90 and neg < 1
 
 
@@ -162,7 +173,7 @@ def hand_asl(z_by_entry, targets, gamma_neg, gamma_pos=1.0, clip=0.05):
 
 
 def flat_z():
-    return [p - n for pn, nn_ in zip(POS_LOGITS, NEG_LOGITS) for p, n in zip(pn, nn_)]
+    return [p - n for row_p, row_n in zip(POS_LOGITS, NEG_LOGITS) for p, n in zip(row_p, row_n)]
 
 
 def test_asl_softmax_value_and_gradient_match_hand_formula():
@@ -384,10 +395,7 @@ def test_eot_truncation_changes_nothing():
 
 def test_encode_text_equals_open_clip():
     backbone = tiny(TINY_RN)
-    tokens = open_clip.get_tokenizer(TINY_RN)(PROMPTS)
-    with torch.no_grad():
-        expected = backbone.model.encode_text(tokens)
-    assert_close(backbone.encode_text(PROMPTS), expected, atol=1e-5)
+    assert_close(backbone.encode_text(PROMPTS), open_clip_text(backbone, PROMPTS), atol=1e-5)
 
 
 @pytest.mark.parametrize("name, wrap", [(TINY_VIT, None), (TINY_RN, "state_dict"), (TINY_VIT, "state_dict")])
@@ -517,10 +525,10 @@ def test_prompt_with_phrase_context_equals_the_written_prompt():
     """n_ctx = phrase length: the learned prompt is exactly 'a photo of a {class}.' through open_clip."""
     backbone = tiny(TINY_RN)
     m = make_method("dualcoop", backbone, n_ctx=4, ctx_init="a photo of a")
-    tokens = open_clip.get_tokenizer(TINY_RN)([f"a photo of a {c}." for c in CLASSES])
+    tokens = open_clip.get_tokenizer(TINY_RN)(photo_of())
     with torch.no_grad():
         assert torch.equal(m.positive.prompts(), backbone.model.token_embedding(tokens))
-        assert_close(m.positive(), backbone.model.encode_text(tokens), atol=1e-5)
+        assert_close(m.positive(), open_clip_text(backbone, photo_of()), atol=1e-5)
 
 
 def reference_logits(dense, positive, negative, temperature=20.0, logit_scale=5.0):
@@ -538,8 +546,8 @@ def test_two_sided_logits_put_negative_first_and_use_the_right_sides(method):
     backbone = tiny(TINY_RN)
     m = make_method(method, backbone, n_ctx=4, ctx_init="a photo of a", temperature=7.0, logit_scale=3.0)
     dense = backbone.dense_features(images(64))
+    text = open_clip_text(backbone, photo_of())
     with torch.no_grad():
-        text = backbone.model.encode_text(open_clip.get_tokenizer(TINY_RN)([f"a photo of a {c}." for c in CLASSES]))
         positive, negative = m.class_embeddings()
         assert_close(m(dense), reference_logits(dense, positive, negative, 7.0, 3.0), atol=1e-4)
     sides = {"dualcoop": ("prompt", "prompt"), "positivecoop": ("prompt", "free"),
@@ -554,11 +562,9 @@ def test_two_sided_logits_put_negative_first_and_use_the_right_sides(method):
 def test_zeroshot_uses_positive_and_negated_hand_prompts():
     backbone = tiny(TINY_RN)
     m = make_method("zeroshot", backbone)
-    tokenizer = open_clip.get_tokenizer(TINY_RN)
     dense = backbone.dense_features(images(64))
+    pos, neg = open_clip_text(backbone, photo_of()), open_clip_text(backbone, photo_of("a photo without a {}."))
     with torch.no_grad():
-        pos = backbone.model.encode_text(tokenizer([f"a photo of a {c}." for c in CLASSES]))
-        neg = backbone.model.encode_text(tokenizer([f"a photo without a {c}." for c in CLASSES]))
         assert_close(m(dense), reference_logits(dense, pos, neg), atol=1e-4)
 
 
