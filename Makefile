@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart trial test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the embedded default: tiny CLIP, generated data, CPU.
+# The main job on the embedded default: every method on generated data with a tiny CLIP, local
+# Ray on CPU, MLflow in ./mlflow.db. Running it again continues (or just reports) the same sweep.
 quickstart: $(STAMP)
-	$(BIN)/ablate train --config tune_specs/quickstart_trial.yaml --out runs/quickstart
+	$(BIN)/ablate sweep --spec tune_specs/quickstart.yaml \
+		$$(test -f runs/ray/quickstart/ablate_sweep.json && echo --resume)
+
+# One trial, no Ray: the trainer alone.
+trial: $(STAMP)
+	$(BIN)/ablate train --config tune_specs/quickstart_trial.yaml --out runs/quickstart_trial
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf runs .ablate_cache
+	rm -rf runs .ablate_cache .ablate_sweeps mlflow.db

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from .backbone import BackboneError
 from .data import DataError
-from .tracking import TrackingError
+from .tracking import TrackingError, trial_table
 from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
 
 # flag -> TrialConfig field for the common options; any field can also come from --config.
@@ -109,6 +109,18 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the expanded trial list and its size only")
 
 
+def print_table(rows: list[dict]) -> None:
+    """A plain aligned table of the trials, sorted by data set, method, ratio and seed."""
+    head = f"{'dataset':<10} {'method':<13} {'ratio':>5} {'seed':>4} {'status':<9} {'test mAP':>8} " \
+           f"{'params':>9} {'train s':>8}"
+    print(head)
+    for r in rows:
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        print(f"{r['dataset'] or '-':<10} {r['method'] or '-':<13} {r['label_ratio'] or '-':>5} "
+              f"{r['seed'] or '-':>4} {r['status']:<9} {fmt(r['test_map'], '8.2f'):>8} "
+              f"{fmt(r['trainable_params'], '9,.0f'):>9} {fmt(r['train_time_s'], '8.1f'):>8}")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import describe, resolve_spec_path, run_sweep
     from .spec import load_sweep_spec
@@ -118,6 +130,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     summary = run_sweep(args.spec, resume=args.resume, tracking_uri=args.tracking_uri,
                         storage_path=args.storage_path)
+    print_table(trial_table(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]))
     print(json.dumps(summary, indent=2))
     return 0 if summary["errored"] == 0 else 1
 

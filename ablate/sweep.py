@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from .spec import (IGNORED_BY_METHOD, ConfigError, SweepSpec, TrialConfig, arm_config, canonical,
                    load_sweep_spec)
@@ -154,6 +155,16 @@ def init_ray() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
+def reachable_from_workers(uri: str) -> str:
+    """On a multi-node cluster, `localhost` in a server URI means the head node: say so explicitly."""
+    import ray
+
+    host = urlparse(uri).hostname
+    if host not in ("localhost", "127.0.0.1") or len(ray.nodes()) < 2:
+        return uri
+    return uri.replace(host, ray.util.get_node_ip_address(), 1)
+
+
 @dataclass
 class SweepState:
     """Persisted beside the Tune results so `--resume` re-attaches to the same MLflow parent run."""
@@ -271,11 +282,12 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     path = resolve_spec_path(spec_path)
     spec = load_sweep_spec(path)  # validated before anything starts or is recorded
     storage = _storage_root(spec, storage_path)
-    state_path = Path(storage) / spec.name / STATE_FILE if "://" not in storage else None
+    # beside the Tune results; for bucket storage in the launching directory
+    state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
     arms = expand(spec)
     prepare_data(arms)  # a bad data root stops here, before anything is recorded
     if resume:
-        if state_path is None or not state_path.exists():
+        if not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
         state = SweepState.load(state_path)
         if state.spec_sha256 != _sha(path):
@@ -284,7 +296,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
         client = connect(state.tracking_uri)
         client.update_run(state.parent_run_id, status="RUNNING")
     else:
-        if state_path is not None and state_path.exists():
+        if state_path.exists():
             raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
                               "it, or change `name` / --storage-path for a new sweep")
         uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
@@ -292,10 +304,9 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
         experiment_id = ensure_experiment(client, spec.name)
         parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text())
         state = SweepState(uri, experiment_id, parent, _sha(path))
-        if state_path is not None:
-            state.save(state_path)
-    ctx = TrackingContext(state.tracking_uri, state.experiment_id, state.parent_run_id)
+        state.save(state_path)
     init_ray()
+    ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id, state.parent_run_id)
     tuners = [_tuner(spec, arm, arms, ctx, storage, resume) for arm in arms] if spec.optuna else \
         [_tuner(spec, None, arms, ctx, storage, resume)]
     errored = total = 0
@@ -306,5 +317,6 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     client.log_metric(state.parent_run_id, "trials", total)
     client.log_metric(state.parent_run_id, "trials_errored", errored)
     client.set_terminated(state.parent_run_id, "FINISHED" if errored == 0 else "FAILED")
-    return {"experiment_id": state.experiment_id, "parent_run_id": state.parent_run_id,
+    return {"tracking_uri": state.tracking_uri, "experiment_id": state.experiment_id,
+            "parent_run_id": state.parent_run_id,
             "trials": total, "errored": errored, "storage": storage}

@@ -163,3 +163,18 @@ class TrialRun:
 
     def fail(self, reason: str) -> None:
         self.close("FAILED", reason)
+
+
+def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One row per child run of a sweep: arm, status and the headline numbers."""
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=10000)
+    rows = []
+    for run in runs:
+        tags, m = run.data.tags, run.data.metrics
+        rows.append({"method": tags.get("ablate.method"), "dataset": tags.get("ablate.dataset"),
+                     "label_ratio": tags.get("ablate.label_ratio"), "seed": tags.get("ablate.seed"),
+                     "status": run.info.status, "test_map": m.get("test_map"),
+                     "trainable_params": m.get("trainable_params"), "train_time_s": m.get("train_time_s")})
+    return sorted(rows, key=lambda r: tuple(str(r[k]) for k in ("dataset", "method", "label_ratio", "seed")))
