@@ -51,12 +51,18 @@ def expand(spec: SweepSpec) -> list[Arm]:
     arms: dict[str, Arm] = {}
     for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
         combo = dict(zip(keys, values))
-        cfg = canonical(arm_config(spec, combo))
+        cfg = _absolute_paths(canonical(arm_config(spec, combo)))
         ignored = IGNORED_BY_METHOD.get(cfg.method, ())
         overrides = {k: v for k, v in combo.items() if k not in ignored}
         search = {k: v for k, v in (spec.optuna.space.items() if spec.optuna else []) if k not in ignored}
         arms.setdefault(json.dumps(cfg.model_dump(mode="json"), sort_keys=True), Arm(overrides, cfg, search))
     return list(arms.values())
+
+
+def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
+    """Trials run in other working directories: pin relative paths to the launching one."""
+    root = Path(cfg.data_root).expanduser().absolute() if cfg.data_root else None
+    return cfg.model_copy(update={"cache_dir": cfg.resolved_cache_dir().expanduser().absolute(), "data_root": root})
 
 
 def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
