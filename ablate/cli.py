@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from .backbone import BackboneError
 from .data import DataError
+from .report import ReportError
 from .tracking import TrackingError, trial_table
 from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
 
@@ -135,20 +136,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if summary["errored"] == 0 else 1
 
 
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables, cost-vs-mAP plots and report.html from an MLflow experiment",
+                       description="Read a sweep's trial runs from MLflow and write table.md/csv, PNG plots and "
+                                   "report.html; also logged to the sweep's parent run under report/.")
+    p.add_argument("--experiment", required=True, help="MLflow experiment (the spec's name)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>)")
+    p.add_argument("--parent-run", help="sweep run id (default: the experiment's newest sweep)")
+    p.add_argument("--reference", default="dualcoop", help="method the paired differences compare against")
+    p.add_argument("--heatmap-ratio", type=float, help="label ratio of the per-class AP heatmap (default: middle)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = args.out or Path("reports") / args.experiment
+    result = write_report(args.experiment, out, args.tracking_uri, args.parent_run, args.reference,
+                          args.heatmap_ratio, log_to_mlflow=not args.no_log)
+    print((out / "table.md").read_text())
+    for line in result["incomplete"]:
+        print(f"not included: {line}", file=sys.stderr)
+    print(f"wrote {out / 'report.html'}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _sweep_parser(sub)
+    _report_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "sweep": cmd_sweep}
+    handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, BackboneError, TrackingError) as err:
+    except (ConfigError, DataError, BackboneError, TrackingError, ReportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

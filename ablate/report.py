@@ -1,0 +1,387 @@
+"""MLflow runs -> paper-style tables, cost-vs-mAP Pareto plots, per-class AP heatmap, paired
+differences and one self-contained `report.html`.
+
+Only FINISHED trial runs enter any number; failed, running, killed and missing trials (expected
+from the sweep's own spec, logged on its parent run) are listed separately. Outputs are written to
+a folder and logged to the sweep's parent run under `report/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+from .spec import IGNORED_BY_METHOD, SweepSpec  # noqa: E402
+from .tracking import ARM_FIELDS, ROLE_TAG, connect, resolve_tracking_uri  # noqa: E402
+
+# Fields that split a method into several rows when they vary within the experiment.
+ROW_FIELDS = ("backbone", "pretrained", "n_ctx", "csc")
+
+
+class ReportError(ValueError):
+    """The experiment or run cannot be reported on; the message says what exists instead."""
+
+
+@dataclass
+class Trial:
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    error: str | None = None
+
+    def tag(self, name: str) -> str:
+        return self.tags.get(f"ablate.{name}", "")
+
+    @property
+    def ratio(self) -> float:
+        return float(self.tag("label_ratio"))
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+
+    def text(self) -> str:
+        std = f" ± {self.std:.2f}" if self.n > 1 else ""
+        return f"{self.mean:.2f}{std} (n={self.n})"
+
+
+@dataclass
+class Table:
+    """One data set: rows x (label ratios + Avg), plus cost columns."""
+
+    dataset: str
+    ratios: list[float]
+    cells: dict[str, dict[str, Cell]]  # row -> column -> cell
+    cost: dict[str, dict[str, float]]  # row -> params / train_time_s / gpu_hours (means per trial)
+    best: dict[str, str] = field(default_factory=dict)  # column -> best row
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"{r:g}" for r in self.ratios] + ["Avg"]
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> tuple[str, list[Trial]]:
+    """(parent run id, trial runs of that sweep); the newest sweep of the experiment by default."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"no MLflow experiment named '{experiment}'; experiments: {', '.join(names) or 'none'}")
+    if parent_run_id is None:
+        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            raise ReportError(f"experiment '{experiment}' has no sweep run (was it made by `ablate sweep`?)")
+        parent_run_id = parents[0].info.run_id
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=50000)
+    trials = [Trial(r.info.run_id, r.info.status, r.data.tags, r.data.metrics, r.data.tags.get("ablate.error"))
+              for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    return parent_run_id, trials
+
+
+def row_labels(trials: list[Trial]) -> dict[str, str]:
+    """run id -> row label: the method, plus each ROW_FIELD that varies among methods reading it."""
+    varying = [f for f in ROW_FIELDS if len({t.tag(f) for t in trials
+                                            if f not in IGNORED_BY_METHOD.get(t.tag("method"), ())}) > 1]
+    labels = {}
+    for t in trials:
+        extra = [f"{f}={t.tag(f)}" for f in varying if f not in IGNORED_BY_METHOD.get(t.tag("method"), ())]
+        labels[t.run_id] = " ".join([t.tag("method"), *extra])
+    return labels
+
+
+def ratio_free(method: str) -> bool:
+    return "label_ratio" in IGNORED_BY_METHOD.get(method, ())
+
+
+# ---- numbers ---------------------------------------------------------------------------------------
+
+def _cell(values: list[float]) -> Cell:
+    arr = np.asarray(values, dtype=float)
+    return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr))
+
+
+def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Table:
+    done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
+    ratios = sorted({t.ratio for t in done if not ratio_free(t.tag("method"))}) or sorted({t.ratio for t in done})
+    by_row: dict[str, list[Trial]] = {}
+    for t in done:
+        by_row.setdefault(labels[t.run_id], []).append(t)
+    cells, cost = {}, {}
+    for row, members in sorted(by_row.items()):
+        # seed -> ratio -> test mAP; ratio-free rows (zero-shot) count for every ratio column
+        per_seed: dict[str, dict[float, float]] = {}
+        for t in members:
+            for r in (ratios if ratio_free(t.tag("method")) else [t.ratio]):
+                per_seed.setdefault(t.tag("seed"), {})[r] = t.metrics["test_map"]
+        row_cells = {}
+        for r in ratios:
+            values = [s[r] for s in per_seed.values() if r in s]
+            if values:
+                row_cells[f"{r:g}"] = _cell(values)
+        complete = [np.mean([s[r] for r in ratios]) for s in per_seed.values() if all(r in s for r in ratios)]
+        if complete:
+            row_cells["Avg"] = _cell(complete)
+        cells[row] = row_cells
+        cost[row] = {k: float(np.mean([t.metrics.get(k, float("nan")) for t in members]))
+                     for k in ("trainable_params", "train_time_s", "gpu_hours")}
+    table = Table(dataset, ratios, cells, cost)
+    for col in table.columns:
+        scored = {row: c[col].mean for row, c in cells.items() if col in c}
+        if scored:
+            table.best[col] = max(scored, key=scored.get)
+    return table
+
+
+def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Rows not dominated in (lower cost, higher mAP), ordered by cost."""
+    front = []
+    for name, (cost, score) in points.items():
+        dominated = any(c <= cost and s >= score and (c < cost or s > score)
+                        for other, (c, s) in points.items() if other != name)
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str], reference: str) -> list[dict]:
+    """Each row vs the reference method on the same (ratio, seed): mean difference and wins.
+
+    When the reference method has several rows (e.g. several n_ctx), the first label is the reference;
+    a ratio-free row (zero-shot) is compared with every reference trial.
+    """
+    done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
+    ref_labels = sorted({labels[t.run_id] for t in done if t.tag("method") == reference})
+    if not ref_labels:
+        return []
+    ref = {(t.ratio, t.tag("seed")): t.metrics["test_map"] for t in done if labels[t.run_id] == ref_labels[0]}
+    out = []
+    for row in sorted({labels[t.run_id] for t in done} - set(ref_labels)):
+        diffs = []
+        for t in (t for t in done if labels[t.run_id] == row):
+            keys = list(ref) if ratio_free(t.tag("method")) else [(t.ratio, t.tag("seed"))]
+            diffs += [t.metrics["test_map"] - ref[k] for k in keys if k in ref]
+        if diffs:
+            out.append({"row": row, "reference": ref_labels[0], "pairs": len(diffs),
+                        "mean_diff": float(np.mean(diffs)),
+                        "std_diff": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+                        "wins": int(sum(d > 0 for d in diffs))})
+    return out
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+
+def table_markdown(table: Table) -> str:
+    head = ["method", *table.columns, "params", "train s / trial", "GPU-h / trial"]
+    lines = [f"### {table.dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, cells in table.cells.items():
+        values = []
+        for col in table.columns:
+            text = cells[col].text() if col in cells else "—"
+            values.append(f"**{text}**" if table.best.get(col) == row else text)
+        cost = table.cost[row]
+        values += [f"{cost['trainable_params']:,.0f}", f"{cost['train_time_s']:.1f}", f"{cost['gpu_hours']:.4f}"]
+        lines.append("| " + " | ".join([row, *values]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_frame(table: Table) -> pd.DataFrame:
+    rows = []
+    for row, cells in table.cells.items():
+        for col, cell in cells.items():
+            rows.append({"dataset": table.dataset, "row": row, "column": col, "mean": cell.mean, "std": cell.std,
+                         "n": cell.n, "best": table.best.get(col) == row, **table.cost[row]})
+    return pd.DataFrame(rows)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def cost_plot(table: Table) -> tuple[bytes, dict[str, list[str]]]:
+    """mAP (Avg) against trainable parameters and train time, log x, Pareto frontier drawn."""
+    rows = [r for r in table.cells if "Avg" in table.cells[r]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fronts = {}
+    for ax, key, label in ((axes[0], "trainable_params", "trainable parameters"),
+                           (axes[1], "train_time_s", "train time per trial (s)")):
+        costs = {r: table.cost[r][key] for r in rows}
+        floor = min([c for c in costs.values() if c > 0], default=1.0) / 2  # 0 (zero-shot) on a log axis
+        points = {r: (max(costs[r], floor), table.cells[r]["Avg"].mean) for r in rows}
+        fronts[key] = pareto(points)
+        for r in rows:
+            x, y = points[r]
+            ax.errorbar(x, y, yerr=table.cells[r]["Avg"].std, fmt="o", capsize=3,
+                        color="C3" if r in fronts[key] else "C0")
+            ax.annotate(r + (" (0)" if costs[r] == 0 else ""), (x, y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+        front = fronts[key]
+        ax.step([points[r][0] for r in front], [points[r][1] for r in front], where="post", color="C3",
+                alpha=0.6, label="Pareto frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test mAP, average over label ratios")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{table.dataset}: cost vs mAP (error bars: std over seeds)")
+    return _png(fig), fronts
+
+
+def per_class_heatmap(client: MlflowClient, dataset: str, trials: list[Trial], labels: dict[str, str],
+                      ratio: float) -> bytes | None:
+    chosen = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset
+              and (t.ratio == ratio or ratio_free(t.tag("method")))]
+    per_row: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in chosen:
+            try:
+                path = client.download_artifacts(t.run_id, "per_class_ap.json", tmp)
+            except Exception:  # a run without the artifact: leave it out of the heatmap only
+                continue
+            per_row.setdefault(labels[t.run_id], []).append(json.loads(Path(path).read_text()))
+    if not per_row:
+        return None
+    classes = list(next(iter(per_row.values()))[0])
+    rows = sorted(per_row)
+    grid = np.array([[np.nanmean([d[c] if d.get(c) is not None else np.nan for d in per_row[r]]) for c in classes]
+                     for r in rows])
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(classes) + 3), 0.45 * len(rows) + 2))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(im, ax=ax, label="AP")
+    ax.set_title(f"{dataset}: per-class test AP at label ratio {ratio:g} (mean over seeds)")
+    return _png(fig)
+
+
+def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
+    """Arms the spec expects that have fewer trial runs than it asks for."""
+    if not spec_text:
+        return []
+    from .sweep import expand, samples_per_arm
+
+    spec = SweepSpec(**yaml.safe_load(spec_text))
+    have: dict[tuple, int] = {}
+    for t in trials:
+        key = tuple(t.tag(f) for f in ARM_FIELDS)
+        have[key] = have.get(key, 0) + 1
+    missing = []
+    for arm in expand(spec):
+        key = tuple(str(getattr(arm.config, f)) for f in ARM_FIELDS)
+        lacking = samples_per_arm(spec, arm) - have.get(key, 0)
+        if lacking > 0:
+            missing.append(f"{arm.slug}: {lacking} trial(s) never started")
+    return missing
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *table.columns, "params", "train s / trial",
+                                                           "GPU-h / trial"])
+    body = []
+    for row, cells in table.cells.items():
+        tds = [f"<td>{html.escape(row)}</td>"]
+        for col in table.columns:
+            text = html.escape(cells[col].text()) if col in cells else "—"
+            tds.append(f'<td class="best">{text}</td>' if table.best.get(col) == row else f"<td>{text}</td>")
+        cost = table.cost[row]
+        tds += [f"<td>{cost['trainable_params']:,.0f}</td>", f"<td>{cost['train_time_s']:.1f}</td>",
+                f"<td>{cost['gpu_hours']:.4f}</td>"]
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.best{font-weight:bold;background:#e8f5e9}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;padding:1em;overflow:auto}
+.warn{color:#b00020}"""
+
+
+def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
+                 reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True) -> dict:
+    """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = connect(uri)
+    parent_run_id, trials = load_trials(client, experiment, parent_run_id)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        spec_text = client.download_artifacts(parent_run_id, "spec.yaml", str(out_dir))
+        spec_text = Path(spec_text).read_text()
+    except Exception:
+        spec_text = None
+    labels = row_labels(trials)
+    incomplete = [f"{labels[t.run_id]} dataset={t.tag('dataset')} ratio={t.tag('label_ratio')} seed={t.tag('seed')}: "
+                  f"{t.status}" + (f" — {t.error.splitlines()[0]}" if t.error else "")
+                  for t in trials if t.status != "FINISHED"]
+    incomplete += expected_missing(spec_text, trials)
+    datasets = sorted({t.tag("dataset") for t in trials if t.status == "FINISHED"})
+    if not datasets:
+        raise ReportError(f"experiment '{experiment}' has no finished trial yet; not finished: {len(incomplete)}")
+    markdown, frames, sections, result = [f"# {experiment}\n"], [], [], {"tables": {}, "pareto": {}, "paired": {}}
+    for ds in datasets:
+        table = build_table(ds, trials, labels)
+        plot, fronts = cost_plot(table)
+        (out_dir / f"cost_vs_map_{ds}.png").write_bytes(plot)
+        ratio = heatmap_ratio if heatmap_ratio is not None else table.ratios[len(table.ratios) // 2]
+        heat = per_class_heatmap(client, ds, trials, labels, ratio)
+        if heat is not None:
+            (out_dir / f"per_class_ap_{ds}.png").write_bytes(heat)
+        paired = paired_differences(ds, trials, labels, reference)
+        markdown.append(table_markdown(table))
+        frames.append(table_frame(table))
+        result["tables"][ds], result["pareto"][ds], result["paired"][ds] = table, fronts, paired
+        paired_rows = "".join(
+            f"<tr><td>{html.escape(p['row'])}</td><td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td>"
+            f"<td>{p['wins']} / {p['pairs']}</td></tr>" for p in paired)
+        sections.append(
+            f"<h2>{html.escape(ds)}</h2>{_html_table(table)}"
+            f"<p>Cells: test mAP at the best-validation epoch, mean ± std over seeds (n seeds); bold: best in "
+            f"its column. Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
+            f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ds)}"
+            f"<h3>Paired difference vs {html.escape(reference)}</h3><table><thead><tr><th>method</th>"
+            f"<th>mean ΔmAP</th><th>wins / pairs</th></tr></thead><tbody>{paired_rows}</tbody></table>"
+            + (_img(heat, "per-class AP " + ds) if heat is not None else ""))
+    pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
+    (out_dir / "table.md").write_text("\n".join(markdown))
+    listing = "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) or "<li>none</li>"
+    spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
+            f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
+            f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "
+            f"<code>{parent_run_id}</code>; only finished trials enter the numbers.</p>"
+            f"<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>{listing}</ul>"
+            f"{''.join(sections)}{spec_html}</body></html>")
+    (out_dir / "report.html").write_text(page)
+    (out_dir / "incomplete.json").write_text(json.dumps(incomplete, indent=2))
+    if log_to_mlflow:
+        client.log_artifacts(parent_run_id, str(out_dir), "report")
+    result.update(parent_run_id=parent_run_id, incomplete=incomplete, out_dir=str(out_dir))
+    return result

@@ -1,0 +1,146 @@
+"""Reports from an MLflow experiment built with known values through the project's tracking code."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ablate.cli import main
+from ablate.report import ReportError, write_report
+from ablate.spec import TrialConfig
+from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+
+# (method, label_ratio, seed) -> (test mAP, trainable params, train seconds)
+FINISHED = {
+    ("dualcoop", 0.1, 0): 70.0, ("dualcoop", 0.1, 1): 72.0, ("dualcoop", 0.5, 0): 80.0, ("dualcoop", 0.5, 1): 84.0,
+    ("baseline", 0.1, 0): 71.0, ("baseline", 0.1, 1): 73.0, ("baseline", 0.5, 0): 78.0,
+    ("positivecoop", 0.1, 0): 70.0, ("positivecoop", 0.1, 1): 70.0, ("positivecoop", 0.5, 0): 75.0,
+    ("positivecoop", 0.5, 1): 75.0,
+    ("zeroshot", 0.5, 0): 60.0,
+}
+COST = {"dualcoop": (1000, 10.0), "baseline": (100, 5.0), "positivecoop": (2000, 20.0), "zeroshot": (0, 0.0)}
+CLASSES = [f"class{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    spec = {"name": "rep", "base": {"dataset": "synthetic"},
+            "grid": {"method": ["dualcoop", "baseline", "positivecoop", "zeroshot"], "label_ratio": [0.1, 0.5],
+                     "seed": [0, 1, 2]}}
+    spec_path = tmp / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    client = connect(uri)
+    exp = ensure_experiment(client, "rep")
+    ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "rep", spec_path, spec_path.read_text()))
+
+    def attach(i: int, method: str, ratio: float, seed: int) -> TrialRun:
+        cfg = TrialConfig(method=method, label_ratio=ratio, seed=seed, dataset="synthetic")
+        return TrialRun.attach(ctx, cfg, f"trial{i}", {"method": method, "label_ratio": ratio, "seed": seed})
+
+    for i, ((method, ratio, seed), value) in enumerate(FINISHED.items()):
+        run = attach(i, method, ratio, seed)
+        params, secs = COST[method]
+        run.log_metrics({"test_map": value, "trainable_params": params, "train_time_s": secs,
+                         "gpu_hours": secs / 3600})
+        run.log_dict({c: value + k for k, c in enumerate(CLASSES)}, "per_class_ap.json")
+        run.finish()
+    attach(100, "baseline", 0.5, 1).fail("TrialDiverged: loss became nan at epoch 3")
+    attach(101, "positivecoop", 0.1, 2)  # still RUNNING
+    return uri
+
+
+@pytest.fixture(scope="module")
+def report(experiment, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return write_report("rep", out, experiment), out
+
+
+def cell(table, row, col):
+    c = table.cells[row][col]
+    return round(c.mean, 6), round(c.std, 6), c.n
+
+
+def test_table_numbers(report):
+    result, _ = report
+    t = result["tables"]["synthetic"]
+    assert t.columns == ["0.1", "0.5", "Avg"]
+    assert cell(t, "dualcoop", "0.1") == (71.0, round(math.sqrt(2), 6), 2)
+    assert cell(t, "dualcoop", "0.5") == (82.0, round(math.sqrt(8), 6), 2)
+    assert cell(t, "dualcoop", "Avg") == (76.5, round(math.sqrt(4.5), 6), 2)  # per-seed averages 75 and 78
+    assert cell(t, "baseline", "0.1") == (72.0, round(math.sqrt(2), 6), 2)
+    assert cell(t, "baseline", "0.5") == (78.0, 0.0, 1)  # the failed seed is not averaged in
+    assert cell(t, "baseline", "Avg") == (74.5, 0.0, 1)  # only seed 0 has every ratio
+    assert cell(t, "positivecoop", "Avg") == (72.5, 0.0, 2)
+    assert cell(t, "zeroshot", "0.1") == cell(t, "zeroshot", "0.5") == (60.0, 0.0, 1)  # ratio-free row
+    assert t.best == {"0.1": "baseline", "0.5": "dualcoop", "Avg": "dualcoop"}
+    assert t.cost["positivecoop"]["trainable_params"] == 2000 and t.cost["baseline"]["train_time_s"] == 5.0
+
+
+def test_pareto_sets(report):
+    result, _ = report
+    fronts = result["pareto"]["synthetic"]
+    assert fronts["trainable_params"] == ["zeroshot", "baseline", "dualcoop"]
+    assert fronts["train_time_s"] == ["zeroshot", "baseline", "dualcoop"]
+
+
+def test_paired_differences_against_dualcoop(report):
+    result, _ = report
+    paired = {p["row"]: p for p in result["paired"]["synthetic"]}
+    assert (paired["baseline"]["pairs"], paired["baseline"]["wins"]) == (3, 2)
+    assert paired["baseline"]["mean_diff"] == pytest.approx(0.0)
+    assert (paired["positivecoop"]["pairs"], paired["positivecoop"]["wins"]) == (4, 0)
+    assert paired["positivecoop"]["mean_diff"] == pytest.approx(-4.0)
+    assert paired["zeroshot"]["mean_diff"] == pytest.approx(60 - 76.5)
+
+
+def test_incomplete_trials_are_listed_not_averaged(report):
+    result, out = report
+    text = "\n".join(result["incomplete"])
+    assert "FAILED — TrialDiverged: loss became nan" in text
+    assert "RUNNING" in text
+    # seed 2 was never started for dualcoop and baseline at both ratios, positivecoop at 0.5
+    assert sum("never started" in line for line in result["incomplete"]) == 5
+    assert "never started" in (out / "report.html").read_text()
+
+
+def test_outputs_written_and_logged(report, experiment):
+    result, out = report
+    for name in ("table.md", "table.csv", "report.html", "cost_vs_map_synthetic.png", "per_class_ap_synthetic.png"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "table.md").read_text()
+    assert "**76.50 ± 2.12 (n=2)**" in md and "78.00 (n=1)" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "label_ratio" in page  # plots and the spec inline
+    client = connect(experiment)
+    logged = [a.path for a in client.list_artifacts(result["parent_run_id"], "report")]
+    assert "report/report.html" in logged
+
+
+def test_missing_experiment_is_a_clear_error(experiment, tmp_path, capsys):
+    with pytest.raises(ReportError, match="no MLflow experiment named 'nope'.*rep"):
+        write_report("nope", tmp_path, experiment)
+    assert main(["report", "--experiment", "nope", "--tracking-uri", experiment, "--out", str(tmp_path)]) == 2
+    assert "no MLflow experiment" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    _, out = report
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (out / "report.html").resolve().as_uri()
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1300,1800", url],
+                   check=True, capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert dom.count("<table") >= 2 and dom.count("<img") == 2 and "dualcoop" in dom
