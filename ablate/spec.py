@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MethodName = Literal[
     "dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline", "zeroshot"
 ]
-DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic"]
+DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic", "world"]
 
 
 class StrictModel(BaseModel):
@@ -38,6 +38,11 @@ class TrialConfig(StrictModel):
     backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
     pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
     image_size: int | None = Field(None, ge=16, description="input size; default: the model's own")
+
+    features: Literal["online", "cached"] = Field(
+        "online", description="online: run the frozen image encoder every step (augmentation possible); "
+        "cached: read dense features computed once per (backbone, weights, size, data, split)")
+    feature_cache_dir: Path | None = Field(None, description="feature cache location (default <cache_dir>/features)")
 
     # prompts / method options
     n_ctx: int = Field(16, ge=1, le=64)
