@@ -105,7 +105,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     import torch
     from ray import tune
 
-    from .trainer import run_trial
+    from .trainer import TRAINED, run_trial
 
     torch.set_num_threads(max(1, int(cpus)))
     index = config.get("arm", 0)
@@ -123,8 +123,10 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
         tune.report(row, checkpoint=checkpoint)
 
+    trained = workdir / "trained" / TRAINED
     try:
-        metrics = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False)
+        metrics = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
+        run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
     except Exception as err:
         run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
         raise

@@ -154,6 +154,9 @@ class TrialRun:
     def log_dict(self, data: dict, name: str) -> None:
         _retry(self.client.log_dict, self.run_id, data, name)
 
+    def log_artifact(self, path: Path) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path))
+
     def finish(self) -> None:
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
 

@@ -228,6 +228,7 @@ class Trial:
 
     def finish(self, history: list[dict], best: dict, elapsed: float) -> dict:
         last_state = trainable_state(self.method)
+        self.selected_state = best["state"] if self.method.trainable and best["epoch"] > 0 else last_state
         last_test = self.evaluate("test")
         if self.method.trainable and best["epoch"] > 0:
             self.method.load_state_dict(best["state"], strict=False)
@@ -260,6 +261,16 @@ class Trial:
         }
 
 
+    def save_trained(self, path: Path) -> None:
+        """The selected (best-validation) trainable parameters with what is needed to rebuild the method."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": self.cfg.model_dump(mode="json"), "classnames": self.classnames,
+                    "state": self.selected_state}, path)
+
+
+TRAINED = "trained.pt"
+
+
 def run_trial(
     cfg: TrialConfig,
     out_dir: Path | None = None,
@@ -267,12 +278,26 @@ def run_trial(
     checkpoint_dir: Path | None = None,
     report: Reporter | None = None,
     progress: bool = True,
+    trained_path: Path | None = None,
 ) -> dict:
-    """Train and evaluate one trial; writes `metrics.json` (and checkpoints) into `out_dir`."""
+    """Train and evaluate one trial; writes `metrics.json`, `trained.pt` (and checkpoints) into `out_dir`."""
     trial = Trial(cfg, out_dir, progress)
     metrics = trial.run(checkpoint_dir, report)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        trained_path = trained_path or out / TRAINED
+    if trained_path is not None:
+        trial.save_trained(Path(trained_path))
     return metrics
+
+
+def load_trained(path: Path, device: str | torch.device = "cpu") -> tuple[TrialConfig, Backbone, Method]:
+    """Rebuild a trained method (and its frozen backbone) from a `trained.pt` file."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = TrialConfig.model_validate(saved["config"])
+    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, device)
+    method = create_method(cfg, backbone, saved["classnames"]).to(device)
+    method.load_state_dict(saved["state"], strict=False)
+    return cfg, backbone, method.eval()
