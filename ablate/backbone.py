@@ -5,7 +5,8 @@ One door, `create_backbone(name, pretrained, image_size, device)`:
   `ablate-tiny-rn`), registered with open_clip so they work wherever a model name is accepted.
 - `pretrained`: an open_clip tag (e.g. `openai`), a local checkpoint file (open_clip or
   OpenAI-format state dict, possibly wrapped under "state_dict"/"model", or an OpenAI TorchScript
-  archive), or `none` for random weights.
+  archive), `world-presence` / `world-negation` (ablate's own tiny CLIP pre-trained on its synthetic
+  world), or `none` for random weights.
 """
 
 from __future__ import annotations
@@ -82,7 +83,26 @@ def weights_fingerprint(pretrained: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _build_clip(name: str, pretrained: str, image_size: int | None) -> tuple[nn.Module, bool]:
+def _file_activation(name: str, path: Path, is_openai: bool, quick_gelu: bool | None) -> bool:
+    """QuickGELU or GELU for weights from a file. The weights cannot tell: only OpenAI's format
+    markers, a `-quickgelu` name or an explicit choice can, and guessing wrong changes every feature."""
+    if is_openai or "quickgelu" in name:
+        if quick_gelu is False:
+            raise BackboneError(f"{path} is an OpenAI-format checkpoint, trained with QuickGELU; drop quick_gelu: false")
+        return True
+    if quick_gelu is not None:
+        return quick_gelu
+    if f"{name}-quickgelu" in open_clip.list_models():
+        raise BackboneError(
+            f"{path}: the weights cannot tell whether {name} was trained with QuickGELU (OpenAI CLIP and its "
+            f"fine-tunes, e.g. NegationCLIP, CoN-CLIP) or GELU (e.g. LAION); use --backbone {name}-quickgelu, "
+            "or set quick_gelu: true / false")
+    return False
+
+
+def _build_clip(
+    name: str, pretrained: str, image_size: int | None, quick_gelu: bool | None = None
+) -> tuple[nn.Module, bool]:
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise BackboneError(
             f"unknown backbone '{name}'; use an open_clip model name (open_clip.list_models()) "
@@ -90,12 +110,12 @@ def _build_clip(name: str, pretrained: str, image_size: int | None) -> tuple[nn.
         )
     kwargs = {"force_image_size": image_size} if image_size else {}
     if pretrained.lower() == "none":
-        return open_clip.create_model(name, pretrained=None, **kwargs), "quickgelu" in name
+        quick = bool(quick_gelu) or "quickgelu" in name
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs), quick
     path = Path(pretrained).expanduser()
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors") or path.exists():
         state, is_openai = read_checkpoint(path)
-        # OpenAI weights were trained with QuickGELU; another activation gives wrong features silently.
-        quick = is_openai or "quickgelu" in name
+        quick = _file_activation(name, path, is_openai, quick_gelu)
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
         _load_state(model, state, path)
         return model, quick
@@ -105,8 +125,10 @@ def _build_clip(name: str, pretrained: str, image_size: int | None) -> tuple[nn.
             f"'{pretrained}' is neither a local file nor an open_clip tag of {name} "
             f"(tags: {', '.join(tags) or 'none'}); pass a checkpoint path or 'none'"
         )
-    model = open_clip.create_model(name, pretrained=pretrained, **kwargs)
-    return model, "quickgelu" in name or pretrained == "openai"
+    # open_clip only warns when a QuickGELU tag meets a GELU config; build what the tag was trained with
+    quick = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")) or "quickgelu" in name
+    model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick, **kwargs)
+    return model, quick
 
 
 def _load_state(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
@@ -232,10 +254,25 @@ def _tower(visual: nn.Module, name: str) -> str:
     )
 
 
+WORLD_PREFIX = "world-"
+
+
+def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None) -> str:
+    """`world-presence` / `world-negation`: the tiny CLIP ablate pre-trains on its synthetic world
+    (built and trained on first use, cached under `cache_dir`); anything else is returned as is."""
+    if not pretrained.startswith(WORLD_PREFIX):
+        return pretrained
+    from .pretrain import ensure_world_checkpoint  # imports this module: resolved lazily
+
+    return str(ensure_world_checkpoint(pretrained, Path(cache_dir or ".ablate_cache"), model=name))
+
+
 def create_backbone(
-    name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu"
+    name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu",
+    cache_dir: Path | None = None, quick_gelu: bool | None = None,
 ) -> Backbone:
-    model, quick = _build_clip(name, pretrained, image_size)
+    """`quick_gelu`: None decides from the weights' format and name (ambiguous files are refused)."""
+    model, quick = _build_clip(name, resolve_pretrained(name, pretrained, cache_dir), image_size, quick_gelu)
     visual = model.visual
     pre = getattr(visual, "preprocess_cfg", {}) or {}
     size = visual.image_size

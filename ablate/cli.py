@@ -1,4 +1,4 @@
-"""Command line: `ablate train` (one trial), `ablate sweep` (a spec on Ray Tune)."""
+"""Command line: `ablate train | sweep | report | world | probe | analyze`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from pydantic import ValidationError
 
@@ -162,18 +163,63 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _world_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world", help="the synthetic world: build it, pre-train its tiny CLIP",
+                       description="ablate's own multi-label world (COCO layout + captions) and a tiny CLIP "
+                                   "pre-trained on it; both are also built on first use by specs that name "
+                                   "dataset `world` or pretrained `world-presence` / `world-negation`.")
+    world_sub = p.add_subparsers(dest="world_command", required=True)
+    b = world_sub.add_parser("build", help="generate the world (deterministic; skipped when already complete)")
+    b.add_argument("--out", type=Path, help="folder (default: <cache-dir>/world-<config hash>)")
+    b.add_argument("--cache-dir", type=Path, default=Path(".ablate_cache"))
+    for name in ("n-train", "n-val", "n-test", "image-size", "seed"):
+        b.add_argument(f"--{name}", type=int, help=f"WorldConfig.{name.replace('-', '_')}")
+    t = world_sub.add_parser("pretrain", help="contrastive pre-training of a tiny CLIP on the world's captions")
+    t.add_argument("--captions", choices=["presence", "negation"], required=True,
+                   help="presence-only captions (LAION-like) or negation-augmented ones")
+    t.add_argument("--model", default="ablate-tiny-vit", help="open_clip model config to pre-train")
+    t.add_argument("--cache-dir", type=Path, default=Path(".ablate_cache"))
+    t.add_argument("--out", type=Path, help="checkpoint path (default: cached and keyed by the config)")
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .data.world import WorldConfig, build_world, default_world_root
+    from .pretrain import PretrainConfig, ensure_world_checkpoint, pretrain
+
+    if args.world_command == "build":
+        fields = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test", "image_size", "seed")}
+        world = replace(WorldConfig(), **{k: v for k, v in fields.items() if v is not None})
+        root = build_world(args.out or default_world_root(args.cache_dir, world), world)
+        print(root)
+        return 0
+    if args.out is None:
+        print(ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model))
+        return 0
+    root = build_world(default_world_root(args.cache_dir))
+    manifest = pretrain(root, args.out, PretrainConfig(model=args.model, captions=args.captions))
+    print(json.dumps(manifest, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    """The parser and a handler per command."""
+    from .probes import add_probe_commands
+
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _sweep_parser(sub)
     _report_parser(sub)
-    return parser
+    _world_parser(sub)
+    handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "world": cmd_world}
+    return parser, {**handlers, **add_probe_commands(sub)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, BackboneError, TrackingError, ReportError) as err:

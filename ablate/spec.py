@@ -38,6 +38,9 @@ class TrialConfig(StrictModel):
     backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
     pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
     image_size: int | None = Field(None, ge=16, description="input size; default: the model's own")
+    quick_gelu: bool | None = Field(
+        None, description="activation of weights from a file: None = from the format / name (ambiguous "
+        "checkpoints of standard CLIP architectures are refused), true = QuickGELU (OpenAI and fine-tunes)")
 
     features: Literal["online", "cached"] = Field(
         "online", description="online: run the frozen image encoder every step (augmentation possible); "
