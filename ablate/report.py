@@ -302,6 +302,29 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
     return missing
 
 
+def diagnostics(dataset: str, trials: list[Trial], labels: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Row label -> mean of each probe metric over its finished trials (rows without probes left out)."""
+    from .probes import PROBE_COLUMNS
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    for t in trials:
+        if t.status == "FINISHED" and t.tag("dataset") == dataset:
+            for key in PROBE_COLUMNS:
+                if key in t.metrics:
+                    rows.setdefault(labels[t.run_id], {}).setdefault(key, []).append(t.metrics[key])
+    return {row: {k: float(np.mean(v)) for k, v in m.items()} for row, m in sorted(rows.items())}
+
+
+def _diagnostics_html(rows: dict[str, dict[str, float]]) -> str:
+    from .probes import PROBE_COLUMNS
+
+    columns = [k for k in PROBE_COLUMNS if any(k in m for m in rows.values())]
+    head = "".join(f"<th>{html.escape(PROBE_COLUMNS[k])}</th>" for k in columns)
+    body = "".join("<tr><td>" + html.escape(row) + "</td>" + "".join(
+        f"<td>{m[k]:.3f}</td>" if k in m else "<td>—</td>" for k in columns) + "</tr>" for row, m in rows.items())
+    return f"<h3>Diagnostics</h3><table><thead><tr><th>method</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -361,8 +384,14 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
             (out_dir / f"per_class_ap_{ds}.png").write_bytes(heat)
         paired = paired_differences(ds, trials, labels, reference)
         markdown.append(table_markdown(table))
+        probes = diagnostics(ds, trials, labels)
+        if probes:
+            from .probes import probe_markdown
+
+            markdown.append("#### Diagnostics\n\n" + probe_markdown(probes))
         frames.append(table_frame(table))
         result["tables"][ds], result["pareto"][ds], result["paired"][ds] = table, fronts, paired
+        result.setdefault("diagnostics", {})[ds] = probes
         paired_rows = "".join(
             f"<tr><td>{html.escape(p['row'])}</td><td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td>"
             f"<td>{p['wins']} / {p['pairs']}</td></tr>" for p in paired)
@@ -373,7 +402,8 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
             f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ds)}"
             f"<h3>Paired difference vs {html.escape(reference)}</h3><table><thead><tr><th>method</th>"
             f"<th>mean ΔmAP</th><th>wins / pairs</th></tr></thead><tbody>{paired_rows}</tbody></table>"
-            + (_img(heat, "per-class AP " + ds) if heat is not None else ""))
+            + (_img(heat, "per-class AP " + ds) if heat is not None else "")
+            + (_diagnostics_html(probes) if probes else ""))
     pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
     (out_dir / "table.md").write_text("\n".join(markdown))
     listing = "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) or "<li>none</li>"

@@ -217,6 +217,9 @@ class SweepSpec(StrictModel):
     optuna: OptunaSpec | None = None
     asha: AshaSpec | None = None
     resources: Resources = Field(default_factory=Resources)
+    probes: list[Literal["negation", "presence", "hard_positive", "prompts"]] = Field(
+        default_factory=list, description="diagnostics run after each trial, logged to its MLflow run")
+    probe_limit: int | None = Field(200, ge=1, description="images per image-grounded probe")
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .spec import (IGNORED_BY_METHOD, ConfigError, SweepSpec, TrialConfig, arm_config, canonical,
+from .spec import (IGNORED_BY_METHOD, ConfigError, Resources, SweepSpec, TrialConfig, arm_config, canonical,
                    load_sweep_spec)
 from .tracking import (TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri,
                        start_parent_run)
@@ -97,7 +97,7 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: TrackingContext, gpus: float,
-              cpus: float) -> None:
+              cpus: float, probes: list[str] = (), probe_limit: int | None = None) -> None:
     """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run.
 
     `config` holds the grid arm's index ("arm") and any Optuna-sampled fields.
@@ -127,6 +127,8 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     try:
         metrics = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
         run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
+        if probes:
+            run_trial_probes(run, cfg, probes, trained, workdir / "probes", probe_limit, metrics["epochs"])
     except Exception as err:
         run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
         raise
@@ -147,6 +149,18 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     last_loss = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")
     tune.report({**final, "val_map": metrics["best_val_map"], "loss": last_loss, "epoch": metrics["epochs"],
                  "done": True})
+
+
+def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: list[str], trained: Path, out: Path,
+                     limit: int | None, step: int) -> None:
+    """Diagnostics next to the trial's metrics; a failing probe is recorded, the trial still counts."""
+    from .probes import run_probes_for_trial
+
+    try:
+        run.log_metrics(run_probes_for_trial(cfg, probes, trained, out, limit=limit), step=step)
+        run.client.log_artifacts(run.run_id, str(out), "probes")
+    except Exception as err:  # diagnostics must not fail a finished trial
+        run.client.set_tag(run.run_id, "ablate.probe_error", f"{type(err).__name__}: {err}"[:5000])
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -220,7 +234,8 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     members = arms if arm is None else [arm]
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
-                             labels=[a.overrides for a in members], tracking=ctx, gpus=res.gpu, cpus=res.cpu),
+                             labels=[a.overrides for a in members], tracking=ctx, gpus=res.gpu, cpus=res.cpu,
+                             probes=list(spec.probes), probe_limit=spec.probe_limit),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
     name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
@@ -267,16 +282,64 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare_data(arms: list[Arm]) -> None:
-    """Check every data root (and generate the synthetic set) once, in the driver, before any trial."""
+def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
+    """Before any trial: check every data root (generating the synthetic set) in the driver, then build
+    the feature caches that `features: cached` arms read, so parallel trials only read them.
+
+    With `resources` (a trial's), each cache group is a Ray task on those resources (the GPU workers
+    on a cluster), all groups in parallel; without, they are built in this process.
+    """
     from .data import check_root
+    from .data.features import check_features_mode, feature_group
 
     seen = set()
     for arm in arms:
+        check_features_mode(arm.config)
         key = (arm.config.dataset, arm.config.data_root, arm.config.synthetic_images, arm.config.cache_dir)
         if key not in seen:
             seen.add(key)
             check_root(arm.config)
+    cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}
+    if cached:
+        build_feature_caches(list(cached.values()), resources)
+
+
+def build_feature_caches(configs: list[TrialConfig], resources: Resources | None) -> None:
+    """Make the caches of every config valid (building the missing ones); one progress bar over all images."""
+    from tqdm.auto import tqdm
+
+    from .data.features import cached_images, prepare_caches
+
+    with tqdm(total=sum(map(cached_images, configs)), desc="feature caches", unit="img") as bar:
+        if resources is None:
+            for cfg in configs:
+                prepare_caches(cfg, progress=False, on_images=bar.update)
+            return
+        import ray
+        from ray.util.queue import Queue
+
+        init_ray()
+        done_images = Queue(actor_options={"num_cpus": 0})  # tasks -> driver: images done
+        task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=0)(_cache_task)
+        pending = [task.remote(cfg.model_dump(mode="json"), done_images, resources.cpu) for cfg in configs]
+        try:
+            while pending:
+                finished, pending = ray.wait(pending, timeout=0.5)
+                ray.get(finished)  # a failed build stops the sweep here, before any trial starts
+                if done_images.qsize():
+                    bar.update(sum(done_images.get_nowait_batch(done_images.qsize())))
+        finally:
+            done_images.shutdown()
+
+
+def _cache_task(config: dict, done_images, cpus: float) -> None:
+    """Ray task: the caches of one config, on the worker's device (a GPU when the task holds one)."""
+    import torch
+
+    from .data.features import prepare_caches
+
+    torch.set_num_threads(max(1, int(cpus)))
+    prepare_caches(TrialConfig.model_validate(config), progress=False, on_images=done_images.put)
 
 
 def _storage_root(spec: SweepSpec, override: str | None) -> str:
@@ -293,7 +356,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     # beside the Tune results; for bucket storage in the launching directory
     state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
     arms = expand(spec)
-    prepare_data(arms)  # a bad data root stops here, before anything is recorded
+    prepare_data(arms, spec.resources)  # a bad data root stops here, before anything is recorded
     if resume:
         if not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")

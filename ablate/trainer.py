@@ -20,12 +20,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
 from .data import MultiLabelDataset, check_root, load_splits
+from .data.features import CachedFeatures, FeatureCache, check_features_mode, ensure_trial_caches
 from .data.transforms import build_transform
 from .loss import AsymmetricLoss
 from .methods import FREE, LINEAR, PROMPT, Method, create_method
@@ -101,10 +102,16 @@ class Trial:
         self.progress = progress
         self.device = resolve_device(cfg.device)
         self.amp = cfg.amp and self.device.type == "cuda"
+        check_features_mode(cfg)
         check_root(cfg)  # fail on a bad data root before loading any model
         seed_everything(cfg.seed)
-        self.backbone: Backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, self.device)
+        self.backbone: Backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, self.device,
+                                                  cfg.resolved_cache_dir(), cfg.quick_gelu)
         self.splits = load_splits(cfg)
+        # cached mode: features read from disk (built here only if missing); the image encoder never runs
+        self.caches: dict[str, FeatureCache] | None = None
+        if cfg.features == "cached":
+            self.caches = ensure_trial_caches(cfg, self.backbone, self.splits, progress=progress)
         self.classnames = self.splits["train"].classnames
         self.method = create_method(cfg, self.backbone, self.classnames).to(self.device)
         self.loss_fn = AsymmetricLoss(
@@ -115,15 +122,22 @@ class Trial:
 
     # ---- data ---------------------------------------------------------------------------------
     def loader(self, split: str, train: bool, epoch: int = 0) -> DataLoader:
-        info = self.backbone.info
-        transform = build_transform(info.image_size, info.mean, info.std, train=train, augment=self.cfg.augment)
+        """Batches of (images or cached features, labels); both modes draw the same order from the seed."""
         generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        if self.caches is None:
+            info = self.backbone.info
+            transform = build_transform(info.image_size, info.mean, info.std, train=train, augment=self.cfg.augment)
+            dataset = MultiLabelDataset(self.splits[split], transform)
+            batching = {"batch_size": self.cfg.batch_size, "shuffle": train, "drop_last": False}
+        else:
+            dataset = CachedFeatures(self.caches[split], self.splits[split])
+            # the sampler the online loader builds from (shuffle, generator), read a whole batch at a time
+            order = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
+            batching = {"batch_size": None, "sampler": BatchSampler(order, self.cfg.batch_size, drop_last=False)}
         workers = self.cfg.num_workers
         return DataLoader(
-            MultiLabelDataset(self.splits[split], transform),
-            batch_size=self.cfg.batch_size,
-            shuffle=train,
-            drop_last=False,
+            dataset,
+            **batching,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
@@ -136,20 +150,28 @@ class Trial:
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
+    def dense(self, inputs: Tensor) -> Tensor:
+        """Dense features [B, L, D] of a batch: cached rows as read, or the frozen encoder on images."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.caches is None:
+            return self.backbone.dense_features(inputs)
+        return inputs if self.amp else inputs.float()  # float16 on disk; autocast takes it as is
+
     # ---- steps --------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
         seed_everything(_epoch_seed(self.cfg.seed, epoch))  # augmentation randomness, resumable
         set_lr(self.optimizer, lr_at(epoch, self.cfg))
         self.method.train()
         total, batches = 0.0, 0
-        bar = tqdm(self.loader("train", True, epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+        loader = self.loader("train", True, epoch)
+        # an iterator, not the loader: tqdm.auto opens one of its own, which starts another set of
+        # workers and draws another shuffle from the epoch's generator
+        bar = tqdm(iter(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
-        for step, (images, targets) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
+        for step, (inputs, targets) in enumerate(bar):
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast():
-                dense = self.backbone.dense_features(images)
-                logits = self.method(dense)
+                logits = self.method(self.dense(inputs))
             loss = self.loss_fn(logits.float(), targets)
             if not torch.isfinite(loss):
                 raise TrialDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
@@ -168,9 +190,9 @@ class Trial:
         with self.autocast():
             embeddings = self.method.class_embeddings()  # once per pass, not per batch
         scores, targets = [], []
-        for images, target in self.loader(split, train=False):
+        for inputs, target in self.loader(split, train=False):
             with self.autocast():
-                logits = self.method(self.backbone.dense_features(images.to(self.device)), embeddings)
+                logits = self.method(self.dense(inputs), embeddings)
             scores.append(logits.float().softmax(dim=1)[:, 1].cpu())
             targets.append(target)
         return multilabel_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy())
@@ -297,7 +319,9 @@ def load_trained(path: Path, device: str | torch.device = "cpu") -> tuple[TrialC
     """Rebuild a trained method (and its frozen backbone) from a `trained.pt` file."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     cfg = TrialConfig.model_validate(saved["config"])
-    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, device)
+    seed_everything(cfg.seed)  # random ('none') weights are drawn from the seed, as in the trial
+    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, device, cfg.resolved_cache_dir(),
+                               cfg.quick_gelu)
     method = create_method(cfg, backbone, saved["classnames"]).to(device)
     method.load_state_dict(saved["state"], strict=False)
     return cfg, backbone, method.eval()

@@ -50,6 +50,8 @@ def experiment(tmp_path_factory) -> str:
         run.log_metrics({"test_map": value, "trainable_params": params, "train_time_s": secs,
                          "gpu_hours": secs / 3600})
         run.log_dict({c: value + k for k, c in enumerate(CLASSES)}, "per_class_ap.json")
+        if method == "dualcoop" and ratio == 0.1:  # diagnostics logged next to the trial metrics
+            run.log_metrics({"probe_negation_farther_pct": 40.0 + 20.0 * seed})
         run.finish()
     attach(100, "baseline", 0.5, 1).fail("TrialDiverged: loss became nan at epoch 3")
     attach(101, "positivecoop", 0.1, 2)  # still RUNNING
@@ -121,6 +123,12 @@ def test_outputs_written_and_logged(report, experiment):
     client = connect(experiment)
     logged = [a.path for a in client.list_artifacts(result["parent_run_id"], "report")]
     assert "report/report.html" in logged
+
+
+def test_diagnostics_are_averaged_per_row(report):
+    result, out = report
+    assert result["diagnostics"]["synthetic"] == {"dualcoop": {"probe_negation_farther_pct": 50.0}}
+    assert "Diagnostics" in (out / "report.html").read_text() and "negation farther %" in (out / "table.md").read_text()
 
 
 def test_missing_experiment_is_a_clear_error(experiment, tmp_path, capsys):

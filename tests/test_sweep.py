@@ -52,7 +52,8 @@ def runs(tmp_path: Path, name: str = "t") -> tuple[list, list]:
 
 
 def test_grid_lands_one_child_run_per_trial(tmp_path, cache_dir):
-    spec = write_spec(tmp_path, cache_dir, grid={"method": ["baseline", "positivecoop"], "label_ratio": [0.3, 0.7]})
+    spec = write_spec(tmp_path, cache_dir, grid={"method": ["baseline", "positivecoop"], "label_ratio": [0.3, 0.7]},
+                      probes=["negation", "prompts"], probe_limit=8)
     summary = run_sweep(spec)
     assert summary["trials"] == 4 and summary["errored"] == 0
     parents, children = runs(tmp_path)
@@ -67,6 +68,9 @@ def test_grid_lands_one_child_run_per_trial(tmp_path, cache_dir):
                 "peak_memory_mb"} <= m.keys()
         assert m["trainable_params"] > 0 and m["train_time_s"] > 0
         assert child.data.params["method"] == child.data.tags["ablate.method"]
+        assert "probe_negation_farther_pct" in m and "ablate.probe_error" not in child.data.tags
+        if child.data.tags["ablate.method"] == "positivecoop":  # the baseline has no prompts to analyse
+            assert "analysis_pos_neg_cos" in m
     # the spec is recorded on the parent; a second launch of the same sweep is refused
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.download_artifacts(parents[0].info.run_id, "spec.yaml", str(tmp_path))

@@ -30,7 +30,7 @@ from ablate.backbone import Backbone
 from ablate.methods import Method, PromptSide, TwoSided
 from ablate.spec import TrialConfig
 from ablate.tracking import TrialRun, connect, resolve_tracking_uri
-from ablate.trainer import TRAINED, load_trained, seed_everything
+from ablate.trainer import TRAINED, load_trained
 
 from . import ProbeError, describe, flat_metrics, format_stats, image_loader, probe_images, write_json
 
@@ -144,8 +144,6 @@ def _side_kinds(method: Method) -> dict[str, str]:
 
 def _trained(path: Path, device: str) -> tuple[TrialConfig, Backbone, Method, list[str]]:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    # Random ('none') weights are drawn right after seeding, as the trial drew them.
-    seed_everything(saved["config"]["seed"])
     cfg, backbone, method = load_trained(path, device)
     if method.class_embeddings() is None:
         raise ProbeError(f"{path}: {cfg.method} has no class embeddings to analyse (it is vision-only)")
