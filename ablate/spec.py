@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MethodName = Literal[
     "dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline", "zeroshot"
 ]
-DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic", "world"]
+DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic"]
 
 
 class StrictModel(BaseModel):
