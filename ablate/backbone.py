@@ -262,11 +262,8 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None
     (built and trained on first use, cached under `cache_dir`); anything else is returned as is."""
     if not pretrained.startswith(WORLD_PREFIX):
         return pretrained
-    try:
-        from .pretrain import ensure_world_checkpoint  # imports this module: resolved lazily
-    except ImportError:  # the synthetic-world pre-training is not part of this installation yet
-        raise BackboneError(f"'{pretrained}' needs ablate's world pre-training (ablate.pretrain), which this "
-                            "installation lacks; pass an open_clip tag, a checkpoint file or 'none'") from None
+    from .pretrain import ensure_world_checkpoint  # imports this module: resolved lazily
+
     return str(ensure_world_checkpoint(pretrained, Path(cache_dir or ".ablate_cache"), model=name))
 
 

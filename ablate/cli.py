@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from .backbone import BackboneError
 from .data import DataError
+from .pretrain import PretrainConfig, checkpoint_path
 from .report import ReportError
 from .tracking import TrackingError, trial_table
 from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
@@ -179,14 +180,20 @@ def _world_parser(sub: argparse._SubParsersAction) -> None:
                    help="presence-only captions (LAION-like) or negation-augmented ones")
     t.add_argument("--model", default="ablate-tiny-vit", help="open_clip model config to pre-train")
     t.add_argument("--cache-dir", type=Path, default=Path(".ablate_cache"))
-    t.add_argument("--out", type=Path, help="checkpoint path (default: cached and keyed by the config)")
+    t.add_argument("--world-root", type=Path, help="a world made with `ablate world build --out` (default: the "
+                   "embedded world, built if missing)")
+    t.add_argument("--out", type=Path, help="checkpoint path (default: cached, keyed by the config and world)")
+    for name in ("epochs", "batch-size", "lr", "weight-decay", "warmup-steps", "seed"):
+        field = name.replace("-", "_")
+        kind = float if field in ("lr", "weight_decay") else int
+        t.add_argument(f"--{name}", type=kind, help=f"default {getattr(PretrainConfig(), field)}")
 
 
 def cmd_world(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .data.world import WorldConfig, build_world, default_world_root
-    from .pretrain import PretrainConfig, ensure_world_checkpoint, pretrain
+    from .pretrain import ensure_world_checkpoint, manifest_path, pretrain
 
     if args.world_command == "build":
         fields = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test", "image_size", "seed")}
@@ -194,12 +201,18 @@ def cmd_world(args: argparse.Namespace) -> int:
         root = build_world(args.out or default_world_root(args.cache_dir, world), world)
         print(root)
         return 0
-    if args.out is None:
-        print(ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model))
-        return 0
-    root = build_world(default_world_root(args.cache_dir))
-    manifest = pretrain(root, args.out, PretrainConfig(model=args.model, captions=args.captions))
-    print(json.dumps(manifest, indent=2, default=str))
+    fields = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")}
+    cfg = replace(PretrainConfig(), model=args.model, captions=args.captions,
+                  **{k: v for k, v in fields.items() if v is not None})
+    if args.out is None and args.world_root is None:
+        out = ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model, base=cfg)
+    else:
+        root = args.world_root or build_world(default_world_root(args.cache_dir))
+        out = args.out or checkpoint_path(args.cache_dir, root, cfg)
+        pretrain(root, out, cfg)
+    manifest = json.loads(manifest_path(out).read_text())
+    print(json.dumps({"checkpoint": str(out), "test_zero_shot_map": manifest["test_zero_shot_map"],
+                      "loss_curve": manifest["loss_curve"], "seconds": manifest["seconds"]}, indent=1))
     return 0
 
 

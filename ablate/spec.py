@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MethodName = Literal[
     "dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline", "zeroshot"
 ]
-DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic"]
+DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic", "world"]
 
 
 class StrictModel(BaseModel):
@@ -27,7 +27,8 @@ class TrialConfig(StrictModel):
     method: MethodName = "dualcoop"
     dataset: DatasetName = "synthetic"
     data_root: Path | None = Field(
-        None, description="dataset root; for `synthetic` a folder to generate into (default: cache dir)"
+        None, description="dataset root; for `synthetic` a folder to generate into, for `world` a built world "
+        "(default for both: generated into the cache dir)"
     )
     label_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of (image, class) labels kept")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of train images held out for model selection")
@@ -161,6 +162,8 @@ METRICS = ("val_map", "loss")  # reported every epoch, so usable by Optuna and A
 def canonical(cfg: TrialConfig) -> TrialConfig:
     """The same trial with every field its method ignores set to the default."""
     defaults = {f: TrialConfig.model_fields[f].default for f in IGNORED_BY_METHOD.get(cfg.method, ())}
+    if "augment" in defaults:  # a method that trains nothing augments nothing (and may read cached features)
+        defaults["augment"] = False
     return cfg.model_copy(update=defaults)
 
 

@@ -283,12 +283,14 @@ def _sha(path: Path) -> str:
 
 
 def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
-    """Before any trial: check every data root (generating the synthetic set) in the driver, then build
-    the feature caches that `features: cached` arms read, so parallel trials only read them.
+    """Before any trial: check every data root (generating the synthetic set and world) in the driver,
+    pre-train the world CLIPs the arms name, then build the feature caches that `features: cached` arms
+    read, so parallel trials only read them.
 
     With `resources` (a trial's), each cache group is a Ray task on those resources (the GPU workers
     on a cluster), all groups in parallel; without, they are built in this process.
     """
+    from .backbone import WORLD_PREFIX, resolve_pretrained
     from .data import check_root
     from .data.features import check_features_mode, feature_group
 
@@ -299,6 +301,11 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
         if key not in seen:
             seen.add(key)
             check_root(arm.config)
+    # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
+    worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
+              if a.config.pretrained.startswith(WORLD_PREFIX)}
+    for backbone, pretrained, cache_dir in sorted(worlds, key=str):
+        resolve_pretrained(backbone, pretrained, cache_dir)
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}
     if cached:
         build_feature_caches(list(cached.values()), resources)

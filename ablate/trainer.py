@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -237,7 +238,7 @@ class Trial:
                 best = {"val_map": val["mAP"], "epoch": epoch + 1, "state": trainable_state(self.method)}
             if self.progress:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val mAP {val['mAP']:.2f}  "
-                           f"best {best['val_map']:.2f} @ {best['epoch']}")
+                           f"best {best['val_map']:.2f} @ {best['epoch']}", file=sys.stderr)
             if ckpt is not None:
                 self.save_checkpoint(ckpt, {
                     "config": cfg.model_dump(mode="json"), "epoch": epoch, "elapsed": elapsed,

@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ablate-bench-"))
     spec = yaml.safe_load((ROOT / "tune_specs/quickstart.yaml").read_text())
-    spec["base"].update(epochs=args.epochs, cache_dir=str(work / "cache"))
+    spec["base"].update(epochs=args.epochs)  # the default cache: the world and its CLIP are built once
     spec.update(name="overhead", storage_path=str(work / "ray"), tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
                 max_concurrent_trials=1)
     spec_path = work / "spec.yaml"

@@ -164,7 +164,7 @@ def test_two_processes_building_at_once_build_once(tiny_cfg, tmp_path, capsys):
     assert other.returncode == 0, err
     built_there = json.loads(out.strip().splitlines()[-1])["built"]
     assert sorted([built_here, built_there]) == [False, True]
-    assert "waiting for another process" in capsys.readouterr().out + out  # the builds did overlap
+    assert "waiting for another process" in capsys.readouterr().err + err  # the builds did overlap
     entries = sorted(p.name for p in (tmp_path / "features").iterdir())
     assert entries == [cache.inputs.key, f"{cache.inputs.key}.lock"]  # one cache, no leftovers
     assert not list(cache.dir.glob("*.tmp")) and cache.is_valid()

@@ -164,3 +164,20 @@ def test_dry_run_counts_the_full_grid(capsys):
     out = json.loads(capsys.readouterr().out)
     # 3 prompt methods x 2 datasets x 9 ratios x 3 n_ctx x 3 seeds, baseline without n_ctx, zero-shot once a dataset
     assert out["trials"] == 3 * 2 * 9 * 3 * 3 + 2 * 9 * 3 + 2
+
+
+@pytest.mark.parametrize("name, trials", [("quickstart", 6 * 3 - 2), ("world_negation", 2 * (5 * 3 * 3 + 1)),
+                                          ("full_grid", 542), ("optuna_lr", None)])
+def test_shipped_specs_expand_into_runnable_trials(name, trials):
+    """Every arm of every shipped spec passes the checks a trial makes before it starts (the zero-shot
+    arm of a cached-feature spec once came out with augment: true and was refused at launch)."""
+    from ablate.data.features import check_features_mode
+    from ablate.spec import canonical, load_sweep_spec
+    from ablate.sweep import expand
+
+    arms = expand(load_sweep_spec(Path("tune_specs") / f"{name}.yaml"))
+    if trials is not None:
+        assert len(arms) == trials
+    for arm in arms:
+        check_features_mode(arm.config)
+        assert canonical(arm.config) == arm.config

@@ -45,6 +45,19 @@ def check_root(cfg: TrialConfig) -> Path:
         root = generate_synthetic(cfg.data_root or default, n_train, n_test, SYNTHETIC_IMAGE_SIZE, SYNTHETIC_SEED)
         check_coco_root(root, "synthetic")
         return root
+    if cfg.dataset == "world":
+        from .world import WorldConfig, build_world, default_world_root
+
+        if cfg.data_root is None:  # the embedded world, built on first use
+            root = build_world(default_world_root(cfg.resolved_cache_dir()), WorldConfig())
+        else:  # one the user built (`ablate world build --out DIR`), perhaps with another config
+            root = Path(cfg.data_root).expanduser().absolute()
+        try:
+            check_coco_root(root, "world")
+        except DataError as err:
+            raise DataError(f"{err}\n(make one with `ablate world build --out {root}`, or leave data_root "
+                            "unset for the embedded world)") from None
+        return root
     if cfg.data_root is None:
         raise DataError(f"{cfg.dataset} needs data_root; expected layout: {_LAYOUT_HINT[cfg.dataset]}")
     root = Path(cfg.data_root).expanduser().absolute()
@@ -58,7 +71,7 @@ def check_root(cfg: TrialConfig) -> Path:
 
 
 def _load(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
-    if cfg.dataset in ("coco2014", "synthetic"):
+    if cfg.dataset in ("coco2014", "synthetic", "world"):
         return load_coco(root, split, dataset=cfg.dataset)
     if cfg.dataset == "voc2007":
         return load_voc(root, split, cfg.voc_difficult)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .world import WORLD_CLASSES
+
 # COCO 2014, ordered by ascending category id (ids 1..90 with gaps).
 COCO2014 = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -42,7 +44,8 @@ SYNTHETIC = [
     "cyan circle", "orange square", "white triangle", "black cross", "brown diamond",
 ]
 
-_BUILTIN = {"coco2014": COCO2014, "voc2007": VOC2007, "nuswide": NUSWIDE, "synthetic": SYNTHETIC}
+_BUILTIN = {"coco2014": COCO2014, "voc2007": VOC2007, "nuswide": NUSWIDE, "synthetic": SYNTHETIC,
+            "world": WORLD_CLASSES}
 
 
 def class_names(dataset: str) -> list[str]:

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -169,7 +170,7 @@ def _exclusive(path: Path, what: str, progress: bool) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if progress:
-                tqdm.write(f"waiting for another process building {what}")
+                tqdm.write(f"waiting for another process building {what}", file=sys.stderr)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -1,0 +1,396 @@
+"""The synthetic world: generated multi-label images with captions, in the COCO 2014 layout.
+
+Each class is a (colour, shape) pair; colours and shapes are shared between classes, so telling
+"red circle" from "red triangle" needs both attributes. An image holds 1-4 distinct classes
+(Zipf-like class prior, a few pairs that tend to co-occur), at random positions, sizes and
+rotations with partial occlusion, over a gradient + noise background with clutter strokes and
+distractor shapes whose (colour, shape) pair is not a class.
+
+Captions come in two styles, one list of variants per image:
+- presence: name present classes only (all of them, or sometimes a subset), in varied templates
+  and orders (what web captions look like: they describe what is there, never what is absent);
+- negation: the same captions, each extended with probability NEGATION_RATE by "... and no
+  {absent}" for 1-2 truly absent classes, chosen among plausible ones (sharing a colour or shape
+  with, or usually co-occurring with, a present class), as in seed 002's recipe.
+
+Layout (split -> folder): train -> train2014, test -> val2014 (so `load_coco` reads both), and
+val -> minival (held out for pre-training diagnostics)::
+
+    <root>/annotations/instances_{train2014,val2014,minival}.json
+    <root>/{train2014,val2014,minival}/world_<split>_<id>.png
+    <root>/captions/{train,val,test}_{presence,negation}.json   file name -> list of captions
+    <root>/ablate_world.json                                    manifest: config, counts, hashes
+
+Generation is deterministic in WorldConfig (byte-identical files for the same config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools.coco import COCO
+from tqdm.auto import tqdm
+
+from .base import DataError, LabelledImages
+
+WORLD_CLASSES = [
+    "red circle", "blue square", "green triangle", "yellow star", "white cross", "black ring",
+    "orange circle", "purple square", "red triangle", "blue star", "green cross", "yellow ring",
+    "purple circle", "orange triangle", "white square", "black star",
+]
+SPLITS = {"train": "train2014", "val": "minival", "test": "val2014"}
+STYLES = ("presence", "negation")
+MANIFEST = "ablate_world.json"
+CAPTIONS_PER_IMAGE = 5
+NEGATION_RATE = 0.5  # share of negation-style captions that carry a negation
+PARTIAL_RATE = 0.4  # share of multi-object captions that name only some of the present classes
+_VERSION = 2  # bump when drawing or captions change, so stale worlds are not reused
+
+_COLOURS = {
+    "red": (215, 35, 35), "blue": (35, 70, 225), "green": (30, 165, 60), "yellow": (235, 215, 40),
+    "white": (245, 245, 245), "black": (15, 15, 15), "orange": (245, 135, 25), "purple": (140, 50, 190),
+}
+_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+_CLASS_PAIRS = [tuple(name.split()) for name in WORLD_CLASSES]
+# Distractors: colour/shape pairs of the palette that are not classes (never captioned).
+_DISTRACTORS = [(c, s) for c in _COLOURS for s in _SHAPES if (c, s) not in _CLASS_PAIRS]
+# Zipf-like class prior in list order: the head class is ~5x as frequent as the tail.
+_PRIOR = 1.0 / np.arange(1, len(WORLD_CLASSES) + 1) ** 0.6
+_PRIOR /= _PRIOR.sum()
+# Pairs that tend to appear together (like person + bicycle); picked with probability _PAIR_RATE.
+_PAIRS = [(0, 3), (1, 4), (2, 5), (6, 7), (9, 11), (10, 14)]
+_PARTNERS = {c: [b if a == c else a for a, b in _PAIRS if c in (a, b)] for c in range(len(WORLD_CLASSES))}
+_PAIR_RATE = 0.5
+_N_OBJECTS_P = (0.3, 0.35, 0.22, 0.13)  # 1..4 classes per image
+_MAX_OCCLUSION = 0.3  # a later object may cover at most this share of an earlier one's box
+_SUPERSAMPLE = 2  # drawn at 2x and downsampled: anti-aliased edges
+
+_PRESENCE_TEMPLATES = (
+    "{}", "a photo of {}", "an image of {}", "a picture with {}", "there is {} in the picture",
+    "a drawing showing {}", "a photo of {} on a textured background",
+)
+_NEGATION_TEMPLATES = ("{} and no {}", "{}, but no {}", "{}, without {}", "{}; there is no {}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    n_train: int = 2000
+    n_val: int = 300
+    n_test: int = 600
+    image_size: int = 64
+    seed: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
+
+
+# ---- drawing ------------------------------------------------------------------------------------
+
+
+def _polygon(n: int, cx: float, cy: float, r: float, angle: float, inner: float | None = None) -> list:
+    """Regular n-gon (or an n-pointed star with inner radius `inner` x r) around (cx, cy)."""
+    steps = 2 * n if inner else n
+    radii = [r if k % 2 == 0 or not inner else r * inner for k in range(steps)]
+    thetas = angle + np.arange(steps) * 2 * np.pi / steps
+    return [(cx + rad * np.sin(t), cy - rad * np.cos(t)) for rad, t in zip(radii, thetas)]
+
+
+def _cross(cx: float, cy: float, r: float, angle: float) -> list:
+    h = 0.32 * r  # half the arm width
+    pts = [(h, r), (h, h), (r, h), (r, -h), (h, -h), (h, -r), (-h, -r), (-h, -h), (-r, -h), (-r, h), (-h, h), (-h, r)]
+    c, s = np.cos(angle), np.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, colour) -> None:
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "ring":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=colour, width=max(2, round(0.38 * r)))
+    elif shape == "square":
+        draw.polygon(_polygon(4, cx, cy, r * 1.2, angle), fill=colour)
+    elif shape == "triangle":
+        draw.polygon(_polygon(3, cx, cy, r * 1.15, angle), fill=colour)
+    elif shape == "star":
+        draw.polygon(_polygon(5, cx, cy, r * 1.15, angle, inner=0.45), fill=colour)
+    elif shape == "cross":
+        draw.polygon(_cross(cx, cy, r, angle), fill=colour)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _jitter(rng: np.random.Generator, colour: tuple[int, int, int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-25, 26, 3), 0, 255))
+
+
+def _background(rng: np.random.Generator, side: int) -> Image.Image:
+    """Gradient between two muted colours plus pixel noise."""
+    a, b = rng.uniform(70, 190, 3), rng.uniform(70, 190, 3)
+    t = np.linspace(0, 1, side)[:, None, None]
+    grad = a + (b - a) * t
+    grad = grad if rng.random() < 0.5 else grad.transpose(1, 0, 2)
+    pixels = np.broadcast_to(grad, (side, side, 3)) + rng.normal(0, 12, (side, side, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _overlap(box: tuple, other: tuple) -> float:
+    """Share of `other`'s area that `box` covers (boxes as x0, y0, x1, y1)."""
+    w = min(box[2], other[2]) - max(box[0], other[0])
+    h = min(box[3], other[3]) - max(box[1], other[1])
+    area = (other[2] - other[0]) * (other[3] - other[1])
+    return max(w, 0) * max(h, 0) / area
+
+
+def _place(rng: np.random.Generator, side: int, placed: list[tuple]) -> tuple[float, float, float]:
+    """(cx, cy, r) of a new object; the candidate occluding earlier ones least, among a few tries."""
+    best, best_cover = None, 2.0
+    for _ in range(30):
+        r = rng.uniform(0.1, 0.2) * side
+        cx, cy = rng.uniform(r, side - r, 2)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        cover = max((_overlap(box, p) for p in placed), default=0.0)
+        if cover < best_cover:
+            best, best_cover = (cx, cy, r), cover
+        if cover <= _MAX_OCCLUSION:
+            break
+    return best
+
+
+def _render(rng: np.random.Generator, size: int, classes: list[int]) -> tuple[Image.Image, list]:
+    """One image and its (class index, [x, y, w, h]) objects in output pixels."""
+    side = size * _SUPERSAMPLE
+    img = _background(rng, side)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 5))):  # clutter strokes
+        grey = int(rng.integers(40, 220))
+        draw.line([tuple(rng.uniform(0, side, 2)) for _ in range(2)], fill=(grey,) * 3, width=int(rng.integers(1, 4)))
+    for _ in range(int(rng.choice(3, p=(0.5, 0.35, 0.15)))):  # distractors, under the objects
+        colour, shape = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
+        r = rng.uniform(0.06, 0.14) * side
+        cx, cy = rng.uniform(r, side - r, 2)
+        _draw(draw, shape, cx, cy, r, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOURS[colour]))
+    placed, objects = [], []
+    for c in classes:
+        cx, cy, r = _place(rng, side, placed)
+        colour, shape = _CLASS_PAIRS[c]
+        _draw(draw, shape, cx, cy, r, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOURS[colour]))
+        placed.append((cx - r, cy - r, cx + r, cy + r))
+        x, y, w = ((v / _SUPERSAMPLE) for v in (cx - r, cy - r, 2 * r))
+        objects.append((c, [round(x, 2), round(y, 2), round(w, 2), round(w, 2)]))
+    return img.resize((size, size), Image.Resampling.BOX), objects
+
+
+def _sample_classes(rng: np.random.Generator, forced: int | None) -> list[int]:
+    n = int(rng.choice(4, p=_N_OBJECTS_P)) + 1
+    chosen = [int(rng.choice(len(WORLD_CLASSES), p=_PRIOR))]
+    while len(chosen) < n:
+        partners = [p for c in chosen for p in _PARTNERS.get(c, ()) if p not in chosen]
+        if partners and rng.random() < _PAIR_RATE:
+            chosen.append(partners[int(rng.integers(len(partners)))])
+            continue
+        prior = _PRIOR.copy()
+        prior[chosen] = 0
+        chosen.append(int(rng.choice(len(WORLD_CLASSES), p=prior / prior.sum())))
+    if forced is not None and forced not in chosen:
+        chosen[0] = forced
+    return chosen
+
+
+# ---- captions -----------------------------------------------------------------------------------
+
+
+def _article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _name_list(rng: np.random.Generator, names: list[str]) -> str:
+    items = [_article(n) for n in rng.permutation(names).tolist()]
+    if len(items) == 1:
+        return items[0]
+    if rng.random() < 0.3:
+        return ", ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def presence_caption(rng: np.random.Generator, classes: list[int]) -> str:
+    """Names present classes only: all of them, or with probability PARTIAL_RATE a random
+    non-empty subset (web captions mention what is salient, not everything)."""
+    named = list(classes)
+    if len(classes) > 1 and rng.random() < PARTIAL_RATE:
+        named = rng.choice(classes, size=int(rng.integers(1, len(classes))), replace=False).tolist()
+    template = _PRESENCE_TEMPLATES[int(rng.integers(len(_PRESENCE_TEMPLATES)))]
+    return template.format(_name_list(rng, [WORLD_CLASSES[c] for c in named]))
+
+
+def _plausible_absent(rng: np.random.Generator, classes: list[int], k: int) -> list[int]:
+    """k absent classes, favouring ones a captioner would plausibly mention (seed 002, step 1)."""
+    present = [_CLASS_PAIRS[c] for c in classes]
+    absent = [c for c in range(len(WORLD_CLASSES)) if c not in classes]
+    weights = np.array([
+        1.0 + 3.0 * any(a == p[0] or b == p[1] for p in present)
+        + 3.0 * any(c in _PARTNERS.get(q, ()) for q in classes)
+        for c in absent for a, b in [_CLASS_PAIRS[c]]
+    ])
+    picked = rng.choice(len(absent), size=min(k, len(absent)), replace=False, p=weights / weights.sum())
+    return [absent[i] for i in picked]
+
+
+def negation_caption(rng: np.random.Generator, caption: str, classes: list[int]) -> str:
+    """`caption`, with probability NEGATION_RATE followed by a negation of 1-2 absent classes."""
+    if rng.random() >= NEGATION_RATE:
+        return caption
+    absent = [WORLD_CLASSES[c] for c in _plausible_absent(rng, classes, 1 + int(rng.random() < 0.3))]
+    template = _NEGATION_TEMPLATES[int(rng.integers(len(_NEGATION_TEMPLATES)))]
+    with_article = "without" in template  # "without a X or a Y", but "no X or Y"
+    return template.format(caption, " or ".join(_article(a) if with_article else a for a in absent))
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+
+def _write_split(root: Path, split: str, n: int, cfg: WorldConfig, progress: bool) -> None:
+    folder = SPLITS[split]
+    (root / folder).mkdir(parents=True)
+    key = list(SPLITS).index(split)
+    # separate streams: images, presence captions and negations do not shift one another
+    rng_img, rng_cap, rng_neg = (np.random.default_rng([cfg.seed, key, s]) for s in range(3))
+    images, annotations = [], []
+    captions: dict[str, dict[str, list[str]]] = {style: {} for style in STYLES}
+    for i in tqdm(range(n), desc=f"world {split}", disable=not progress, leave=False):
+        classes = _sample_classes(rng_img, forced=i if i < len(WORLD_CLASSES) else None)
+        img, objects = _render(rng_img, cfg.image_size, classes)
+        image_id = key * 1_000_000 + i + 1
+        file_name = f"world_{split}_{image_id:07d}.png"
+        img.save(root / folder / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": cfg.image_size, "height": cfg.image_size})
+        for k, (c, bbox) in enumerate(objects):
+            annotations.append({"id": image_id * 10 + k, "image_id": image_id,
+                                "category_id": c + 1, "bbox": bbox, "area": round(bbox[2] * bbox[3], 2),
+                                "iscrowd": 0})
+        presence = [presence_caption(rng_cap, classes) for _ in range(CAPTIONS_PER_IMAGE)]
+        captions["presence"][file_name] = [p + "." for p in presence]
+        captions["negation"][file_name] = [negation_caption(rng_neg, p, classes) + "." for p in presence]
+    categories = [{"id": c + 1, "name": name, "supercategory": "shape"} for c, name in enumerate(WORLD_CLASSES)]
+    data = {"info": {"description": "ablate synthetic world"}, "images": images,
+            "annotations": annotations, "categories": categories}
+    (root / "annotations" / f"instances_{folder}.json").write_text(json.dumps(data))
+    for style in STYLES:
+        (root / "captions" / f"{split}_{style}.json").write_text(json.dumps(captions[style], indent=0))
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest(root: Path, cfg: WorldConfig) -> dict:
+    jsons = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.json"))
+    return {"version": _VERSION, "config": asdict(cfg), "classes": WORLD_CLASSES, "counts": cfg.counts(),
+            "sha256": {rel: _file_hash(root / rel) for rel in jsons}}
+
+
+def _is_complete(root: Path, cfg: WorldConfig) -> bool:
+    """Manifest matches the config and every split folder holds its images (cheap: no image hashing)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if (manifest.get("version"), manifest.get("config")) != (_VERSION, asdict(cfg)):
+        return False
+    return all(len(os.listdir(root / SPLITS[s])) == n for s, n in cfg.counts().items())
+
+
+def world_hash(root: Path) -> str:
+    """Short id of a built world's content (hash of its manifest, which hashes every json)."""
+    return _file_hash(Path(root) / MANIFEST)[:16]
+
+
+def default_world_root(cache_dir: Path, cfg: WorldConfig = WorldConfig()) -> Path:
+    key = hashlib.sha256(json.dumps([_VERSION, asdict(cfg)], sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache_dir).expanduser().absolute() / f"world-{key}"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Exclusive inter-process lock (flock) held while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_world(root: Path, cfg: WorldConfig = WorldConfig(), progress: bool = True) -> Path:
+    """Generate the world at `root`, or reuse a complete one built with the same config."""
+    root = Path(root).expanduser().absolute()
+    if _is_complete(root, cfg):
+        return root
+    with file_lock(root.parent / f".{root.name}.lock"):  # one builder; the others wait and reuse
+        if _is_complete(root, cfg):
+            return root
+        if root.exists() and any(root.iterdir()):
+            raise DataError(f"{root} is not empty and holds no world built with {cfg} "
+                            f"(manifest {MANIFEST} missing or different); remove it or choose another folder")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            (tmp / "annotations").mkdir()
+            (tmp / "captions").mkdir()
+            for split, n in cfg.counts().items():
+                _write_split(tmp, split, n, cfg, progress)
+            (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, cfg), indent=1, sort_keys=True))
+            tmp.chmod(0o755)  # mkdtemp makes it owner-only
+            os.replace(tmp, root)  # atomic; also replaces an empty folder
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown world split {split!r}; choose from {', '.join(SPLITS)}")
+
+
+def load_captions(root: Path, split: str, style: Literal["presence", "negation"]) -> dict[str, list[str]]:
+    """Image file name -> caption variants."""
+    _check_split(split)
+    if style not in STYLES:
+        raise DataError(f"unknown caption style {style!r}; choose from {', '.join(STYLES)}")
+    path = Path(root) / "captions" / f"{split}_{style}.json"
+    if not path.is_file():
+        raise DataError(f"{path} not found; build the world first (`ablate world build`)")
+    return json.loads(path.read_text())
+
+
+def load_world(root: Path, split: str) -> LabelledImages:
+    """Any split, val included (load_coco reads only train and test), through pycocotools."""
+    _check_split(split)
+    root = Path(root).expanduser().absolute()
+    ann = root / "annotations" / f"instances_{SPLITS[split]}.json"
+    if not ann.is_file():
+        raise DataError(f"{ann} not found; build the world first (`ablate world build`)")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO(str(ann))
+    cat_ids, img_ids = sorted(coco.getCatIds()), sorted(coco.getImgIds())
+    col = {c: j for j, c in enumerate(cat_ids)}
+    labels = np.zeros((len(img_ids), len(cat_ids)), dtype=np.int8)
+    for i, img_id in enumerate(img_ids):
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            labels[i, col[a["category_id"]]] = 1
+    paths = [root / SPLITS[split] / coco.imgs[i]["file_name"] for i in img_ids]
+    return LabelledImages(paths, labels, [coco.cats[c]["name"] for c in cat_ids])
