@@ -117,7 +117,7 @@ def test_class_list_errors(tmp_path):
     empty.write_text("\n  \n")
     with pytest.raises(ProbeError, match="empty"):
         resolve_classes(str(empty))
-    with pytest.raises(ProbeError, match="neither a built-in data set"):
+    with pytest.raises(ProbeError, match="unknown dataset .*known: coco2014.*world.*one class name per line"):
         resolve_classes(str(tmp_path / "missing.txt"))
     assert issubclass(ProbeError, ConfigError)  # the CLI's error handling covers it
 

@@ -268,7 +268,7 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[a
     neg.add_argument("--backbone", default=TrialConfig.model_fields["backbone"].default)
     neg.add_argument("--pretrained", default="none", help="open_clip tag, local checkpoint or 'none'")
     neg.add_argument("--classes", required=True,
-                     help="built-in data set (coco2014, voc2007, nuswide, synthetic) or a file, one class per line")
+                     help="built-in data set (coco2014, voc2007, nuswide, synthetic, world) or a file, one class per line")
     neg.add_argument("--device", default="auto")
     neg.add_argument("--out", type=Path, default=Path("runs/probe/negation.json"), help="JSON output")
 

@@ -81,9 +81,8 @@ def resolve_classes(classes: str | Sequence[str]) -> list[str]:
         else:
             try:
                 names = class_names(classes)
-            except ValueError:
-                raise ProbeError(f"--classes {classes!r} is neither a built-in data set (coco2014, voc2007, "
-                                 "nuswide, synthetic) nor an existing file with one class name per line") from None
+            except ValueError as err:  # names the built-in data sets
+                raise ProbeError(f"--classes: {err}; or pass an existing file with one class name per line") from None
     if not names:
         raise ProbeError("no class names to probe")
     return names
