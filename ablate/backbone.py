@@ -46,6 +46,7 @@ class BackboneInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     quick_gelu: bool
+    weights: str = ""  # what `pretrained` resolved to: the tag, or the file (world aliases name a keyed file)
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
@@ -254,13 +255,14 @@ def _tower(visual: nn.Module, name: str) -> str:
     )
 
 
-WORLD_PREFIX = "world-"
+# ablate's own tiny CLIPs, pre-trained on its synthetic world (ablate.pretrain) -> caption style
+WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
 
 
 def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None) -> str:
     """`world-presence` / `world-negation`: the tiny CLIP ablate pre-trains on its synthetic world
     (built and trained on first use, cached under `cache_dir`); anything else is returned as is."""
-    if not pretrained.startswith(WORLD_PREFIX):
+    if pretrained not in WORLD_ALIASES:  # a file named world-….pt is a file
         return pretrained
     from .pretrain import ensure_world_checkpoint  # imports this module: resolved lazily
 
@@ -272,7 +274,8 @@ def create_backbone(
     cache_dir: Path | None = None, quick_gelu: bool | None = None,
 ) -> Backbone:
     """`quick_gelu`: None decides from the weights' format and name (ambiguous files are refused)."""
-    model, quick = _build_clip(name, resolve_pretrained(name, pretrained, cache_dir), image_size, quick_gelu)
+    weights = resolve_pretrained(name, pretrained, cache_dir)
+    model, quick = _build_clip(name, weights, image_size, quick_gelu)
     visual = model.visual
     pre = getattr(visual, "preprocess_cfg", {}) or {}
     size = visual.image_size
@@ -288,5 +291,6 @@ def create_backbone(
         mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
         quick_gelu=quick,
+        weights=weights,
     )
     return Backbone(model, info).to(device)

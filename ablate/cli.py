@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from .backbone import BackboneError
 from .data import DataError
-from .pretrain import PretrainConfig, checkpoint_path
+from .pretrain import PretrainConfig
 from .report import ReportError
 from .tracking import TrackingError, trial_table
 from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
@@ -173,7 +173,7 @@ def _world_parser(sub: argparse._SubParsersAction) -> None:
     b = world_sub.add_parser("build", help="generate the world (deterministic; skipped when already complete)")
     b.add_argument("--out", type=Path, help="folder (default: <cache-dir>/world-<config hash>)")
     b.add_argument("--cache-dir", type=Path, default=Path(".ablate_cache"))
-    for name in ("n-train", "n-val", "n-test", "image-size", "seed"):
+    for name in ("n-train", "n-val", "n-test", "n-pretrain", "image-size", "seed"):
         b.add_argument(f"--{name}", type=int, help=f"WorldConfig.{name.replace('-', '_')}")
     t = world_sub.add_parser("pretrain", help="contrastive pre-training of a tiny CLIP on the world's captions")
     t.add_argument("--captions", choices=["presence", "negation"], required=True,
@@ -196,7 +196,7 @@ def cmd_world(args: argparse.Namespace) -> int:
     from .pretrain import ensure_world_checkpoint, manifest_path, pretrain
 
     if args.world_command == "build":
-        fields = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test", "image_size", "seed")}
+        fields = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test", "n_pretrain", "image_size", "seed")}
         world = replace(WorldConfig(), **{k: v for k, v in fields.items() if v is not None})
         root = build_world(args.out or default_world_root(args.cache_dir, world), world)
         print(root)
@@ -204,12 +204,12 @@ def cmd_world(args: argparse.Namespace) -> int:
     fields = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")}
     cfg = replace(PretrainConfig(), model=args.model, captions=args.captions,
                   **{k: v for k, v in fields.items() if v is not None})
-    if args.out is None and args.world_root is None:
-        out = ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model, base=cfg)
+    if args.out is None:  # cached (and locked): a checkpoint already made for this config is reused
+        out = ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model, world_root=args.world_root,
+                                      base=cfg)
     else:
-        root = args.world_root or build_world(default_world_root(args.cache_dir))
-        out = args.out or checkpoint_path(args.cache_dir, root, cfg)
-        pretrain(root, out, cfg)
+        out = args.out
+        pretrain(args.world_root or build_world(default_world_root(args.cache_dir)), out, cfg)
     manifest = json.loads(manifest_path(out).read_text())
     print(json.dumps({"checkpoint": str(out), "test_zero_shot_map": manifest["test_zero_shot_map"],
                       "loss_curve": manifest["loss_curve"], "seconds": manifest["seconds"]}, indent=1))

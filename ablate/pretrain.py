@@ -33,16 +33,17 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .backbone import Backbone, create_backbone
+from .backbone import WORLD_ALIASES, Backbone, create_backbone
+from .data.base import DataError
 from .data.transforms import build_transform
 from .data.world import (
-    STYLES, WORLD_CLASSES, WorldConfig, build_world, default_world_root, file_lock, load_captions, load_world,
+    STYLES, WorldConfig, build_world, default_world_root, file_lock, load_captions, load_world,
     world_hash,
 )
 from .metrics import multilabel_metrics
 
-WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
 ZERO_SHOT_PROMPT = "a photo of a {}."
+_RECIPE_VERSION = 2  # bump when the training code changes what a config produces: cached checkpoints are redone
 _BETAS = (0.9, 0.98)  # CLIP's: a shorter second-moment memory keeps large-batch contrastive training stable
 
 
@@ -73,11 +74,12 @@ def _load_images(paths: list[Path], backbone: Backbone) -> Tensor:
 
 
 @torch.no_grad()
-def _zero_shot(backbone: Backbone, images: Tensor, labels: np.ndarray, batch: int = 256) -> float:
+def _zero_shot(backbone: Backbone, images: Tensor, labels: np.ndarray, classnames: list[str],
+               batch: int = 256) -> float:
     """mAP of the cosine between each image's global feature and the hand prompt of each class."""
     model, was_training = backbone.model, backbone.model.training
     model.eval()
-    text = F.normalize(backbone.encode_text([ZERO_SHOT_PROMPT.format(c) for c in WORLD_CLASSES]), dim=-1)
+    text = F.normalize(backbone.encode_text([ZERO_SHOT_PROMPT.format(c) for c in classnames]), dim=-1)
     feats = torch.cat([F.normalize(model.encode_image(x), dim=-1) for x in images.split(batch)])
     model.train(was_training)
     scores = ((feats @ text.T + 1) / 2).numpy()  # cosine -> [0, 1]; mAP only looks at the ranking
@@ -87,7 +89,7 @@ def _zero_shot(backbone: Backbone, images: Tensor, labels: np.ndarray, batch: in
 def zero_shot_map(backbone: Backbone, world_root: Path, split: str = "test") -> float:
     """Zero-shot mAP (x100) of `backbone` on a world split with prompts "a photo of a {class}."."""
     data = load_world(world_root, split)
-    return _zero_shot(backbone, _load_images(data.paths, backbone), data.labels)
+    return _zero_shot(backbone, _load_images(data.paths, backbone), data.labels, data.classnames)
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -102,18 +104,18 @@ def _tokens(backbone: Backbone, captions: dict[str, list[str]], paths: list[Path
     return flat[:, :length].reshape(len(paths), n_var, length)
 
 
-def _optimizers(model: nn.Module, cfg: PretrainConfig) -> list[torch.optim.Optimizer]:
-    """AdamW for the dense weights; SparseAdam for the 49k-row token table, of which a batch
+def _optimizers(model: nn.Module, table: nn.Embedding, cfg: PretrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW for the dense weights; SparseAdam for the token table (49k rows), of which a batch
     touches a few dozen rows (a dense update of it would cost more than the forward pass)."""
-    model.token_embedding.sparse = True
+    table.sparse = True
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if name == "token_embedding.weight":
+        if p is table.weight:
             continue
         (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
     dense = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=_BETAS)
-    return [dense, torch.optim.SparseAdam([model.token_embedding.weight], lr=cfg.lr, betas=_BETAS)]
+    return [dense, torch.optim.SparseAdam([table.weight], lr=cfg.lr, betas=_BETAS)]
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -127,7 +129,8 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
            progress: bool) -> tuple[list[float], list[float]]:
     """Train both towers in place -> (mean loss per epoch, val zero-shot mAP per epoch)."""
     model = backbone.model.train().requires_grad_(True)  # the Backbone wrapper froze it
-    optimizers = _optimizers(model, cfg)
+    table = backbone.text.token_embedding
+    optimizers = _optimizers(model, table, cfg)
     steps_per_epoch = len(images) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: _lr_factor(s, total, cfg.warmup_steps))
@@ -144,7 +147,7 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
             variant = torch.randint(tokens.shape[1], (len(idx),), generator=gen)
             tok = tokens[idx, variant]
             # the Backbone's EOT-truncated text path, with gradients: same output as encode_text
-            text = backbone.encode_embeddings(model.token_embedding(tok), tok.argmax(dim=-1))
+            text = backbone.encode_embeddings(table(tok), tok.argmax(dim=-1))
             loss = loss_fn(F.normalize(model.encode_image(images[idx]), dim=-1), F.normalize(text, dim=-1),
                            model.logit_scale.exp())
             for o in optimizers:
@@ -164,7 +167,7 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
             tqdm.write(f"pretrain {cfg.captions}: epoch {len(losses)}/{cfg.epochs}  loss {losses[-1]:.4f}  "
                        f"val zero-shot mAP {val_maps[-1]:.2f}", file=sys.stderr)
     bar.close()
-    model.token_embedding.sparse = False
+    table.sparse = False
     model.eval().requires_grad_(False)
     return losses, val_maps
 
@@ -187,16 +190,23 @@ def pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool = 
     """Pre-train `cfg.model` on the world at `world_root`; write checkpoint `out` + manifest; return it."""
     if cfg.captions not in STYLES:
         raise ValueError(f"captions must be one of {STYLES}, got {cfg.captions!r}")
+    with torch.random.fork_rng(devices=[]):  # a trial that triggers pre-training keeps its own random stream
+        return _pretrain(Path(world_root), Path(out).expanduser().absolute(), cfg, progress)
+
+
+def _pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool) -> dict:
     start = time.time()
-    out = Path(out).expanduser().absolute()
+    corpus, val, test = (load_world(world_root, s) for s in ("pretrain", "val", "test"))
+    if len(corpus.paths) < cfg.batch_size:
+        raise DataError(f"the world at {world_root} has {len(corpus.paths)} pre-training images, fewer than one "
+                        f"batch ({cfg.batch_size}); lower --batch-size or build it with a larger --n-pretrain")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # the random init
     backbone = create_backbone(cfg.model, "none")
-    train, val, test = (load_world(world_root, s) for s in ("train", "val", "test"))
-    images = _load_images(train.paths, backbone)
-    tokens = _tokens(backbone, load_captions(world_root, "train", cfg.captions), train.paths)
-    val_data = (_load_images(val.paths, backbone), val.labels)
-    test_data = (_load_images(test.paths, backbone), test.labels)
+    images = _load_images(corpus.paths, backbone)
+    tokens = _tokens(backbone, load_captions(world_root, "pretrain", cfg.captions), corpus.paths)
+    val_data = (_load_images(val.paths, backbone), val.labels, val.classnames)
+    test_data = (_load_images(test.paths, backbone), test.labels, test.classnames)
     random_map = _zero_shot(backbone, *test_data)
 
     losses, val_maps = _train(backbone, images, tokens, cfg, val_data, progress)
@@ -207,6 +217,7 @@ def pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool = 
         "config": asdict(cfg),
         "world": {"root": str(Path(world_root).absolute()), "hash": world_hash(world_root)},
         "checkpoint": out.name,
+        "pretrain_images": len(images),
         "loss_curve": losses,
         "val_zero_shot_map": val_maps,
         "test_zero_shot_map": {"random": random_map, "pretrained": _zero_shot(loaded, *test_data)},
@@ -221,25 +232,27 @@ def pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool = 
 
 
 def checkpoint_path(cache_dir: Path, world_root: Path, cfg: PretrainConfig) -> Path:
-    """Cache location, keyed by the pre-training config and the world's content."""
-    key = hashlib.sha256(json.dumps([asdict(cfg), world_hash(world_root)], sort_keys=True).encode()).hexdigest()
+    """Cache location, keyed by the pre-training config and recipe version, the model's architecture
+    and the world's content."""
+    inputs = [_RECIPE_VERSION, asdict(cfg), open_clip.get_model_config(cfg.model), world_hash(world_root)]
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return Path(cache_dir).expanduser().absolute() / "world_checkpoints" / f"{cfg.model}-{cfg.captions}-{key[:10]}.pt"
 
 
 def ensure_world_checkpoint(
     alias_or_captions: str, cache_dir: Path, model: str = "ablate-tiny-vit", progress: bool = True,
-    *, world: WorldConfig = WorldConfig(), base: PretrainConfig = PretrainConfig(),
+    *, world: WorldConfig = WorldConfig(), world_root: Path | None = None, base: PretrainConfig = PretrainConfig(),
 ) -> Path:
     """Path of the world checkpoint for `world-presence` / `world-negation` (or `presence` /
     `negation`), building the world and pre-training on first use; one process trains, others wait.
-    `world` and `base` (training settings; model and captions come from the arguments) default to
-    the embedded world and recipe."""
+    The world is `world_root` (built already) or the one `world` describes, built in the cache;
+    `base` holds the training settings (model and captions come from the arguments)."""
     captions = WORLD_ALIASES.get(alias_or_captions, alias_or_captions)
     if captions not in STYLES:
         raise ValueError(f"unknown world checkpoint {alias_or_captions!r}; use one of "
                          f"{', '.join([*WORLD_ALIASES, *STYLES])}")
     cfg = replace(base, model=model, captions=captions)
-    root = build_world(default_world_root(cache_dir, world), world, progress)
+    root = Path(world_root) if world_root else build_world(default_world_root(cache_dir, world), world, progress)
     path = checkpoint_path(cache_dir, root, cfg)
     if manifest_path(path).is_file():  # written last, so a present manifest means a complete checkpoint
         return path

@@ -160,7 +160,7 @@ METRICS = ("val_map", "loss")  # reported every epoch, so usable by Optuna and A
 
 
 def canonical(cfg: TrialConfig) -> TrialConfig:
-    """The same trial with every field its method ignores set to the default."""
+    """The same trial with every field its method ignores set to the default (augment: off)."""
     defaults = {f: TrialConfig.model_fields[f].default for f in IGNORED_BY_METHOD.get(cfg.method, ())}
     if "augment" in defaults:  # a method that trains nothing augments nothing (and may read cached features)
         defaults["augment"] = False

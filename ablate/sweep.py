@@ -290,7 +290,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
     With `resources` (a trial's), each cache group is a Ray task on those resources (the GPU workers
     on a cluster), all groups in parallel; without, they are built in this process.
     """
-    from .backbone import WORLD_PREFIX, resolve_pretrained
+    from .backbone import WORLD_ALIASES, resolve_pretrained
     from .data import check_root
     from .data.features import check_features_mode, feature_group
 
@@ -303,7 +303,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
             check_root(arm.config)
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
     worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
-              if a.config.pretrained.startswith(WORLD_PREFIX)}
+              if a.config.pretrained in WORLD_ALIASES}
     for backbone, pretrained, cache_dir in sorted(worlds, key=str):
         resolve_pretrained(backbone, pretrained, cache_dir)
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}

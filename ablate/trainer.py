@@ -278,7 +278,8 @@ class Trial:
             "history": history,
             "split_sizes": {k: len(v) for k, v in self.splits.items()},
             "device": str(self.device),
-            "backbone": {"name": info.name, "pretrained": info.pretrained, "image_size": info.image_size,
+            "backbone": {"name": info.name, "pretrained": info.pretrained, "weights": info.weights,
+                         "image_size": info.image_size,
                          "embed_dim": info.embed_dim, "tower": info.tower, "quick_gelu": info.quick_gelu},
             "config": self.cfg.model_dump(mode="json"),
         }

@@ -129,9 +129,13 @@ def test_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir):
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path, cache_dir):
     spec = write_spec(tmp_path, cache_dir, base={"epochs": 3},
                       grid={"method": ["baseline", "dualembed"], "label_ratio": [0.2, 0.5, 0.8]})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    import ray
+
+    # join this test's local Ray explicitly ("auto" could find another cluster on a shared machine)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log = (tmp_path / "sweep.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", "--spec", str(spec)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
@@ -143,12 +147,14 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path, cache_dir):
                     continue
                 if any(c.info.status == "FINISHED" for c in children):
                     break
-        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        assert proc.poll() is None, ("the sweep ended before it could be interrupted:\n"
+                                     + (tmp_path / "sweep.log").read_text()[-3000:])
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
     _, children = runs(tmp_path)
     assert sum(c.info.status == "FINISHED" for c in children) < 6
     summary = run_sweep(spec, resume=True)

@@ -14,7 +14,7 @@ import torch
 from pycocotools.coco import COCO
 
 from ablate import pretrain as pretrain_mod
-from ablate.backbone import create_backbone
+from ablate.backbone import create_backbone, resolve_pretrained
 from ablate.data.base import DataError
 from ablate.data.coco import load_coco
 from ablate.data.world import (
@@ -22,11 +22,11 @@ from ablate.data.world import (
     load_captions, load_world, world_hash,
 )
 from ablate.pretrain import (
-    WORLD_ALIASES, PretrainConfig, ensure_world_checkpoint, manifest_path, pretrain, zero_shot_map,
+    PretrainConfig, checkpoint_path, ensure_world_checkpoint, manifest_path, pretrain, zero_shot_map,
 )
 
-SMALL = WorldConfig(n_train=320, n_val=32, n_test=160, seed=0)
-TINY = WorldConfig(n_train=24, n_val=18, n_test=20, seed=3)
+SMALL = WorldConfig(n_train=320, n_val=32, n_test=160, n_pretrain=288, seed=0)
+TINY = WorldConfig(n_train=24, n_val=18, n_test=20, n_pretrain=24, seed=3)
 NAMES = re.compile("|".join(sorted(map(re.escape, WORLD_CLASSES), key=len, reverse=True)))
 NEGATION = re.compile(r"\b(no|without)\b")
 
@@ -57,7 +57,7 @@ def test_same_seed_gives_identical_files_other_seed_differs(tmp_path):
     a = _files(build_world(tmp_path / "a", TINY, progress=False))
     b = _files(build_world(tmp_path / "b", TINY, progress=False))
     assert a == b
-    assert sum(name.endswith(".png") for name in a) == TINY.n_train + TINY.n_val + TINY.n_test
+    assert sum(name.endswith(".png") for name in a) == sum(TINY.counts().values())
     c = _files(build_world(tmp_path / "c", replace(TINY, seed=4), progress=False))
     assert c.keys() == a.keys()
     for name in ("annotations/instances_train2014.json", "captions/train_presence.json",
@@ -79,8 +79,29 @@ def test_build_reuses_and_refuses_foreign_folders(tmp_path):
         build_world(foreign, TINY, progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".*tmp-*"))  # no temp folder left behind
-    assert default_world_root(tmp_path, TINY) == default_world_root(tmp_path, TINY)
     assert default_world_root(tmp_path, TINY) != default_world_root(tmp_path, replace(TINY, seed=4))
+
+
+def test_incomplete_world_is_not_reused_and_errors_name_the_fix(tmp_path):
+    root = build_world(tmp_path / "w", TINY, progress=False)
+    (root / "captions" / "pretrain_negation.json").unlink()  # e.g. a copy that lost a file
+    with pytest.raises(DataError, match="not empty"):
+        build_world(root, TINY, progress=False)
+    with pytest.raises(DataError, match=f"ablate world build --out {re.escape(str(root))}"):
+        load_captions(root, "pretrain", "negation")
+    with pytest.raises(DataError, match="ablate world build --out"):
+        world_hash(tmp_path / "nothing")
+
+
+def test_pretraining_corpus_is_disjoint_from_the_downstream_splits(world):
+    """Captions name (nearly) every present class, so pre-training on the downstream training images
+    would show the backbone their full labels; the corpus is a split of its own."""
+    corpus = load_captions(world, "pretrain", "presence")
+    assert len(corpus) == SMALL.n_pretrain
+    pixels = {(world / SPLITS["pretrain"] / name).read_bytes() for name in corpus}
+    for split in ("train", "val", "test"):
+        assert not corpus.keys() & load_captions(world, split, "presence").keys()
+        assert not pixels & {p.read_bytes() for p in load_world(world, split).paths}
 
 
 def test_classes_uneven_and_every_class_in_every_split(world):
@@ -177,6 +198,7 @@ def test_pretraining_learns(world, tmp_path):
     assert len(losses) == cfg.epochs and losses[-1] < losses[0] - 0.3, losses
     assert json.loads(manifest_path(out).read_text()) == manifest
     assert manifest["world"]["hash"] == world_hash(world)
+    assert manifest["pretrain_images"] == SMALL.n_pretrain  # the corpus split, not train
 
     torch.manual_seed(cfg.seed)
     random_map = zero_shot_map(create_backbone(cfg.model, "none"), world)
@@ -212,7 +234,8 @@ def test_ensure_world_checkpoint_trains_once_and_caches(tmp_path, monkeypatch):
         return real(world_root, out, cfg, progress)
 
     monkeypatch.setattr(pretrain_mod, "pretrain", counting)
-    kwargs = dict(cache_dir=tmp_path, progress=False, world=TINY, base=PretrainConfig(epochs=1, batch_size=16))
+    base = PretrainConfig(epochs=1, batch_size=16)
+    kwargs = dict(cache_dir=tmp_path, progress=False, world=TINY, base=base)
     paths: list = []
     threads = [threading.Thread(target=lambda: paths.append(ensure_world_checkpoint("world-negation", **kwargs)))
                for _ in range(2)]
@@ -226,8 +249,11 @@ def test_ensure_world_checkpoint_trains_once_and_caches(tmp_path, monkeypatch):
 
     assert ensure_world_checkpoint("negation", **kwargs) == paths[0]
     assert len(calls) == 1  # cached
+    torch.manual_seed(5)
+    rng = torch.get_rng_state()
     presence = ensure_world_checkpoint("world-presence", **kwargs)
     assert presence != paths[0] and len(calls) == 2 and calls[1].captions == "presence"
+    assert torch.equal(torch.get_rng_state(), rng)  # a trial that triggers pre-training keeps its random stream
 
     manifest_path(presence).unlink()  # as if the process died between checkpoint and manifest
     presence.write_bytes(b"half a checkpoint")
@@ -235,9 +261,20 @@ def test_ensure_world_checkpoint_trains_once_and_caches(tmp_path, monkeypatch):
     assert len(calls) == 3
     create_backbone("ablate-tiny-vit", str(presence))
 
-    assert set(WORLD_ALIASES) == {"world-presence", "world-negation"}
     with pytest.raises(ValueError, match="unknown world checkpoint"):
         ensure_world_checkpoint("world-bogus", **kwargs)
+
+
+def test_checkpoint_key_follows_config_and_world_and_aliases_are_exact(tmp_path):
+    a = build_world(tmp_path / "a", TINY, progress=False)
+    b = build_world(tmp_path / "b", replace(TINY, seed=4), progress=False)
+    cfg = PretrainConfig()
+    keys = {checkpoint_path(tmp_path, a, cfg), checkpoint_path(tmp_path, b, cfg),
+            checkpoint_path(tmp_path, a, replace(cfg, lr=1e-3)), checkpoint_path(tmp_path, a, replace(cfg, seed=1)),
+            checkpoint_path(tmp_path, a, replace(cfg, captions="negation"))}
+    assert len(keys) == 5
+    assert checkpoint_path(tmp_path, a, cfg) == checkpoint_path(tmp_path, a, PretrainConfig())
+    assert resolve_pretrained("ablate-tiny-vit", "world-presence-run2.pt") == "world-presence-run2.pt"  # a file
 
 
 def test_world_cli_builds_and_pretrains(tmp_path, capsys):
@@ -245,7 +282,7 @@ def test_world_cli_builds_and_pretrains(tmp_path, capsys):
 
     root = tmp_path / "w"
     assert main(["world", "build", "--out", str(root), "--n-train", "24", "--n-val", "18", "--n-test", "20",
-                 "--seed", "3"]) == 0
+                 "--n-pretrain", "24", "--seed", "3"]) == 0
     assert _files(root) == _files(build_world(tmp_path / "same", TINY, progress=False))  # flags = WorldConfig
     capsys.readouterr()
     out = tmp_path / "p.pt"

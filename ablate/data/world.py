@@ -13,12 +13,13 @@ Captions come in two styles, one list of variants per image:
   {absent}" for 1-2 truly absent classes, chosen among plausible ones (sharing a colour or shape
   with, or usually co-occurring with, a present class), as in seed 002's recipe.
 
-Layout (split -> folder): train -> train2014, test -> val2014 (so `load_coco` reads both), and
-val -> minival (held out for pre-training diagnostics)::
+Layout (split -> folder): train -> train2014, test -> val2014 (so `load_coco` reads both),
+val -> minival (held out for pre-training diagnostics) and pretrain -> pretrain (the caption corpus
+of pre-training, disjoint from the downstream splits)::
 
-    <root>/annotations/instances_{train2014,val2014,minival}.json
-    <root>/{train2014,val2014,minival}/world_<split>_<id>.png
-    <root>/captions/{train,val,test}_{presence,negation}.json   file name -> list of captions
+    <root>/annotations/instances_{train2014,val2014,minival,pretrain}.json
+    <root>/{train2014,val2014,minival,pretrain}/world_<split>_<id>.png
+    <root>/captions/{train,val,test,pretrain}_{presence,negation}.json   file name -> list of captions
     <root>/ablate_world.json                                    manifest: config, counts, hashes
 
 Generation is deterministic in WorldConfig (byte-identical files for the same config).
@@ -50,13 +51,16 @@ WORLD_CLASSES = [
     "orange circle", "purple square", "red triangle", "blue star", "green cross", "yellow ring",
     "purple circle", "orange triangle", "white square", "black star",
 ]
-SPLITS = {"train": "train2014", "val": "minival", "test": "val2014"}
+# train/test are the downstream splits (what `load_coco` reads); val is held out for pre-training
+# diagnostics; pretrain is the image-caption corpus the world CLIPs learn from, disjoint from all of
+# them, so pre-training never sees the captions (i.e. the full labels) of downstream training images.
+SPLITS = {"train": "train2014", "val": "minival", "test": "val2014", "pretrain": "pretrain"}
 STYLES = ("presence", "negation")
 MANIFEST = "ablate_world.json"
 CAPTIONS_PER_IMAGE = 5
 NEGATION_RATE = 0.5  # share of negation-style captions that carry a negation
 PARTIAL_RATE = 0.4  # share of multi-object captions that name only some of the present classes
-_VERSION = 2  # bump when drawing or captions change, so stale worlds are not reused
+_VERSION = 3  # bump when drawing or captions change, so stale worlds are not reused
 
 _COLOURS = {
     "red": (215, 35, 35), "blue": (35, 70, 225), "green": (30, 165, 60), "yellow": (235, 215, 40),
@@ -74,7 +78,7 @@ _PAIRS = [(0, 3), (1, 4), (2, 5), (6, 7), (9, 11), (10, 14)]
 _PARTNERS = {c: [b if a == c else a for a, b in _PAIRS if c in (a, b)] for c in range(len(WORLD_CLASSES))}
 _PAIR_RATE = 0.5
 _N_OBJECTS_P = (0.3, 0.35, 0.22, 0.13)  # 1..4 classes per image
-_MAX_OCCLUSION = 0.3  # a later object may cover at most this share of an earlier one's box
+_MAX_OCCLUSION = 0.3  # a later object may cover at most this share of any one earlier object's box
 _SUPERSAMPLE = 2  # drawn at 2x and downsampled: anti-aliased edges
 
 _PRESENCE_TEMPLATES = (
@@ -89,11 +93,12 @@ class WorldConfig:
     n_train: int = 2000
     n_val: int = 300
     n_test: int = 600
+    n_pretrain: int = 2000
     image_size: int = 64
     seed: int = 0
 
     def counts(self) -> dict[str, int]:
-        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test, "pretrain": self.n_pretrain}
 
 
 # ---- drawing ------------------------------------------------------------------------------------
@@ -114,21 +119,29 @@ def _cross(cx: float, cy: float, r: float, angle: float) -> list:
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float, colour) -> None:
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
-    elif shape == "ring":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=colour, width=max(2, round(0.38 * r)))
-    elif shape == "square":
-        draw.polygon(_polygon(4, cx, cy, r * 1.2, angle), fill=colour)
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float,
+          colour) -> tuple[float, float, float, float]:
+    """Draw one shape; return the box (x0, y0, x1, y1) of what was drawn, before clipping to the image."""
+    if shape in ("circle", "ring"):
+        box = (cx - r, cy - r, cx + r, cy + r)
+        if shape == "circle":
+            draw.ellipse(box, fill=colour)
+        else:
+            draw.ellipse(box, outline=colour, width=max(2, round(0.38 * r)))
+        return box
+    if shape == "square":
+        points = _polygon(4, cx, cy, r * 1.2, angle)
     elif shape == "triangle":
-        draw.polygon(_polygon(3, cx, cy, r * 1.15, angle), fill=colour)
+        points = _polygon(3, cx, cy, r * 1.15, angle)
     elif shape == "star":
-        draw.polygon(_polygon(5, cx, cy, r * 1.15, angle, inner=0.45), fill=colour)
+        points = _polygon(5, cx, cy, r * 1.15, angle, inner=0.45)
     elif shape == "cross":
-        draw.polygon(_cross(cx, cy, r, angle), fill=colour)
+        points = _cross(cx, cy, r, angle)
     else:
         raise ValueError(f"unknown shape {shape!r}")
+    draw.polygon(points, fill=colour)
+    xs, ys = zip(*points)
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int]) -> tuple[int, ...]:
@@ -185,10 +198,10 @@ def _render(rng: np.random.Generator, size: int, classes: list[int]) -> tuple[Im
     for c in classes:
         cx, cy, r = _place(rng, side, placed)
         colour, shape = _CLASS_PAIRS[c]
-        _draw(draw, shape, cx, cy, r, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOURS[colour]))
+        x0, y0, x1, y1 = _draw(draw, shape, cx, cy, r, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOURS[colour]))
         placed.append((cx - r, cy - r, cx + r, cy + r))
-        x, y, w = ((v / _SUPERSAMPLE) for v in (cx - r, cy - r, 2 * r))
-        objects.append((c, [round(x, 2), round(y, 2), round(w, 2), round(w, 2)]))
+        x0, y0, x1, y1 = (float(np.clip(v, 0, side)) / _SUPERSAMPLE for v in (x0, y0, x1, y1))  # visible part
+        objects.append((c, [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]))
     return img.resize((size, size), Image.Resampling.BOX), objects
 
 
@@ -301,19 +314,25 @@ def _manifest(root: Path, cfg: WorldConfig) -> dict:
 
 
 def _is_complete(root: Path, cfg: WorldConfig) -> bool:
-    """Manifest matches the config and every split folder holds its images (cheap: no image hashing)."""
+    """Manifest matches the config, its json files are there and every split folder holds its images
+    (cheap: nothing is hashed)."""
     try:
         manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
+        if (manifest.get("version"), manifest.get("config")) != (_VERSION, asdict(cfg)):
+            return False
+        return (all((root / rel).is_file() for rel in manifest["sha256"])
+                and all(len(os.listdir(root / SPLITS[s])) == n for s, n in cfg.counts().items()))
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    if (manifest.get("version"), manifest.get("config")) != (_VERSION, asdict(cfg)):
-        return False
-    return all(len(os.listdir(root / SPLITS[s])) == n for s, n in cfg.counts().items())
 
 
 def world_hash(root: Path) -> str:
     """Short id of a built world's content (hash of its manifest, which hashes every json)."""
-    return _file_hash(Path(root) / MANIFEST)[:16]
+    manifest = Path(root) / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"{root} is not a built world ({MANIFEST} missing); build one with "
+                        f"`ablate world build --out {root}` (into an empty folder)")
+    return _file_hash(manifest)[:16]
 
 
 def default_world_root(cache_dir: Path, cfg: WorldConfig = WorldConfig()) -> Path:
@@ -373,7 +392,8 @@ def load_captions(root: Path, split: str, style: Literal["presence", "negation"]
         raise DataError(f"unknown caption style {style!r}; choose from {', '.join(STYLES)}")
     path = Path(root) / "captions" / f"{split}_{style}.json"
     if not path.is_file():
-        raise DataError(f"{path} not found; build the world first (`ablate world build`)")
+        raise DataError(f"{path} not found: {root} is not a complete world; build one with "
+                        f"`ablate world build --out {root}` (into an empty folder)")
     return json.loads(path.read_text())
 
 
@@ -383,7 +403,8 @@ def load_world(root: Path, split: str) -> LabelledImages:
     root = Path(root).expanduser().absolute()
     ann = root / "annotations" / f"instances_{SPLITS[split]}.json"
     if not ann.is_file():
-        raise DataError(f"{ann} not found; build the world first (`ablate world build`)")
+        raise DataError(f"{ann} not found: {root} is not a complete world; build one with "
+                        f"`ablate world build --out {root}` (into an empty folder)")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco = COCO(str(ann))
     cat_ids, img_ids = sorted(coco.getCatIds()), sorted(coco.getImgIds())
