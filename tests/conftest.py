@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ablate.spec import TrialConfig
+
+# Tests start their own local Ray; "auto" (ablate's default) would join whatever cluster this machine
+# runs, e.g. someone's sweep, and die with it.
+os.environ["RAY_ADDRESS"] = "local"
 
 
 @pytest.fixture(scope="session")
