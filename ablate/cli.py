@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 
 from .backbone import BackboneError
 from .data import DataError
+from .data.world import WorldConfig
 from .pretrain import PretrainConfig
 from .report import ReportError
 from .tracking import TrackingError, trial_table
@@ -173,8 +175,7 @@ def _world_parser(sub: argparse._SubParsersAction) -> None:
     b = world_sub.add_parser("build", help="generate the world (deterministic; skipped when already complete)")
     b.add_argument("--out", type=Path, help="folder (default: <cache-dir>/world-<config hash>)")
     b.add_argument("--cache-dir", type=Path, default=Path(".ablate_cache"))
-    for name in ("n-train", "n-val", "n-test", "n-pretrain", "image-size", "seed"):
-        b.add_argument(f"--{name}", type=int, help=f"WorldConfig.{name.replace('-', '_')}")
+    _config_flags(b, WorldConfig())
     t = world_sub.add_parser("pretrain", help="contrastive pre-training of a tiny CLIP on the world's captions")
     t.add_argument("--captions", choices=["presence", "negation"], required=True,
                    help="presence-only captions (LAION-like) or negation-augmented ones")
@@ -183,27 +184,33 @@ def _world_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--world-root", type=Path, help="a world made with `ablate world build --out` (default: the "
                    "embedded world, built if missing)")
     t.add_argument("--out", type=Path, help="checkpoint path (default: cached, keyed by the config and world)")
-    for name in ("epochs", "batch-size", "lr", "weight-decay", "warmup-steps", "seed"):
-        field = name.replace("-", "_")
-        kind = float if field in ("lr", "weight_decay") else int
-        t.add_argument(f"--{name}", type=kind, help=f"default {getattr(PretrainConfig(), field)}")
+    _config_flags(t, PretrainConfig(), skip=("model", "captions"))
+
+
+def _config_flags(parser: argparse.ArgumentParser, default, skip: tuple[str, ...] = ()) -> None:
+    """A flag per numeric field of a config dataclass (--n-train for n_train), defaulting to unset."""
+    for f in dataclasses.fields(default):
+        if f.name not in skip:
+            value = getattr(default, f.name)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), help=f"default {value}")
+
+
+def _config_from_flags(args: argparse.Namespace, default, **fixed):
+    """`default` with the fields whose flags were given (and `fixed`) replaced."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(default) if f.name not in fixed}
+    return dataclasses.replace(default, **fixed, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .data.world import WorldConfig, build_world, default_world_root
+    from .data.world import build_world, default_world_root
     from .pretrain import ensure_world_checkpoint, manifest_path, pretrain
 
     if args.world_command == "build":
-        fields = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test", "n_pretrain", "image_size", "seed")}
-        world = replace(WorldConfig(), **{k: v for k, v in fields.items() if v is not None})
+        world = _config_from_flags(args, WorldConfig())
         root = build_world(args.out or default_world_root(args.cache_dir, world), world)
         print(root)
         return 0
-    fields = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")}
-    cfg = replace(PretrainConfig(), model=args.model, captions=args.captions,
-                  **{k: v for k, v in fields.items() if v is not None})
+    cfg = _config_from_flags(args, PretrainConfig(), model=args.model, captions=args.captions)
     if args.out is None:  # cached (and locked): a checkpoint already made for this config is reused
         out = ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model, world_root=args.world_root,
                                       base=cfg)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,10 +32,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .backbone import WORLD_ALIASES, Backbone, create_backbone
-from .data.base import DataError
+from .data.base import DataError, file_lock, write_atomically
 from .data.transforms import build_transform
 from .data.world import (
-    STYLES, WorldConfig, build_world, default_world_root, file_lock, load_captions, load_world,
+    STYLES, WorldConfig, build_world, default_world_root, load_captions, load_world,
     world_hash,
 )
 from .metrics import multilabel_metrics
@@ -172,16 +170,6 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
     return losses, val_maps
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def manifest_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
@@ -210,7 +198,7 @@ def _pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool) 
     random_map = _zero_shot(backbone, *test_data)
 
     losses, val_maps = _train(backbone, images, tokens, cfg, val_data, progress)
-    _atomic_write(out, lambda p: torch.save(backbone.model.state_dict(), p))
+    write_atomically(out, lambda p: torch.save(backbone.model.state_dict(), p))
     # scored through the public loading path, so the file itself is what is measured
     loaded = create_backbone(cfg.model, str(out))
     manifest = {
@@ -224,7 +212,7 @@ def _pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool) 
         "seconds": round(time.time() - start, 1),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
     }
-    _atomic_write(manifest_path(out), lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    write_atomically(manifest_path(out), lambda p: p.write_text(json.dumps(manifest, indent=1)))
     return manifest
 
 

@@ -6,12 +6,23 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ablate.spec import TrialConfig
 
 # Tests start their own local Ray; "auto" (ablate's default) would join whatever cluster this machine
 # runs, e.g. someone's sweep, and die with it.
 os.environ["RAY_ADDRESS"] = "local"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on shared, busy cores those threads spin-wait
+    (several times slower). Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

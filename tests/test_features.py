@@ -24,13 +24,7 @@ INFO = BackboneInfo(name="ablate-tiny-vit", pretrained="none", image_size=64, em
 PATHS = [Path("/data/a.jpg"), Path("/data/b.jpg")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (several times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def key(info: BackboneInfo = INFO, weights: str = "w0", dataset: str = "synthetic", root: str = "/data",

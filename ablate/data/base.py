@@ -1,11 +1,20 @@
-"""Types shared by the loaders: the error they raise and the table they return."""
+"""What the loaders share: the error they raise, the table they return, and safe writes of
+generated files (atomic, one writer at a time)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 
 class DataError(ValueError):
@@ -44,3 +53,45 @@ def check_images_exist(paths: list[Path], dataset: str, layout: str) -> None:
             f"{dataset}: {len(missing)} of {len(paths)} listed images are missing (e.g. {shown}); "
             f"expected layout: {layout}"
         )
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
+    """Exclusive inter-process lock (flock on `path`) held while the block runs; `waiting`, if given,
+    is printed to stderr when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                tqdm.write(waiting, file=sys.stderr)  # between progress bars, not through them
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temp file beside `path`, then rename it: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def fill_atomically(root: Path, fill: Callable[[Path], None]) -> None:
+    """`fill(tmp)` a fresh folder beside `root`, then rename it to `root` (atomic; replaces an empty folder)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        fill(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

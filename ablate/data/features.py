@@ -20,13 +20,11 @@ under the lock, and whoever waited on the lock re-checks instead of building aga
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +41,7 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone, BackboneInfo, create_backbone
 from ..spec import TrialConfig
 from . import MultiLabelDataset, check_root, load_splits
-from .base import LabelledImages
+from .base import LabelledImages, file_lock
 from .transforms import build_transform
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
@@ -162,28 +160,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path, what: str, progress: bool) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                tqdm.write(f"waiting for another process building {what}", file=sys.stderr)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure(cache: FeatureCache, backbone: Backbone, *, batch_size: int = 32, num_workers: int = 0,
            amp: bool = True, progress: bool = True, on_images: Progress | None = None) -> bool:
     """Make `cache` valid, building it with `backbone` if needed; True when this call built it."""
     what = f"{cache.inputs.dataset}/{cache.inputs.split} features ({cache.inputs.key[:8]})"
     if not cache.is_valid():
-        with _exclusive(cache.lock_path, what, progress):
+        with file_lock(cache.lock_path, f"waiting for another process building {what}" if progress else None):
             if not cache.is_valid():  # re-check: the lock holder before us may have built it
                 _build(cache, backbone, batch_size, num_workers, amp, progress, on_images, what)
                 return True

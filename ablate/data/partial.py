@@ -8,10 +8,11 @@ an entry is kept when u < ratio. The mask therefore depends only on (key, seed, 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .base import write_atomically
 
 
 def stable_seed(*parts: object) -> int:
@@ -32,14 +33,6 @@ def _cache_name(labels: np.ndarray, ratio: float, key: str, seed: int) -> str:
     return f"mask-{h.hexdigest()[:24]}.npy"
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)  # readers never see a half-written mask
-
-
 def partial_mask(
     labels: np.ndarray, ratio: float, key: str, seed: int, cache_dir: Path | None = None
 ) -> np.ndarray:
@@ -52,8 +45,13 @@ def partial_mask(
     if path.is_file():
         return np.load(path)
     mask = _draw_mask(labels.shape, ratio, key, seed)
-    _save_atomic(path, mask)
+    write_atomically(path, lambda tmp: _save(tmp, mask))  # readers never see a half-written mask
     return mask
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as f:  # a handle: given a path without .npy, np.save would append one
+        np.save(f, array)
 
 
 def apply_partial(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -13,15 +13,12 @@ manifest (ablate_synthetic.json) with those parameters and is reused instead of 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .base import DataError
+from .base import DataError, fill_atomically
 from .classnames import SYNTHETIC
 from .coco import coco_files
 
@@ -124,18 +121,15 @@ def generate_synthetic(
             f"synthetic root {root} is not empty and holds no synthetic set with parameters {params} "
             f"(manifest {MANIFEST} missing or different); remove it or choose another data_root"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         _write_split(tmp, "train", n_train, image_size, seed, id_offset=0)
         _write_split(tmp, "test", n_test, image_size, seed, id_offset=1_000_000)
         (tmp / MANIFEST).write_text(json.dumps(params, sort_keys=True))
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        try:
-            os.replace(tmp, root)  # atomic; also replaces an empty folder
-        except OSError:
-            if not _is_complete(root, params):  # a concurrent writer did not win either
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        fill_atomically(root, fill)
+    except OSError:
+        if not _is_complete(root, params):  # a concurrent writer did not win either
+            raise
     return root

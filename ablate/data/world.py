@@ -28,13 +28,10 @@ Generation is deterministic in WorldConfig (byte-identical files for the same co
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,7 +41,7 @@ from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 from tqdm.auto import tqdm
 
-from .base import DataError, LabelledImages
+from .base import DataError, LabelledImages, file_lock, fill_atomically
 
 WORLD_CLASSES = [
     "red circle", "blue square", "green triangle", "yellow star", "white cross", "black ring",
@@ -340,18 +337,6 @@ def default_world_root(cache_dir: Path, cfg: WorldConfig = WorldConfig()) -> Pat
     return Path(cache_dir).expanduser().absolute() / f"world-{key}"
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """Exclusive inter-process lock (flock) held while the block runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_world(root: Path, cfg: WorldConfig = WorldConfig(), progress: bool = True) -> Path:
     """Generate the world at `root`, or reuse a complete one built with the same config."""
     root = Path(root).expanduser().absolute()
@@ -363,18 +348,16 @@ def build_world(root: Path, cfg: WorldConfig = WorldConfig(), progress: bool = T
         if root.exists() and any(root.iterdir()):
             raise DataError(f"{root} is not empty and holds no world built with {cfg} "
                             f"(manifest {MANIFEST} missing or different); remove it or choose another folder")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            (tmp / "annotations").mkdir()
-            (tmp / "captions").mkdir()
-            for split, n in cfg.counts().items():
-                _write_split(tmp, split, n, cfg, progress)
-            (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, cfg), indent=1, sort_keys=True))
-            tmp.chmod(0o755)  # mkdtemp makes it owner-only
-            os.replace(tmp, root)  # atomic; also replaces an empty folder
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        fill_atomically(root, lambda tmp: _fill(tmp, cfg, progress))
     return root
+
+
+def _fill(folder: Path, cfg: WorldConfig, progress: bool) -> None:
+    (folder / "annotations").mkdir()
+    (folder / "captions").mkdir()
+    for split, n in cfg.counts().items():
+        _write_split(folder, split, n, cfg, progress)
+    (folder / MANIFEST).write_text(json.dumps(_manifest(folder, cfg), indent=1, sort_keys=True))
 
 
 # ---- reading ------------------------------------------------------------------------------------
