@@ -238,10 +238,67 @@ class Backbone(nn.Module):
             return x
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
+    def shares_prefixes(self) -> bool:
+        """Whether `encode_shared_prefix` can run this text tower: a causal, batch-first stack of
+        open_clip's self-attention blocks (every standard CLIP text tower)."""
+        t = self.text
+        return t.attn_mask is not None and getattr(t.transformer, "batch_first", False) and all(
+            isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and b.attn.batch_first
+            and b.attn._qkv_same_embed_dim and not hasattr(b, "ln_1_kv") for b in t.transformer.resblocks)
+
+    def encode_shared_prefix(self, shared: Tensor, rest: Tensor, eot: Tensor) -> Tensor:
+        """Prompts that all begin with the same tokens (start token + one shared context): `shared`
+        [P, W], each prompt's own tokens `rest` [K, S, W], EOT positions [K] counted from the start -> [K, D].
+
+        Under the causal mask the shared tokens' states are identical in every prompt, so they are
+        computed once and each prompt's own tokens attend to them: the same result as `encode_embeddings`
+        on the concatenation, with each prompt costing its S own tokens instead of P + S.
+        """
+        if not self.shares_prefixes():
+            return self.encode_embeddings(torch.cat([shared.expand(len(rest), -1, -1), rest], dim=1), eot)
+        t, n_shared = self.text, shared.shape[0]
+        length = int(eot.max()) + 1
+        pos = t.positional_embedding[:length].to(rest.dtype)
+        head = (shared + pos[:n_shared]).unsqueeze(0)  # [1, P, W]
+        own = rest[:, : length - n_shared] + pos[n_shared:]  # [K, S, W]
+        # own tokens see every shared token and the own tokens up to themselves (True: attend)
+        mask = t.attn_mask[n_shared:length, :length] == 0
+        for block in t.transformer.resblocks:
+            head, own = _shared_prefix_block(block, head, own, mask)
+        x = t.ln_final(own)[torch.arange(own.shape[0], device=own.device), eot - n_shared]
+        proj = t.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         tokens = self.tokenize(texts)
         return self.encode_embeddings(self.token_embedding(tokens), tokens.argmax(dim=-1))
+
+
+def _shared_prefix_block(block: nn.Module, head: Tensor, own: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """One residual attention block over shared tokens [1, P, W] and per-prompt tokens [K, S, W]:
+    the shared tokens' keys and values are projected once and broadcast to every prompt."""
+    attn = block.attn
+    heads = attn.num_heads
+
+    def project(x: Tensor) -> tuple[Tensor, ...]:  # -> q, k, v as [B, heads, L, W / heads]
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        return tuple(z.unflatten(-1, (heads, -1)).transpose(1, 2) for z in qkv.chunk(3, dim=-1))
+
+    def finish(x: Tensor, out: Tensor) -> Tensor:
+        x = x + block.ls_1(attn.out_proj(out.transpose(1, 2).flatten(2)))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    q_head, k_head, v_head = project(head)
+    q_own, k_own, v_own = project(own)
+    n = own.shape[0]
+    keys = torch.cat([k_head.expand(n, -1, -1, -1), k_own], dim=2)
+    values = torch.cat([v_head.expand(n, -1, -1, -1), v_own], dim=2)
+    out_head = F.scaled_dot_product_attention(q_head, k_head, v_head, is_causal=True)
+    out_own = F.scaled_dot_product_attention(q_own, keys, values, attn_mask=mask)
+    return finish(head, out_head), finish(own, out_own)
 
 
 def _tower(visual: nn.Module, name: str) -> str:

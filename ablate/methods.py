@@ -42,7 +42,11 @@ class PromptSide(nn.Module):
         self.residual = nn.Parameter(torch.zeros(len(classnames), dim)) if residual else None
 
     def forward(self) -> Tensor:
-        feats = self._backbone[0].encode_embeddings(self.prompts(), self.prompts.eot)
+        backbone, prompts = self._backbone[0], self.prompts
+        if prompts.csc:
+            feats = backbone.encode_embeddings(prompts(), prompts.eot)
+        else:  # one shared context: its tokens' states are computed once, not once per class
+            feats = backbone.encode_shared_prefix(*prompts.shared_and_own(), prompts.eot)
         return feats + self.residual if self.residual is not None else feats
 
 

@@ -52,3 +52,10 @@ class PromptLearner(nn.Module):
         """Token embeddings of every class prompt, [N, 77, W]."""
         ctx = self.ctx if self.csc else self.ctx.expand(self.prefix.shape[0], -1, -1)
         return torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)
+
+    def shared_and_own(self) -> tuple[Tensor, Tensor]:
+        """Shared context only: the tokens every prompt begins with (start + context, [1 + n_ctx, W])
+        and each class's own tokens (name . EOT pad, [N, S, W]), for `Backbone.encode_shared_prefix`."""
+        if self.csc:
+            raise ValueError("class-specific contexts share no prefix")
+        return torch.cat([self.prefix[0], self.ctx.to(self.prefix.dtype)]), self.suffix

@@ -47,6 +47,9 @@ class TrialConfig(StrictModel):
         "online", description="online: run the frozen image encoder every step (augmentation possible); "
         "cached: read dense features computed once per (backbone, weights, size, data, split)")
     feature_cache_dir: Path | None = Field(None, description="feature cache location (default <cache_dir>/features)")
+    cache_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="storage of cached features: float16 (half the disk, rounding ~2e-4 relative) "
+        "or float32 (the online path's features bit for bit)")
 
     # prompts / method options
     n_ctx: int = Field(16, ge=1, le=64)

@@ -6,6 +6,10 @@ negative, class-specific contexts) go through the frozen text encoder both ways,
 one process: forward only (what evaluation does once per pass) and forward + backward to the
 contexts (what every training step does). The difference is taken in float32.
 
+A second line per dataset does the same for one shared context (`csc: false`): every class prompt
+starts with the same start token + context, so `encode_shared_prefix` runs those tokens once and the
+classes' own tokens attend to them, against the truncated per-class encoding (`shared_prefix_*`).
+
     python benchmarks/text_encoder.py [--backbones ablate-tiny-vit] [--datasets synthetic voc2007 coco2014]
         [--n-ctx 16] [--reps 7] [--device cpu] [--threads 1]
 """
@@ -17,6 +21,7 @@ import contextlib
 import json
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -36,43 +41,70 @@ def encode(backbone: Backbone, method: TwoSided, truncate: bool) -> torch.Tensor
     return backbone.encode_embeddings(torch.cat([s() for s in sides]), eot, truncate=truncate)
 
 
-def timed(backbone: Backbone, method: TwoSided, truncate: bool, backward: bool, amp: bool) -> float:
-    device = next(method.parameters()).device
-    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.set_grad_enabled(backward), autocast:
-        out = encode(backbone, method, truncate)
-    if backward:
-        out.float().sum().backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+def time_ways(ways: dict[str, Callable[[], torch.Tensor]], device: torch.device, reps: int, amp: bool) -> dict:
+    """Median ms of each way, forward only and forward + backward to the contexts, run in rotation
+    (the first round warms up) -> {(way, backward): ms}."""
+
+    def once(way: str, backward: bool) -> float:
+        autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(backward), autocast:
+            out = ways[way]()
+        if backward:
+            out.float().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[tuple[str, bool], list[float]] = {(w, b): [] for w in ways for b in (False, True)}
+    for rep in range(reps + 1):
+        for key in times:
+            elapsed = once(*key)
+            if rep:
+                times[key].append(elapsed)
+    return {key: 1000 * statistics.median(v) for key, v in times.items()}
 
 
-def bench(backbone: Backbone, dataset: str, n_ctx: int, reps: int, amp: bool) -> dict:
+def summary(ms: dict, fast: str, slow: str) -> dict:
+    return {
+        "forward_ms": {w: round(ms[w, False], 3) for w in (fast, slow)},
+        "forward_speedup": round(ms[slow, False] / ms[fast, False], 2),
+        "train_step_ms": {w: round(ms[w, True], 3) for w in (fast, slow)},
+        "train_step_speedup": round(ms[slow, True] / ms[fast, True], 2),
+    }
+
+
+def bench_truncation(backbone: Backbone, dataset: str, n_ctx: int, reps: int, amp: bool) -> dict:
     cfg = TrialConfig(method="dualcoop", dataset=dataset, n_ctx=n_ctx)
     device = next(backbone.parameters()).device
     method = create_method(cfg, backbone, class_names(dataset)).to(device)
+    ways = {"truncated": lambda: encode(backbone, method, True), "full": lambda: encode(backbone, method, False)}
     with torch.no_grad():
-        cut, full = encode(backbone, method, True), encode(backbone, method, False)
-    times: dict[tuple[bool, bool], list[float]] = {(t, b): [] for t in (True, False) for b in (False, True)}
-    for rep in range(reps + 1):  # the first round warms up
-        for key in times:
-            elapsed = timed(backbone, method, *key, amp)
-            if rep:
-                times[key].append(elapsed)
-    ms = {key: 1000 * statistics.median(v) for key, v in times.items()}
+        cut, full = ways["truncated"](), ways["full"]()
     _, eot = prompts(method)
     return {
-        "sequences": len(eot), "tokens_truncated": int(eot.max()) + 1,
+        "comparison": "truncation", "sequences": len(eot), "tokens_truncated": int(eot.max()) + 1,
         "tokens_full": method.positive.prompts.tokens.shape[1],
-        "forward_ms": {"truncated": round(ms[True, False], 3), "full": round(ms[False, False], 3)},
-        "forward_speedup": round(ms[False, False] / ms[True, False], 2),
-        "train_step_ms": {"truncated": round(ms[True, True], 3), "full": round(ms[False, True], 3)},
-        "train_step_speedup": round(ms[False, True] / ms[True, True], 2),
+        **summary(time_ways(ways, device, reps, amp), "truncated", "full"),
         "max_abs_diff": float((cut - full).abs().max()), "max_abs_value": float(full.abs().max()),
+    }
+
+
+def bench_shared_prefix(backbone: Backbone, dataset: str, n_ctx: int, reps: int, amp: bool) -> dict:
+    cfg = TrialConfig(method="positivecoop", dataset=dataset, n_ctx=n_ctx, csc=False)
+    device = next(backbone.parameters()).device
+    side = create_method(cfg, backbone, class_names(dataset)).to(device).positive.prompts
+    ways = {"shared_prefix": lambda: backbone.encode_shared_prefix(*side.shared_and_own(), side.eot),
+            "per_class": lambda: backbone.encode_embeddings(side(), side.eot)}
+    with torch.no_grad():
+        shared, per_class = ways["shared_prefix"](), ways["per_class"]()
+    return {
+        "comparison": "shared_prefix", "sequences": len(side.eot), "shared_tokens": 1 + n_ctx,
+        "tokens_truncated": int(side.eot.max()) + 1,
+        **summary(time_ways(ways, device, reps, amp), "shared_prefix", "per_class"),
+        "max_abs_diff": float((shared - per_class).abs().max()), "max_abs_value": float(per_class.abs().max()),
     }
 
 
@@ -91,9 +123,10 @@ def main() -> None:
         backbone = create_backbone(name, "none", None, args.device)  # timing does not depend on the weights
         for dataset in args.datasets:
             for n_ctx in args.n_ctx:
-                print(json.dumps({"bench": "text_encoder", "backbone": name, "dataset": dataset, "n_ctx": n_ctx,
-                                  "device": args.device, "autocast": amp, "threads": args.threads,
-                                  **bench(backbone, dataset, n_ctx, args.reps, amp)}), flush=True)
+                for measure in (bench_truncation, bench_shared_prefix):
+                    print(json.dumps({"bench": "text_encoder", "backbone": name, "dataset": dataset, "n_ctx": n_ctx,
+                                      "device": args.device, "autocast": amp, "threads": args.threads,
+                                      **measure(backbone, dataset, n_ctx, args.reps, amp)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -606,3 +606,24 @@ def test_rn101_parameter_counts(rn101, dataset, method, options, count):
     assert len(names) == {"coco2014": 80, "voc2007": 20}[dataset]
     m = make_method(method, rn101, classnames=names, n_ctx=16, **options)
     assert m.trainable_params() == count
+
+
+@pytest.mark.parametrize("name", [TINY_VIT, "rn101"])
+def test_shared_context_prompts_encode_their_prefix_once_with_the_same_result(name, request):
+    """csc: false sends the start token + shared context through the text tower once; every class's
+    features and the context's gradient equal those of the full per-class prompts."""
+    backbone = request.getfixturevalue("rn101") if name == "rn101" else tiny(name)
+    assert backbone.shares_prefixes()
+    side = make_method("positivecoop", backbone, classnames=class_names("coco2014"), n_ctx=8, csc=False).positive
+    prompts = side.prompts
+    assert len(set(prompts.eot.tolist())) > 1  # class names of different lengths
+    with torch.no_grad():
+        prompts.ctx.normal_()
+    full = backbone.encode_embeddings(prompts(), prompts.eot)
+    (full_grad,) = torch.autograd.grad(full.square().sum(), prompts.ctx)
+    shared = side()
+    (shared_grad,) = torch.autograd.grad(shared.square().sum(), prompts.ctx)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_grad, full_grad, atol=1e-5 * float(full_grad.abs().max()), rtol=1e-4)
+    with pytest.raises(ValueError, match="share no prefix"):
+        make_method("positivecoop", backbone, classnames=CLASSES, n_ctx=4).positive.prompts.shared_and_own()

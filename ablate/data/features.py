@@ -4,6 +4,7 @@ Every method keeps the image encoder frozen, so without augmentation its output 
 changes. A cache holds it for one split, keyed by everything that determines it::
 
     <root>/<key>/features.f16    float16 memmap [M, L, D], rows in the manifest's path order
+                                 (features.f32 with cache_dtype: float32)
     <root>/<key>/manifest.json   key inputs, shape, dtype, paths, sha256 of the data, "complete"
     <root>/<key>.lock            flock: one builder per key across processes (and NFS clients)
 
@@ -45,8 +46,8 @@ from .base import LabelledImages, file_lock
 from .transforms import build_transform
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
-DTYPE = "float16"
-DATA_FILE, MANIFEST = "features.f16", "manifest.json"
+DATA_FILES = {"float16": "features.f16", "float32": "features.f32"}  # by storage dtype
+MANIFEST = "manifest.json"
 CACHE_SPLIT = {"train": "train", "val": "train", "test": "test"}  # trial split -> cached split
 _CHUNK = 1 << 24  # bytes per checksum read
 
@@ -83,7 +84,7 @@ class CacheInputs:
     split: str
     paths_sha256: str  # of the ordered image paths
     preprocessing: str  # repr of the transform
-    dtype: str = DTYPE
+    dtype: str = "float16"
     version: int = FORMAT_VERSION
 
     @property
@@ -102,10 +103,10 @@ def visual_fingerprint(backbone: Backbone) -> str:
 
 
 def cache_inputs(info: BackboneInfo, weights: str, dataset: str, data_root: Path, split: str,
-                 paths: Sequence[str | Path]) -> CacheInputs:
+                 paths: Sequence[str | Path], dtype: str = "float16") -> CacheInputs:
     paths_sha = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
     return CacheInputs(info.name, weights, info.quick_gelu, info.image_size, dataset, str(data_root), split,
-                       paths_sha, repr(eval_transform(info)))
+                       paths_sha, repr(eval_transform(info)), dtype)
 
 
 class FeatureCache:
@@ -114,7 +115,8 @@ class FeatureCache:
     def __init__(self, root: Path, inputs: CacheInputs, paths: Sequence[str | Path]) -> None:
         self.inputs, self.paths = inputs, [str(p) for p in paths]
         self.dir = Path(root) / inputs.key
-        self.data_path, self.manifest_path = self.dir / DATA_FILE, self.dir / MANIFEST
+        self.dtype = inputs.dtype
+        self.data_path, self.manifest_path = self.dir / DATA_FILES[self.dtype], self.dir / MANIFEST
         self.lock_path = Path(root) / f"{inputs.key}.lock"
 
     def __len__(self) -> int:
@@ -130,9 +132,9 @@ class FeatureCache:
         """Complete, written for these inputs and paths, exact size, checksum matches (reads the file)."""
         m = self.manifest()
         if not m or m.get("complete") is not True or m.get("inputs") != asdict(self.inputs) \
-                or m.get("paths") != self.paths or m.get("dtype") != DTYPE:
+                or m.get("paths") != self.paths or m.get("dtype") != self.dtype:
             return False
-        expected = int(np.prod(m["shape"])) * np.dtype(DTYPE).itemsize
+        expected = int(np.prod(m["shape"])) * np.dtype(self.dtype).itemsize
         try:
             if self.data_path.stat().st_size != expected:
                 return False
@@ -149,7 +151,7 @@ class FeatureCache:
         return np.array([index[str(p)] for p in paths], dtype=np.int64)
 
     def open(self) -> np.memmap:
-        return np.memmap(self.data_path, dtype=DTYPE, mode="r", shape=self.shape)
+        return np.memmap(self.data_path, dtype=self.dtype, mode="r", shape=self.shape)
 
 
 def _sha256(path: Path) -> str:
@@ -192,7 +194,7 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
                         generator=torch.Generator())  # leaves the global RNG (the trial's seed) untouched
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" \
         else contextlib.nullcontext()
-    manifest = {"key": cache.inputs.key, "inputs": asdict(cache.inputs), "dtype": DTYPE, "complete": False,
+    manifest = {"key": cache.inputs.key, "inputs": asdict(cache.inputs), "dtype": cache.dtype, "complete": False,
                 "build_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                 "paths": cache.paths}
     data, digest, row = None, hashlib.sha256(), 0
@@ -201,14 +203,15 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
                          disable=not progress):
         with autocast:
             dense = backbone.dense_features(batch.to(device, non_blocking=True))
-        block = dense.to(torch.float16)
+        block = dense.to(getattr(torch, cache.dtype))
         if not torch.isfinite(block).all():
-            raise FloatingPointError(f"{what}: features overflow float16; this backbone cannot be cached")
+            raise FloatingPointError(f"{what}: features are not finite in {cache.dtype}; "
+                                     "try cache_dtype: float32, or features: online")
         block = block.cpu().numpy()
         if data is None:
             manifest["shape"] = [len(cache), *block.shape[1:]]
             _write_manifest(cache, manifest)  # incomplete: says what is being written
-            data = np.memmap(cache.data_path, dtype=DTYPE, mode="w+", shape=tuple(manifest["shape"]))
+            data = np.memmap(cache.data_path, dtype=cache.dtype, mode="w+", shape=tuple(manifest["shape"]))
         data[row:row + len(block)] = block
         digest.update(block.tobytes())  # rows are written in order, so this is the file's checksum
         row += len(block)
@@ -227,8 +230,8 @@ def trial_caches(cfg: TrialConfig, backbone: Backbone, splits: dict[str, Labelle
     root, data_root, weights = cache_root(cfg), check_root(cfg), visual_fingerprint(backbone)
     full = {"train": sorted({*map(str, splits["train"].paths), *map(str, splits["val"].paths)}),
             "test": sorted(map(str, splits["test"].paths))}
-    caches = {name: FeatureCache(root, cache_inputs(backbone.info, weights, cfg.dataset, data_root, name, paths),
-                                 paths) for name, paths in full.items()}
+    caches = {name: FeatureCache(root, cache_inputs(backbone.info, weights, cfg.dataset, data_root, name, paths,
+                                                    cfg.cache_dtype), paths) for name, paths in full.items()}
     return {split: caches[cached] for split, cached in CACHE_SPLIT.items()}
 
 
@@ -256,7 +259,7 @@ def feature_group(cfg: TrialConfig) -> tuple:
     seed only for random weights, which it draws)."""
     seed = cfg.seed if cfg.pretrained.lower() == "none" else None
     return (cfg.backbone, cfg.pretrained, seed, cfg.image_size, cfg.dataset, cfg.data_root, cfg.synthetic_images,
-            cfg.cache_dir, cfg.feature_cache_dir)
+            cfg.cache_dir, cfg.feature_cache_dir, cfg.cache_dtype)
 
 
 def cached_images(cfg: TrialConfig) -> int:
@@ -269,7 +272,7 @@ class CachedFeatures(Dataset):
     """Cached rows with their labels. Indexed by a whole batch of positions: one read per batch."""
 
     def __init__(self, cache: FeatureCache, images: LabelledImages) -> None:
-        self.path, self.shape = cache.data_path, cache.shape
+        self.path, self.shape, self.dtype = cache.data_path, cache.shape, cache.dtype
         self.rows = cache.rows(images.paths)
         self.labels = images.labels
         self._data: np.memmap | None = None  # opened on first read, in the worker: never pickled
@@ -279,6 +282,6 @@ class CachedFeatures(Dataset):
 
     def __getitem__(self, batch: list[int]) -> tuple[Tensor, Tensor]:
         if self._data is None:
-            self._data = np.memmap(self.path, dtype=DTYPE, mode="r", shape=self.shape)
+            self._data = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
         features = np.asarray(self._data[self.rows[batch]])
         return torch.from_numpy(features), torch.from_numpy(self.labels[batch].astype(np.float32))
