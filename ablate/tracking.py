@@ -9,6 +9,7 @@ trial starts, so parallel trials never race to create them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 
+from .data.base import file_lock
 from .spec import TrialConfig
 
 TRIAL_KEY = "ablate.trial_key"
@@ -44,19 +47,28 @@ def resolve_tracking_uri(flag: str | None = None, spec: str | None = None) -> st
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client whose store answers (for sqlite: the schema exists afterwards)."""
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as err:  # the store raises many types; all mean "not usable"
-        raise TrackingError(f"MLflow tracking store {uri} is not reachable: {err}") from err
+    """A client whose store answers (for sqlite: the schema exists afterwards). Opening a sqlite store
+    creates or migrates its schema, and two processes doing that at once collide in alembic ("table
+    _alembic_tmp_metrics already exists"), so for sqlite one process at a time opens it, under a lock."""
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    with file_lock(Path(f"{db}.lock")) if db else contextlib.nullcontext():
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as err:  # the store raises many types; all mean "not usable"
+            raise TrackingError(f"MLflow tracking store {uri} is not reachable: {err}") from err
     return client
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name)
+        try:
+            return client.create_experiment(name)
+        except MlflowException as err:  # another process created it since we looked
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise TrackingError(f"cannot create experiment '{name}': {err}") from err
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"experiment '{name}' is deleted; restore it in MLflow or rename the spec")
     return exp.experiment_id

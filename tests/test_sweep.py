@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from ablate.cli import main
 from ablate.spec import ConfigError
 from ablate.sweep import run_sweep
+from ablate.tracking import connect
 
 
 
@@ -43,7 +44,7 @@ def write_spec(tmp_path: Path, cache_dir: Path, **spec) -> Path:
 
 
 def runs(tmp_path: Path, name: str = "t") -> tuple[list, list]:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")  # may run while a sweep creates the store
     exp = client.get_experiment_by_name(name)
     all_runs = client.search_runs([exp.experiment_id])
     parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "sweep"]
@@ -124,6 +125,19 @@ def test_diverging_trial_fails_alone_with_its_reason(tmp_path, cache_dir):
     assert "loss became nan" in failed[0].data.tags["ablate.error"]
     assert sum(c.info.status == "FINISHED" for c in children) == 2 and by_status
     assert parents[0].info.status == "FAILED"
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path):
+    """Opening a sqlite store creates its schema; processes doing it together (a sweep starting while
+    `ablate report` or another sweep opens the same file) once collided in alembic's migrations."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import sys; from ablate.tracking import connect, ensure_experiment; "
+            "ensure_experiment(connect(sys.argv[1]), 'shared')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [proc.communicate(timeout=240)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, "\n".join(errors)[-3000:]
+    assert len(connect(uri).search_experiments(filter_string="name = 'shared'")) == 1
 
 
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path, cache_dir):
