@@ -231,8 +231,12 @@ class Backbone(nn.Module):
         length = int(eot.max()) + 1 if truncate else embeddings.shape[1]
         x = embeddings[:, :length] + t.positional_embedding[:length].to(embeddings.dtype)
         mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
-        x = t.ln_final(t.transformer(x, attn_mask=mask))
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        return self._pool(t.transformer(x, attn_mask=mask), eot)
+
+    def _pool(self, x: Tensor, eot: Tensor) -> Tensor:
+        """Final token states [K, L, W] -> the EOT token's, normalised and projected -> [K, D]."""
+        t = self.text
+        x = t.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
         proj = t.text_projection
         if proj is None:
             return x
@@ -265,11 +269,7 @@ class Backbone(nn.Module):
         mask = t.attn_mask[n_shared:length, :length] == 0
         for block in t.transformer.resblocks:
             head, own = _shared_prefix_block(block, head, own, mask)
-        x = t.ln_final(own)[torch.arange(own.shape[0], device=own.device), eot - n_shared]
-        proj = t.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return self._pool(own, eot - n_shared)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
 from .data import MultiLabelDataset, check_root, load_splits
+from .data.base import write_atomically
 from .data.features import CachedFeatures, FeatureCache, check_features_mode, ensure_trial_caches
 from .data.transforms import build_transform
 from .loss import AsymmetricLoss
@@ -200,10 +200,8 @@ class Trial:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+        # atomic: a crash mid-write never leaves a half checkpoint
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)

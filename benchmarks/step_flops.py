@@ -65,8 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     backbone = create_backbone(args.backbone, "none", args.image_size)  # FLOPs do not depend on the weights
     images = torch.randn(1, 3, args.image_size, args.image_size)
-    image_flops = counted(lambda: backbone.dense_features(images))
-    dense = backbone.dense_features(images).repeat(4, 1, 1)
+    out: list[torch.Tensor] = []
+    image_flops = counted(lambda: out.append(backbone.dense_features(images)))
+    dense = out[0].repeat(4, 1, 1)
     for method in args.methods:
         for csc in ((True, False) if method in ("dualcoop", "positivecoop", "negativecoop") else (True,)):
             cfg = TrialConfig(method=method, dataset=args.dataset, backbone=args.backbone, n_ctx=args.n_ctx, csc=csc)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone, BackboneInfo, create_backbone
 from ..spec import TrialConfig
 from . import MultiLabelDataset, check_root, load_splits
-from .base import LabelledImages, file_lock
+from .base import LabelledImages, file_lock, write_atomically
 from .transforms import build_transform
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
@@ -177,9 +177,8 @@ def ensure(cache: FeatureCache, backbone: Backbone, *, batch_size: int = 32, num
 
 
 def _write_manifest(cache: FeatureCache, manifest: dict) -> None:
-    tmp = cache.manifest_path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, cache.manifest_path)  # readers see the old or the new manifest, never half of one
+    # readers see the old or the new manifest, never half of one
+    write_atomically(cache.manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest)))
 
 
 def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers: int, amp: bool,
