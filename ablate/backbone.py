@@ -11,6 +11,7 @@ One door, `create_backbone(name, pretrained, image_size, device)`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
+
+from .data.base import file_lock
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -102,7 +105,8 @@ def _file_activation(name: str, path: Path, is_openai: bool, quick_gelu: bool | 
 
 
 def _build_clip(
-    name: str, pretrained: str, image_size: int | None, quick_gelu: bool | None = None
+    name: str, pretrained: str, image_size: int | None, quick_gelu: bool | None = None,
+    weights_dir: Path | None = None,
 ) -> tuple[nn.Module, bool]:
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise BackboneError(
@@ -128,22 +132,53 @@ def _build_clip(
         )
     # open_clip only warns when a QuickGELU tag meets a GELU config; build what the tag was trained with
     quick = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")) or "quickgelu" in name
-    model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick, **kwargs)
-    return model, quick
+    return _from_tag(name, pretrained, image_size, quick, weights_dir), quick
 
 
-def _load_state(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_dir: Path | None) -> nn.Module:
+    """open_clip downloads (or finds) and loads the tag's weights at the size they were trained at; at
+    another size they are loaded into a model of that size like any file, positional embeddings resized
+    (open_clip's own tag path cannot resize a ModifiedResNet's attention pool: RN101 at 448 would fail)."""
+    where = str(weights_dir) if weights_dir else None
+    lock = file_lock(Path(weights_dir) / f".{name}-{tag}.lock") if weights_dir else contextlib.nullcontext()
+    with lock:  # nodes sharing one weights folder download it once
+        native = open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick, cache_dir=where)
+    if not image_size or _size(native.visual) == image_size:
+        return native
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, force_image_size=image_size)
+    _load_state(model, native.state_dict(), f"{name} '{tag}'")
+    return model
+
+
+def _size(visual: nn.Module) -> int:
+    size = visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def resize_positional(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """[1 + g*g, C] -> [1 + h*w, C]: bicubic on the spatial part, the class / mean token kept."""
+    side = int(round((pos.shape[0] - 1) ** 0.5))
+    if (side, side) == grid:
+        return pos
+    spatial = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    spatial = F.interpolate(spatial, size=grid, mode="bicubic", align_corners=False)
+    spatial = spatial.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([pos[:1], spatial], dim=0)
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], source: Path | str) -> None:
     target = model.state_dict()
-    # Positional embeddings of another input size are resized on use, so copy them as stored.
+    # weights trained at another input size: their positional grids are resized to the model's here
+    state = dict(state)
     for key in ("visual.positional_embedding", "visual.attnpool.positional_embedding"):
         if key in state and key in target and state[key].shape != target[key].shape:
-            owner = model.get_submodule(key.rsplit(".", 1)[0])
-            owner.positional_embedding = nn.Parameter(state[key].clone())
+            side = int(round((target[key].shape[0] - 1) ** 0.5))
+            state[key] = resize_positional(state[key], (side, side))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "logit_bias"]
     if missing or unexpected:
         raise BackboneError(
-            f"{path} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            f"{source} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]} "
             "(is --backbone the model the checkpoint was trained as?)"
         )
 
@@ -171,16 +206,10 @@ class Backbone(nn.Module):
 
     # ---- image side -------------------------------------------------------------------------
     def _resized_pos(self, pos: Tensor, grid: tuple[int, int]) -> Tensor:
-        """[1 + g*g, C] -> [1 + h*w, C], bicubic on the spatial part, class/mean token kept."""
-        side = int(round((pos.shape[0] - 1) ** 0.5))
-        if (side, side) == grid:
-            return pos
+        """The positional embedding for an input of another size than the model's (kept per size)."""
         key = (pos.data_ptr(), *grid)
         if key not in self._pos_cache:
-            spatial = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-            spatial = F.interpolate(spatial, size=grid, mode="bicubic", align_corners=False)
-            spatial = spatial.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
-            self._pos_cache[key] = torch.cat([pos[:1], spatial], dim=0)
+            self._pos_cache[key] = resize_positional(pos, grid)
         return self._pos_cache[key]
 
     def _dense_resnet(self, images: Tensor) -> Tensor:
@@ -328,11 +357,12 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None
 
 def create_backbone(
     name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu",
-    cache_dir: Path | None = None, quick_gelu: bool | None = None,
+    cache_dir: Path | None = None, quick_gelu: bool | None = None, weights_dir: Path | None = None,
 ) -> Backbone:
-    """`quick_gelu`: None decides from the weights' format and name (ambiguous files are refused)."""
+    """`quick_gelu`: None decides from the weights' format and name (ambiguous files are refused).
+    `weights_dir`: where open_clip tags are downloaded (None: open_clip's own cache)."""
     weights = resolve_pretrained(name, pretrained, cache_dir)
-    model, quick = _build_clip(name, weights, image_size, quick_gelu)
+    model, quick = _build_clip(name, weights, image_size, quick_gelu, weights_dir)
     visual = model.visual
     pre = getattr(visual, "preprocess_cfg", {}) or {}
     size = visual.image_size

@@ -36,11 +36,14 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--seed": ("seed", int),
     "--device": ("device", str),
     "--loss": ("loss", str),
+    "--prompt-offset": ("prompt_offset", str),
+    "--select-on": ("select_on", str),
+    "--val-fraction": ("val_fraction", float),
     "--num-workers": ("num_workers", int),
     "--cache-dir": ("cache_dir", str),
 }
 BOOL_FLAGS = {"csc": "class-specific contexts", "augment": "training augmentation",
-              "prompt-residual": "free residual on the prompt side", "amp": "autocast on CUDA"}
+              "amp": "autocast on CUDA"}
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:

@@ -22,24 +22,29 @@ from torch import Tensor, nn
 
 from .aggregation import aggregate, aggregate_outputs
 from .backbone import Backbone
-from .prompts import PromptLearner
+from .prompts import PROMPT, PromptLearner
 from .spec import TrialConfig
 
 # Parameter kinds, each with its own learning rate and weight decay in the trainer.
-PROMPT, FREE, LINEAR = "prompt", "free", "linear"
+FREE, LINEAR = "free", "linear"
 
 
 class PromptSide(nn.Module):
-    """A class embedding produced by a learned prompt (optionally plus a free residual)."""
+    """A class embedding produced by a learned prompt, optionally plus a free per-class offset
+    (the official PositiveCoOp code: text_encoder(prompt) + o, o drawn from N(0, 1))."""
 
-    kind = PROMPT
+    param_kinds = {"offset": FREE}
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig, residual: bool) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig, offset: str = "none") -> None:
         super().__init__()
         self.prompts = PromptLearner(backbone, classnames, cfg.n_ctx, cfg.csc, cfg.ctx_init)
         self._backbone = (backbone,)  # a reference, not a submodule: the backbone is never trained
-        dim = backbone.info.embed_dim
-        self.residual = nn.Parameter(torch.zeros(len(classnames), dim)) if residual else None
+        shape = (len(classnames), backbone.info.embed_dim)
+        self.offset = None
+        if offset == "normal":
+            self.offset = nn.Parameter(torch.randn(shape) * cfg.prompt_offset_std)
+        elif offset == "zeros":
+            self.offset = nn.Parameter(torch.zeros(shape))
 
     def forward(self) -> Tensor:
         backbone, prompts = self._backbone[0], self.prompts
@@ -47,13 +52,13 @@ class PromptSide(nn.Module):
             feats = backbone.encode_embeddings(prompts(), prompts.eot)
         else:  # one shared context: its tokens' states are computed once, not once per class
             feats = backbone.encode_shared_prefix(*prompts.shared_and_own(), prompts.eot)
-        return feats + self.residual if self.residual is not None else feats
+        return feats + self.offset if self.offset is not None else feats
 
 
 class FreeSide(nn.Module):
     """A class embedding learned directly in the joint space."""
 
-    kind = FREE
+    param_kinds = {"embedding": FREE}
 
     def __init__(self, n_classes: int, dim: int, std: float) -> None:
         super().__init__()
@@ -86,17 +91,19 @@ class Method(nn.Module):
         return self.head(dense, embeddings)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by kind: prompt contexts, free embeddings, linear layers."""
+        """Trainable parameters by kind (prompt contexts, free embeddings, linear layers), as declared by
+        the module that owns each one in its `param_kinds`; an undeclared parameter is an error, not
+        silently trained at some other kind's learning rate."""
         groups: dict[str, list[nn.Parameter]] = {PROMPT: [], FREE: [], LINEAR: []}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.endswith("prompts.ctx"):
-                groups[PROMPT].append(p)
-            elif isinstance(self, Baseline):
-                groups[LINEAR].append(p)
-            else:
-                groups[FREE].append(p)  # free embeddings and prompt-side residuals
+        for module_name, module in self.named_modules():
+            kinds = getattr(module, "param_kinds", {})
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                if name not in kinds:
+                    raise TypeError(f"{type(module).__name__}.{name} ({module_name or 'method'}) declares no "
+                                    f"parameter kind; add it to {type(module).__name__}.param_kinds")
+                groups[kinds[name]].append(p)
         return groups
 
     def trainable_params(self) -> int:
@@ -110,14 +117,16 @@ class TwoSided(Method):
         self, backbone: Backbone, classnames: list[str], cfg: TrialConfig, positive: str, negative: str
     ) -> None:
         super().__init__(cfg, len(classnames))
-        self.positive = self._side(positive, backbone, classnames, cfg)
-        self.negative = self._side(negative, backbone, classnames, cfg)
+        # the prompt-side offset belongs to PositiveCoOp / NegativeCoOp (one prompt, one free side)
+        offset = cfg.prompt_offset if (positive == PROMPT) != (negative == PROMPT) else "none"
+        self.positive = self._side(positive, backbone, classnames, cfg, offset)
+        self.negative = self._side(negative, backbone, classnames, cfg, offset)
 
     @staticmethod
-    def _side(kind: str, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> nn.Module:
+    def _side(kind: str, backbone: Backbone, classnames: list[str], cfg: TrialConfig, offset: str) -> nn.Module:
         if kind == FREE:
             return FreeSide(len(classnames), backbone.info.embed_dim, cfg.free_init_std)
-        return PromptSide(backbone, classnames, cfg, residual=cfg.prompt_residual)
+        return PromptSide(backbone, classnames, cfg, offset)
 
     def class_embeddings(self) -> tuple[Tensor, Tensor]:
         return self.positive(), self.negative()
@@ -131,6 +140,7 @@ class Baseline(Method):
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> None:
         super().__init__(cfg, len(classnames))
         self.linear = nn.Linear(backbone.info.embed_dim, 2 * len(classnames))
+        self.linear.param_kinds = {"weight": LINEAR, "bias": LINEAR}
 
     def head(self, dense: Tensor, embeddings: None) -> Tensor:
         logits = aggregate_outputs(self.linear(dense), self.logit_scale)  # [B, 2N]: negatives first

@@ -11,10 +11,13 @@ from torch import Tensor, nn
 
 from .backbone import Backbone
 
+PROMPT = "prompt"  # the parameter kind of learned contexts (the trainer gives each kind its own lr)
 PLACEHOLDER = "X"  # a single BPE token; its embedding is replaced by the learned context
 
 
 class PromptLearner(nn.Module):
+    param_kinds = {"ctx": PROMPT}
+
     def __init__(
         self, backbone: Backbone, classnames: list[str], n_ctx: int = 16, csc: bool = True, init: str | None = None
     ) -> None:

@@ -31,14 +31,25 @@ class TrialConfig(StrictModel):
         "(default for both: generated into the cache dir)"
     )
     label_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of (image, class) labels kept")
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of train images held out for model selection")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of train images held out for model selection; 0 (train on "
+        "all of train) only with select_on: test")
+    select_on: Literal["val", "test"] = Field(
+        "val", description="split that picks the reported epoch: val (held out from train, honest) or test "
+        "(the reference's protocol: optimistic, and marked as such in every report)")
+    coco_empty_images: Literal["drop", "keep"] = Field(
+        "drop", description="coco2014 images without any annotation: drop (the reference and most multi-label "
+        "work; counted in the log) or keep as all-negative rows")
     voc_difficult: Literal["negative", "positive", "ignore"] = "negative"
     synthetic_images: int = Field(240, ge=20, description="train images of the generated synthetic set")
 
     # backbone
     backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
     pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
-    image_size: int | None = Field(None, ge=16, description="input size; default: the model's own")
+    image_size: int | None = Field(None, ge=16, description="input size; default: the model's own (weights of "
+                                   "another size get their positional embeddings resized bicubically)")
+    weights_dir: Path | None = Field(None, description="where open_clip tags are downloaded and found (default: "
+                                     "open_clip's cache); on a cluster a shared folder, downloaded once")
     quick_gelu: bool | None = Field(
         None, description="activation of weights from a file: None = from the format / name (ambiguous "
         "checkpoints of standard CLIP architectures are refused), true = QuickGELU (OpenAI and fine-tunes)")
@@ -55,7 +66,11 @@ class TrialConfig(StrictModel):
     n_ctx: int = Field(16, ge=1, le=64)
     csc: bool = Field(True, description="class-specific contexts (else one shared context)")
     ctx_init: str | None = Field(None, description="phrase to initialise contexts from; None = N(0, 0.02)")
-    prompt_residual: bool = Field(False, description="PositiveCoOp/NegativeCoOp: free residual on the prompt side")
+    prompt_offset: Literal["none", "normal", "zeros"] = Field(
+        "none", description="PositiveCoOp/NegativeCoOp: a free [N, D] offset added to the prompt side's text "
+        "features, trained with the free embeddings: none (the papers' model), normal (drawn from "
+        "N(0, prompt_offset_std^2), as the official code does), zeros")
+    prompt_offset_std: float = Field(1.0, gt=0, description="std of the prompt-side offset when normal")
     free_init_std: float = Field(
         1.0, gt=0, description="std of free embeddings at init; only their direction is scored, so a "
         "larger norm means smaller angular steps at the 100x learning rate")
@@ -69,32 +84,68 @@ class TrialConfig(StrictModel):
     gamma_neg: float | None = Field(None, ge=0, description="default 2 (softmax variant) or 4 (sigmoid)")
     gamma_pos: float = Field(1.0, ge=0)
     clip: float = Field(0.05, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    reduction: Literal["mean", "sum"] = "mean"
-    loss_weight: float = Field(1.0, gt=0)
+    eps: float = Field(1e-8, gt=0, description="probabilities are clamped to at least this before the log "
+                       "(the reference: 1e-6)")
+    reduction: Literal["mean", "sum"] = Field(
+        "mean", description="ASL over the known labels of a batch: mean (step size independent of batch size, "
+        "class count and label ratio) or sum (the reference; its learning rates assume it)")
+    loss_weight: float = Field(1.0, gt=0, description="the loss is multiplied by this (the reference's loss_w)")
 
     # optimisation
     epochs: int = Field(50, ge=0)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.002, gt=0, description="learning rate of prompt contexts")
+    lr: float = Field(0.002, gt=0, description="base learning rate; each kind of parameter learns at lr x its mult")
+    prompt_lr_mult: float = Field(1.0, gt=0, description="prompt contexts learn at lr x this")
     free_lr_mult: float = Field(100.0, gt=0, description="free embeddings learn at lr x this")
     linear_lr_mult: float = Field(1.0, gt=0, description="baseline linear head learns at lr x this")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    free_weight_decay: float = Field(0.0, ge=0)
+    free_weight_decay: float = Field(0.0, ge=0, description="weight decay of free embeddings and offsets")
+    linear_weight_decay: float | None = Field(
+        None, ge=0, description="weight decay of the baseline's linear head; None = weight_decay")
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
+    warmup_rule: Literal["scaled", "same_for_all"] = Field(
+        "scaled", description="during warm-up each group learns at warmup_lr x its mult (scaled), or every "
+        "group at warmup_lr alike (same_for_all, the reference)")
+    cosine_span: Literal["after_warmup", "all_epochs"] = Field(
+        "after_warmup", description="the cosine decays to 0 over the epochs after warm-up (after_warmup), or "
+        "has a period of all epochs and starts after warm-up, ending above 0 (all_epochs, the reference)")
     augment: bool = Field(True, description="Cutout + RandAugment on training images")
+    augment_recipe: Literal["torchvision", "reference"] = Field(
+        "torchvision", description="torchvision: mean-colour Cutout, then torchvision's RandAugment (2 ops, "
+        "magnitude 9 of 31); reference: Cutout with probability 0.5 in a random colour, then 2 of 15 "
+        "operations each applied with probability 0.5 at a magnitude drawn from 1..9 of 10")
+    resize: Literal["bicubic", "bilinear"] = Field(
+        "bicubic", description="interpolation of the square resize, train and test (CLIP's own preprocessing: "
+        "bicubic; the reference: bilinear)")
+    grad_scaler: bool = Field(True, description="with amp, scale the loss against fp16 underflow (the reference "
+                              "runs autocast without a scaler)")
+    cf1: Literal["f1_of_means", "mean_of_f1"] = Field(
+        "f1_of_means", description="CF1 = F1 of (CP, CR), the multi-label literature's usual definition, or the "
+        "mean of per-class F1 (the reference's evaluation)")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = Field(True, description="autocast (fp16) on CUDA")
     num_workers: int = Field(2, ge=0)
     cache_dir: Path | None = Field(None, description="where masks and generated data go (default ./.ablate_cache)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """Configs saved before `prompt_offset` (trained.pt, checkpoints) said `prompt_residual: bool`."""
+        if isinstance(data, dict) and "prompt_residual" in data and "prompt_offset" not in data:
+            data = dict(data)
+            data["prompt_offset"] = "zeros" if data.pop("prompt_residual") else "none"
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "TrialConfig":
         if self.ctx_init is not None and not self.ctx_init.strip():
             raise ValueError("ctx_init must be a non-empty phrase or null")
+        if self.val_fraction == 0 and self.select_on == "val":
+            raise ValueError("val_fraction: 0 leaves no validation split to select on; set select_on: test "
+                             "(the reference's optimistic protocol) or a val_fraction above 0")
         for name in ("zeroshot_positive", "zeroshot_negative"):
             if "{}" not in getattr(self, name):
                 raise ValueError(f"{name} must contain '{{}}' where the class name goes")
@@ -144,13 +195,14 @@ def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
 # ---- sweeps ------------------------------------------------------------------------------------
 
 # Fields a method does not read: trials differing only in these are the same trial.
-_PROMPT_FIELDS = ("n_ctx", "csc", "ctx_init", "prompt_residual")
+_PROMPT_FIELDS = ("n_ctx", "csc", "ctx_init", "prompt_offset", "prompt_offset_std", "prompt_lr_mult")
 _HAND_PROMPTS = ("zeroshot_positive", "zeroshot_negative")
 _TRAINING_FIELDS = ("label_ratio", "epochs", "lr", "free_lr_mult", "linear_lr_mult", "momentum",
-                    "weight_decay", "free_weight_decay", "warmup_epochs", "warmup_lr", "augment", "loss",
-                    "gamma_neg", "gamma_pos", "clip", "reduction", "loss_weight")
+                    "weight_decay", "free_weight_decay", "linear_weight_decay", "warmup_epochs", "warmup_lr",
+                    "warmup_rule", "cosine_span", "augment", "augment_recipe", "loss", "gamma_neg", "gamma_pos",
+                    "clip", "eps", "reduction", "loss_weight", "grad_scaler", "val_fraction", "select_on")
 IGNORED_BY_METHOD: dict[str, tuple[str, ...]] = {
-    "dualcoop": (*_HAND_PROMPTS, "free_init_std"),
+    "dualcoop": (*_HAND_PROMPTS, "free_init_std", "prompt_offset", "prompt_offset_std"),
     "positivecoop": _HAND_PROMPTS,
     "negativecoop": _HAND_PROMPTS,
     "dualembed": (*_PROMPT_FIELDS, *_HAND_PROMPTS),
@@ -219,6 +271,9 @@ class SweepSpec(StrictModel):
     base: TrialConfig = Field(default_factory=TrialConfig)
     per_dataset: dict[DatasetName, dict[str, Any]] = Field(
         default_factory=dict, description="TrialConfig fields set per dataset (data_root, lr, image_size...)")
+    per_method: dict[MethodName, dict[str, Any]] = Field(
+        default_factory=dict, description="TrialConfig fields set per method (lr multipliers, weight decay, "
+        "warm-up lr, csc...); applied after per_dataset, before the grid")
     grid: dict[str, list] = Field(default_factory=dict, description="TrialConfig field -> values")
     optuna: OptunaSpec | None = None
     asha: AshaSpec | None = None
@@ -234,14 +289,15 @@ class SweepSpec(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
         fields = TrialConfig.model_fields
-        for dataset, overrides in self.per_dataset.items():
-            for key, value in overrides.items():
-                if key not in fields or key == "dataset":
-                    raise ValueError(f"per_dataset.{dataset}.{key}: not a settable TrialConfig field")
-                try:
-                    TrialConfig.model_validate({**self.base.model_dump(), key: value})
-                except ValidationError as err:
-                    raise ValueError(f"per_dataset.{dataset}.{key} = {value!r}: {err.errors()[0]['msg']}") from None
+        for section, own in (("per_dataset", "dataset"), ("per_method", "method")):
+            for name, overrides in getattr(self, section).items():
+                for key, value in overrides.items():
+                    if key not in fields or key == own:
+                        raise ValueError(f"{section}.{name}.{key}: not a settable TrialConfig field")
+                    try:
+                        TrialConfig.model_validate({**self.base.model_dump(), key: value})
+                    except ValidationError as err:
+                        raise ValueError(f"{section}.{name}.{key} = {value!r}: {err.errors()[0]['msg']}") from None
         for key, values in self.grid.items():
             if key not in fields:
                 raise ValueError(f"grid.{key}: not a TrialConfig field")
@@ -288,6 +344,12 @@ def load_sweep_spec(path: Path) -> SweepSpec:
 
 
 def arm_config(spec: SweepSpec, combo: dict[str, Any]) -> TrialConfig:
-    """Base, then the dataset's own settings, then the grid values."""
+    """Base, then the dataset's own settings, then the method's, then the grid values."""
     dataset = combo.get("dataset", spec.base.dataset)
-    return TrialConfig.model_validate({**spec.base.model_dump(), **spec.per_dataset.get(dataset, {}), **combo})
+    method = combo.get("method", spec.base.method)
+    try:
+        return TrialConfig.model_validate({**spec.base.model_dump(), **spec.per_dataset.get(dataset, {}),
+                                           **spec.per_method.get(method, {}), **combo})
+    except ValidationError as err:
+        where = f"the arm {combo} (base + per_dataset.{dataset} + per_method.{method} + grid)"
+        raise ConfigError(format_validation_error(err, where)) from None

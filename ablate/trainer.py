@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from .backbone import Backbone, create_backbone
+from .backbone import Backbone
 from .data import MultiLabelDataset, check_root, load_splits
 from .data.base import write_atomically
 from .data.features import CachedFeatures, FeatureCache, check_features_mode, ensure_trial_caches
@@ -32,28 +32,17 @@ from .data.transforms import build_transform
 from .loss import AsymmetricLoss
 from .methods import FREE, LINEAR, PROMPT, Method, create_method
 from .metrics import multilabel_metrics
+from .runtime import backbone_from_config, resolve_device, seed_everything
 from .spec import TrialConfig
 
 CHECKPOINT = "checkpoint.pt"
+# the per-epoch metric that picks the reported epoch, by `select_on`
+SELECTION_METRIC = {"val": "val_map", "test": "epoch_test_map"}
 Reporter = Callable[[dict, Path | None], None]
 
 
 class TrialDiverged(FloatingPointError):
     """The loss became NaN or infinite; the message says when."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -67,8 +56,9 @@ def _worker_init(worker_id: int) -> None:
 
 
 def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
-    mult = {PROMPT: 1.0, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
-    decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: cfg.weight_decay}
+    mult = {PROMPT: cfg.prompt_lr_mult, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
+    linear_decay = cfg.weight_decay if cfg.linear_weight_decay is None else cfg.linear_weight_decay
+    decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: linear_decay}
     groups = [
         {"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
         for kind, params in method.param_groups().items()
@@ -78,16 +68,22 @@ def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
 
 
 def lr_at(epoch: int, cfg: TrialConfig) -> float:
-    """Constant warm-up, then cosine from `lr` to 0 over the remaining epochs (stepped per epoch)."""
+    """Base lr of a (0-indexed) epoch: constant warm-up, then a cosine stepped per epoch that starts at
+    `lr` right after warm-up. after_warmup: it reaches 0 at the end (period epochs - warmup);
+    all_epochs: its period is all epochs, so it ends above 0 (the reference's T_max = max epochs)."""
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
-    span = max(cfg.epochs - cfg.warmup_epochs, 1)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    span = cfg.epochs if cfg.cosine_span == "all_epochs" else cfg.epochs - cfg.warmup_epochs
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / max(span, 1)))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, base: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, epoch: int, cfg: TrialConfig) -> None:
+    """Each group at the base lr x its kind's multiplier; in warm-up with `same_for_all`, every group at
+    warmup_lr itself."""
+    base = lr_at(epoch, cfg)
+    alike = epoch < cfg.warmup_epochs and cfg.warmup_rule == "same_for_all"
     for group in optimizer.param_groups:
-        group["lr"] = base * group["lr_mult"]
+        group["lr"] = base if alike else base * group["lr_mult"]
 
 
 def trainable_state(method: Method) -> dict[str, Tensor]:
@@ -105,9 +101,7 @@ class Trial:
         self.amp = cfg.amp and self.device.type == "cuda"
         check_features_mode(cfg)
         check_root(cfg)  # fail on a bad data root before loading any model
-        seed_everything(cfg.seed)
-        self.backbone: Backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, self.device,
-                                                  cfg.resolved_cache_dir(), cfg.quick_gelu)
+        self.backbone: Backbone = backbone_from_config(cfg, self.device)
         self.splits = load_splits(cfg)
         # cached mode: features read from disk (built here only if missing); the image encoder never runs
         self.caches: dict[str, FeatureCache] | None = None
@@ -119,7 +113,7 @@ class Trial:
             cfg.loss, cfg.gamma_neg, cfg.gamma_pos, cfg.clip, cfg.eps, cfg.reduction, cfg.loss_weight
         )
         self.optimizer = build_optimizer(self.method, cfg) if self.method.trainable else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and cfg.grad_scaler)
 
     # ---- data ---------------------------------------------------------------------------------
     def loader(self, split: str, train: bool, epoch: int = 0) -> DataLoader:
@@ -127,7 +121,8 @@ class Trial:
         generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
         if self.caches is None:
             info = self.backbone.info
-            transform = build_transform(info.image_size, info.mean, info.std, train=train, augment=self.cfg.augment)
+            transform = build_transform(info.image_size, info.mean, info.std, train=train, augment=self.cfg.augment,
+                                        recipe=self.cfg.augment_recipe, interpolation=self.cfg.resize)
             dataset = MultiLabelDataset(self.splits[split], transform)
             batching = {"batch_size": self.cfg.batch_size, "shuffle": train, "drop_last": False}
         else:
@@ -161,7 +156,7 @@ class Trial:
     # ---- steps --------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
         seed_everything(_epoch_seed(self.cfg.seed, epoch))  # augmentation randomness, resumable
-        set_lr(self.optimizer, lr_at(epoch, self.cfg))
+        set_lr(self.optimizer, epoch, self.cfg)
         self.method.train()
         total, batches = 0.0, 0
         loader = self.loader("train", True, epoch)
@@ -196,7 +191,7 @@ class Trial:
                 logits = self.method(self.dense(inputs), embeddings)
             scores.append(logits.float().softmax(dim=1)[:, 1].cpu())
             targets.append(target)
-        return multilabel_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy())
+        return multilabel_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy(), cf1=self.cfg.cf1)
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict) -> None:
@@ -213,12 +208,20 @@ class Trial:
         return state
 
     # ---- the trial ----------------------------------------------------------------------------
+    def epoch_row(self, epoch: int, loss: float) -> dict:
+        """What an epoch reports: loss, lr, val mAP (when there is a validation split) and, when the test
+        split selects the epoch (the reference's protocol), that epoch's test mAP under its own name."""
+        row = {"epoch": epoch + 1, "loss": loss, "lr": lr_at(epoch, self.cfg)}
+        if len(self.splits["val"]):
+            row["val_map"] = self.evaluate("val")["mAP"]
+        return row
+
     def run(self, checkpoint_dir: Path | None = None, report: Reporter | None = None) -> dict:
         cfg = self.cfg
         ckpt_dir = checkpoint_dir or self.out_dir
         ckpt = Path(ckpt_dir) / CHECKPOINT if ckpt_dir else None
         history: list[dict] = []
-        best = {"val_map": -math.inf, "epoch": -1, "state": trainable_state(self.method)}
+        best = {"map": -math.inf, "epoch": -1, "val_map": None, "state": trainable_state(self.method)}
         start, elapsed = 0, 0.0
         if ckpt is not None and ckpt.exists() and self.method.trainable:
             state = self.load_checkpoint(ckpt)
@@ -226,17 +229,19 @@ class Trial:
         epochs = cfg.epochs if self.method.trainable else 0
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            loss = self.train_epoch(epoch)
-            val = self.evaluate("val")
-            elapsed += time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "loss": loss, "val_map": val["mAP"], "lr": lr_at(epoch, cfg),
-                   "time_s": elapsed}
+            row = self.epoch_row(epoch, self.train_epoch(epoch))
+            elapsed += time.perf_counter() - t0  # training + validation; selecting on test is protocol, not cost
+            if cfg.select_on == "test":
+                row["epoch_test_map"] = self.evaluate("test")["mAP"]
+            row["time_s"] = elapsed
             history.append(row)
-            if val["mAP"] > best["val_map"]:
-                best = {"val_map": val["mAP"], "epoch": epoch + 1, "state": trainable_state(self.method)}
+            score = row[SELECTION_METRIC[cfg.select_on]]
+            if score > best["map"]:
+                best = {"map": score, "epoch": epoch + 1, "val_map": row.get("val_map"),
+                        "state": trainable_state(self.method)}
             if self.progress:
-                tqdm.write(f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val mAP {val['mAP']:.2f}  "
-                           f"best {best['val_map']:.2f} @ {best['epoch']}", file=sys.stderr)
+                tqdm.write(f"epoch {epoch + 1}/{epochs}  loss {row['loss']:.4f}  {cfg.select_on} mAP {score:.2f}  "
+                           f"best {best['map']:.2f} @ {best['epoch']}", file=sys.stderr)
             if ckpt is not None:
                 self.save_checkpoint(ckpt, {
                     "config": cfg.model_dump(mode="json"), "epoch": epoch, "elapsed": elapsed,
@@ -249,39 +254,41 @@ class Trial:
 
     def finish(self, history: list[dict], best: dict, elapsed: float) -> dict:
         last_state = trainable_state(self.method)
-        self.selected_state = best["state"] if self.method.trainable and best["epoch"] > 0 else last_state
+        selected = self.method.trainable and best["epoch"] > 0
+        self.selected_state = best["state"] if selected else last_state
         last_test = self.evaluate("test")
-        if self.method.trainable and best["epoch"] > 0:
+        if selected:
             self.method.load_state_dict(best["state"], strict=False)
             test = self.evaluate("test")
             self.method.load_state_dict(last_state, strict=False)
         else:
             test = last_test
-        val = self.evaluate("val") if not history else None
+        val_now = self.evaluate("val")["mAP"] if not history and len(self.splits["val"]) else None
         info = self.backbone.info
         return {
             "method": self.cfg.method,
             "dataset": self.cfg.dataset,
             "label_ratio": self.cfg.label_ratio,
             "trainable_params": self.method.trainable_params(),
-            "best_val_map": best["val_map"] if history else val["mAP"],
+            "selected_on": self.cfg.select_on,
+            "best_val_map": best["val_map"] if history else val_now,  # val mAP of the selected epoch
             "best_epoch": best["epoch"] if history else 0,
             "test_map": test["mAP"],
             "last_test_map": last_test["mAP"],
-            "last_val_map": history[-1]["val_map"] if history else val["mAP"],
+            "last_val_map": history[-1].get("val_map") if history else val_now,
             "test_metrics": {k: v for k, v in test.items() if k != "per_class_ap"},
             "per_class_ap": dict(zip(self.classnames, test["per_class_ap"])),
             "train_time_s": elapsed,
             "epochs": len(history),
             "history": history,
             "split_sizes": {k: len(v) for k, v in self.splits.items()},
+            "dropped_empty_images": {k: self.splits[k].dropped_empty for k in ("train", "test")},
             "device": str(self.device),
             "backbone": {"name": info.name, "pretrained": info.pretrained, "weights": info.weights,
                          "image_size": info.image_size,
                          "embed_dim": info.embed_dim, "tower": info.tower, "quick_gelu": info.quick_gelu},
             "config": self.cfg.model_dump(mode="json"),
         }
-
 
     def save_trained(self, path: Path) -> None:
         """The selected (best-validation) trainable parameters with what is needed to rebuild the method."""
@@ -319,9 +326,7 @@ def load_trained(path: Path, device: str | torch.device = "cpu") -> tuple[TrialC
     """Rebuild a trained method (and its frozen backbone) from a `trained.pt` file."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     cfg = TrialConfig.model_validate(saved["config"])
-    seed_everything(cfg.seed)  # random ('none') weights are drawn from the seed, as in the trial
-    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, device, cfg.resolved_cache_dir(),
-                               cfg.quick_gelu)
+    backbone = backbone_from_config(cfg, device)
     method = create_method(cfg, backbone, saved["classnames"]).to(device)
     method.load_state_dict(saved["state"], strict=False)
     return cfg, backbone, method.eval()

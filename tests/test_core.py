@@ -439,9 +439,9 @@ def test_backbone_errors_are_helpful(tmp_path):
 
 
 # ---- 5. prompts and methods -----------------------------------------------------------------
-def expected_params(method: str, n: int, n_ctx: int, d: int, w: int, csc=True, residual=False) -> int:
+def expected_params(method: str, n: int, n_ctx: int, d: int, w: int, csc=True, offset=False) -> int:
     ctx = (n if csc else 1) * n_ctx * w
-    one_prompt = ctx + (n * d if residual else 0)
+    one_prompt = ctx + (n * d if offset else 0)
     return {
         "dualcoop": 2 * ctx,
         "positivecoop": one_prompt + n * d,
@@ -465,8 +465,9 @@ EXPECTED_TRAINABLE = {
 @pytest.mark.parametrize(
     "method, options",
     [(m, {}) for m in ALL_METHODS]
-    + [("dualcoop", {"csc": False}), ("positivecoop", {"prompt_residual": True}),
-       ("negativecoop", {"prompt_residual": True}), ("positivecoop", {"csc": False})],
+    + [("dualcoop", {"csc": False}), ("positivecoop", {"prompt_offset": "normal"}),
+       ("negativecoop", {"prompt_offset": "zeros"}), ("positivecoop", {"csc": False}),
+       ("dualcoop", {"prompt_offset": "normal"})],
 )
 def test_trainable_params_match_formula(method, options):
     backbone = tiny(TINY_RN)
@@ -474,21 +475,23 @@ def test_trainable_params_match_formula(method, options):
     m = make_method(method, backbone, **options)
     expected = expected_params(
         method, len(CLASSES), N_CTX, info.embed_dim, info.text_width,
-        csc=options.get("csc", True), residual=options.get("prompt_residual", False),
+        csc=options.get("csc", True),
+        offset=options.get("prompt_offset", "none") != "none" and method in ("positivecoop", "negativecoop"),
     )
     assert m.trainable_params() == expected
 
 
-@pytest.mark.parametrize("method", ALL_METHODS + ["positivecoop+residual"])
+@pytest.mark.parametrize("method", ALL_METHODS + ["positivecoop+offset", "negativecoop+offset"])
 def test_forward_shape_and_gradients_reach_only_intended_params(method):
-    residual = method.endswith("+residual")
-    name = method.removesuffix("+residual")
+    offset = method.endswith("+offset")
+    name = method.removesuffix("+offset")
     backbone = tiny(TINY_RN)
-    m = make_method(name, backbone, prompt_residual=residual)
+    m = make_method(name, backbone, prompt_offset="normal" if offset else "none")
     dense = backbone.dense_features(images(64))
     logits = m(dense)
     assert logits.shape == (2, 2, len(CLASSES))
-    expected = EXPECTED_TRAINABLE[name] | ({"positive.residual"} if residual else set())
+    prompt_side = "positive" if name == "positivecoop" else "negative"
+    expected = EXPECTED_TRAINABLE[name] | ({f"{prompt_side}.offset"} if offset else set())
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == expected
     if expected:
@@ -596,7 +599,9 @@ def rn101():
         ("coco2014", "dualcoop", {}, 1_310_720),
         ("coco2014", "baseline", {}, 82_080),
         ("coco2014", "positivecoop", {}, 696_320),
-        ("coco2014", "positivecoop", {"prompt_residual": True}, 737_280),
+        ("coco2014", "positivecoop", {"prompt_offset": "normal"}, 737_280),
+        ("voc2007", "positivecoop", {}, 174_080),
+        ("voc2007", "positivecoop", {"prompt_offset": "normal"}, 184_320),
         ("voc2007", "dualcoop", {}, 327_680),
         ("voc2007", "baseline", {}, 20_520),
     ],

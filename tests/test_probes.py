@@ -31,7 +31,8 @@ from ablate.probes.hard_positive import (Triple, hard_positive_metrics, run_hard
 from ablate.probes.negation import negation_stats, resolve_classes, run_negation_probe
 from ablate.probes.presence import presence_metrics, run_presence_probe
 from ablate.spec import ConfigError, TrialConfig
-from ablate.trainer import load_trained, run_trial, seed_everything
+from ablate.runtime import seed_everything
+from ablate.trainer import load_trained, run_trial
 
 TINY_VIT = "ablate-tiny-vit"
 

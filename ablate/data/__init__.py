@@ -6,6 +6,7 @@ documented in coco.py, voc.py, nuswide.py and synthetic.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -72,14 +73,23 @@ def check_root(cfg: TrialConfig) -> Path:
 
 def _load(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
     if cfg.dataset in ("coco2014", "synthetic", "world"):
-        return load_coco(root, split, dataset=cfg.dataset)
+        drop = cfg.dataset == "coco2014" and cfg.coco_empty_images == "drop"
+        images = load_coco(root, split, dataset=cfg.dataset, drop_empty=drop)
+        if images.dropped_empty:
+            total = images.dropped_empty + len(images)
+            print(f"{cfg.dataset} {split}: dropped {images.dropped_empty:,} of {total:,} images without any "
+                  "annotation (coco_empty_images: drop)", file=sys.stderr)
+        return images
     if cfg.dataset == "voc2007":
         return load_voc(root, split, cfg.voc_difficult)
     return load_nuswide(root, split)
 
 
 def split_val(n: int, fraction: float, key: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, val indices), sorted, disjoint; val has round(fraction * n) images, at least 1."""
+    """(train indices, val indices), sorted, disjoint; val has round(fraction * n) images, at least 1,
+    unless fraction is 0 (train on all of it; the reference's protocol, which selects on test)."""
+    if fraction == 0:
+        return np.arange(n), np.arange(0)
     if n < 2:
         raise DataError(f"{key}: {n} train image(s); at least 2 are needed to hold out a validation split")
     n_val = min(max(1, round(fraction * n)), n - 1)

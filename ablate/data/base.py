@@ -28,6 +28,7 @@ class LabelledImages:
     paths: list[Path]  # absolute image paths
     labels: np.ndarray  # int8 [M, N]
     classnames: list[str]
+    dropped_empty: int = 0  # images the loader left out for having no annotation at all
 
     def __post_init__(self) -> None:
         m, n = self.labels.shape
@@ -41,7 +42,7 @@ class LabelledImages:
 
     def subset(self, idx: np.ndarray) -> LabelledImages:
         idx = np.asarray(idx, dtype=np.int64)
-        return LabelledImages([self.paths[i] for i in idx], self.labels[idx], list(self.classnames))
+        return LabelledImages([self.paths[i] for i in idx], self.labels[idx], list(self.classnames), self.dropped_empty)
 
 
 def check_images_exist(paths: list[Path], dataset: str, layout: str) -> None:

@@ -8,8 +8,9 @@ Layout::
     <root>/val2014/<file_name>
 
 Category ids are not contiguous (1..90 for COCO): label column j is the j-th smallest id,
-and class names come from the json. Every image in "images" is kept, also those without
-annotations (all-negative rows); crowd annotations count as present, as in the reference.
+and class names come from the json. Crowd annotations count as present, as in the reference.
+Images without any annotation are kept as all-negative rows, or dropped with `drop_empty`
+(the reference drops them from both splits); the count dropped is on the returned table.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _read(ann: Path, dataset: str) -> COCO:
 
 
 def load_coco(
-    root: Path, split: Literal["train", "test"], dataset: str | None = "coco2014"
+    root: Path, split: Literal["train", "test"], dataset: str | None = "coco2014", drop_empty: bool = False
 ) -> LabelledImages:
     """Load one split; `dataset` (a built-in name) checks the class count, None skips that check."""
     root = Path(root).expanduser().absolute()
@@ -100,6 +101,7 @@ def load_coco(
             )
         labels[row[a["image_id"]], col[a["category_id"]]] = 1
 
-    paths = [image_dir / coco.imgs[i]["file_name"] for i in img_ids]
+    keep = labels.any(axis=1) if drop_empty else np.ones(len(img_ids), dtype=bool)
+    paths = [image_dir / coco.imgs[i]["file_name"] for i, k in zip(img_ids, keep) if k]
     check_images_exist(paths, dataset or "coco", LAYOUT)
-    return LabelledImages(paths, labels, names)
+    return LabelledImages(paths, labels[keep], names, dropped_empty=int((~keep).sum()))

@@ -28,7 +28,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from ..backbone import Backbone, BackboneInfo, create_backbone
+from ..backbone import Backbone, BackboneInfo
+from ..runtime import backbone_from_config
 from ..spec import TrialConfig
 from . import MultiLabelDataset, check_root, load_splits
 from .base import LabelledImages, file_lock, write_atomically
@@ -66,9 +67,10 @@ def cache_root(cfg: TrialConfig) -> Path:
     return root.expanduser().absolute()
 
 
-def eval_transform(info: BackboneInfo) -> T.Compose:
+def eval_transform(info: BackboneInfo, interpolation: str = "bicubic") -> T.Compose:
     """The preprocessing of cached images: the online path's transform without augmentation."""
-    return build_transform(info.image_size, info.mean, info.std, train=False, augment=False)
+    return build_transform(info.image_size, info.mean, info.std, train=False, augment=False,
+                           interpolation=interpolation)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class CacheInputs:
     preprocessing: str  # repr of the transform
     dtype: str = "float16"
     version: int = FORMAT_VERSION
+    interpolation: str = "bicubic"  # of the resize (also in `preprocessing`; this one is read back)
 
     @property
     def key(self) -> str:
@@ -103,10 +106,10 @@ def visual_fingerprint(backbone: Backbone) -> str:
 
 
 def cache_inputs(info: BackboneInfo, weights: str, dataset: str, data_root: Path, split: str,
-                 paths: Sequence[str | Path], dtype: str = "float16") -> CacheInputs:
+                 paths: Sequence[str | Path], dtype: str = "float16", interpolation: str = "bicubic") -> CacheInputs:
     paths_sha = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
     return CacheInputs(info.name, weights, info.quick_gelu, info.image_size, dataset, str(data_root), split,
-                       paths_sha, repr(eval_transform(info)), dtype)
+                       paths_sha, repr(eval_transform(info, interpolation)), dtype, interpolation=interpolation)
 
 
 class FeatureCache:
@@ -188,7 +191,7 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
     cache.dir.mkdir(parents=True)
     device = next(backbone.parameters()).device
     images = LabelledImages([Path(p) for p in cache.paths], np.zeros((len(cache), 0), np.int8), [])
-    loader = DataLoader(MultiLabelDataset(images, eval_transform(backbone.info)), batch_size=batch_size,
+    loader = DataLoader(MultiLabelDataset(images, eval_transform(backbone.info, cache.inputs.interpolation)), batch_size=batch_size,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG (the trial's seed) untouched
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" \
@@ -230,7 +233,7 @@ def trial_caches(cfg: TrialConfig, backbone: Backbone, splits: dict[str, Labelle
     full = {"train": sorted({*map(str, splits["train"].paths), *map(str, splits["val"].paths)}),
             "test": sorted(map(str, splits["test"].paths))}
     caches = {name: FeatureCache(root, cache_inputs(backbone.info, weights, cfg.dataset, data_root, name, paths,
-                                                    cfg.cache_dtype), paths) for name, paths in full.items()}
+                                                    cfg.cache_dtype, cfg.resize), paths) for name, paths in full.items()}
     return {split: caches[cached] for split, cached in CACHE_SPLIT.items()}
 
 
@@ -245,11 +248,7 @@ def ensure_trial_caches(cfg: TrialConfig, backbone: Backbone, splits: dict[str, 
 
 def prepare_caches(cfg: TrialConfig, *, progress: bool = True, on_images: Progress | None = None) -> None:
     """Build what a `features: cached` trial of `cfg` reads, loading the backbone on `cfg.device`."""
-    from ..trainer import resolve_device, seed_everything  # the trainer imports this module
-
-    seed_everything(cfg.seed)  # as the trial does: random weights ('none') are drawn from the seed
-    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, resolve_device(cfg.device),
-                               cfg.resolved_cache_dir(), cfg.quick_gelu)
+    backbone = backbone_from_config(cfg)
     ensure_trial_caches(cfg, backbone, load_splits(cfg), progress=progress, on_images=on_images)
 
 

@@ -23,10 +23,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ablate.backbone import Backbone, create_backbone
+from ablate.backbone import Backbone
 from ablate.data import LabelledImages, MultiLabelDataset, build_transform, load_splits
 from ablate.spec import ConfigError, TrialConfig
-from ablate.trainer import resolve_device
+from ablate.runtime import backbone_from_config
 
 
 class ProbeError(ConfigError):
@@ -75,8 +75,7 @@ def probe_backbone(cfg: TrialConfig, backbone: Backbone | None = None) -> Backbo
     """The given backbone (shared across probes of one trial), else the one `cfg` names."""
     if backbone is not None:
         return backbone
-    return create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, resolve_device(cfg.device),
-                           cfg.resolved_cache_dir(), cfg.quick_gelu)
+    return backbone_from_config(cfg)
 
 
 def probe_images(cfg: TrialConfig, split: str = "test", limit: int | None = None) -> LabelledImages:
@@ -92,7 +91,8 @@ def probe_images(cfg: TrialConfig, split: str = "test", limit: int | None = None
 def image_loader(images: LabelledImages, backbone: Backbone, cfg: TrialConfig) -> DataLoader:
     """(normalised image, labels) batches in split order, at the backbone's input size."""
     info = backbone.info
-    transform = build_transform(info.image_size, info.mean, info.std, train=False, augment=False)
+    transform = build_transform(info.image_size, info.mean, info.std, train=False, augment=False,
+                                interpolation=cfg.resize)
     return DataLoader(MultiLabelDataset(images, transform), batch_size=cfg.batch_size, shuffle=False,
                       num_workers=cfg.num_workers)
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ablate.backbone import Backbone, create_backbone
 from ablate.data import class_names
-from ablate.trainer import resolve_device
+from ablate.runtime import resolve_device
 
 from . import ProbeError, describe, encode_texts, format_stats, write_json
 
