@@ -20,8 +20,10 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import convert_to_custom_text_state_dict, set_model_preprocess_cfg
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
+from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from .data.base import file_lock
@@ -68,7 +70,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
     if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
         # TorchScript archive (OpenAI's released .pt files): no pickle is executed here.
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
-    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    if path.suffix == ".safetensors":  # open_clip's files on the Hugging Face hub
+        state = _unwrap_state_dict(load_safetensors(str(path)), path)
+    else:
+        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
     is_openai = any(k in state for k in _OPENAI_EXTRA_KEYS)
     for k in _OPENAI_EXTRA_KEYS:
         state.pop(k, None)
@@ -136,23 +141,22 @@ def _build_clip(
 
 
 def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_dir: Path | None) -> nn.Module:
-    """open_clip downloads (or finds) and loads the tag's weights at the size they were trained at; at
-    another size they are loaded into a model of that size like any file, positional embeddings resized
-    (open_clip's own tag path cannot resize a ModifiedResNet's attention pool: RN101 at 448 would fail)."""
-    where = str(weights_dir) if weights_dir else None
+    """open_clip finds or downloads the tag's file (its own cache, or `weights_dir`); the weights are then
+    loaded like any local file, so a size other than the one they were trained at gets its positional
+    embeddings resized (open_clip's own tag loading cannot resize a ModifiedResNet's attention pool:
+    RN101 at 448 would not load)."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
     lock = file_lock(Path(weights_dir) / f".{name}-{tag}.lock") if weights_dir else contextlib.nullcontext()
     with lock:  # nodes sharing one weights folder download it once
-        native = open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick, cache_dir=where)
-    if not image_size or _size(native.visual) == image_size:
-        return native
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, force_image_size=image_size)
-    _load_state(model, native.state_dict(), f"{name} '{tag}'")
+        path = Path(open_clip.download_pretrained(cfg, cache_dir=str(weights_dir) if weights_dir else None))
+    state, _ = read_checkpoint(path)
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
+    _load_state(model, state, path)
+    # the tag's preprocessing (mean, std), as open_clip's own tag loading would set it
+    preprocess = {**model.visual.preprocess_cfg, **{k: cfg[k] for k in ("mean", "std") if cfg.get(k)}}
+    set_model_preprocess_cfg(model, preprocess)
     return model
-
-
-def _size(visual: nn.Module) -> int:
-    size = visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def resize_positional(pos: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -168,12 +172,15 @@ def resize_positional(pos: Tensor, grid: tuple[int, int]) -> Tensor:
 
 def _load_state(model: nn.Module, state: dict[str, Tensor], source: Path | str) -> None:
     target = model.state_dict()
+    if "positional_embedding" in state and "text.positional_embedding" in target:
+        state = convert_to_custom_text_state_dict(state)  # a plain CLIP's keys into a separate text tower
     # weights trained at another input size: their positional grids are resized to the model's here
     state = dict(state)
     for key in ("visual.positional_embedding", "visual.attnpool.positional_embedding"):
         if key in state and key in target and state[key].shape != target[key].shape:
             side = int(round((target[key].shape[0] - 1) ** 0.5))
-            state[key] = resize_positional(state[key], (side, side))
+            # at the model's precision: an fp16 file's grid is not rounded to fp16 again after resizing
+            state[key] = resize_positional(state[key].to(target[key].dtype), (side, side))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "logit_bias"]
     if missing or unexpected:

@@ -52,16 +52,26 @@ class Trial:
     def ratio(self) -> float:
         return float(self.tag("label_ratio"))
 
+    @property
+    def test_selected(self) -> bool:
+        return self.tag("selected_on") == "test"
+
+
+TEST_SELECTED = "†"  # marks numbers whose epoch was picked on the test split itself
+TEST_SELECTED_NOTE = (f"{TEST_SELECTED} epoch selected on the test set (the reference's protocol, `select_on: test`): "
+                      "optimistic, not comparable with numbers selected on a validation split.")
+
 
 @dataclass
 class Cell:
     mean: float
     std: float
     n: int
+    test_selected: bool = False
 
     def text(self) -> str:
         std = f" ± {self.std:.2f}" if self.n > 1 else ""
-        return f"{self.mean:.2f}{std} (n={self.n})"
+        return f"{self.mean:.2f}{std} (n={self.n})" + (f" {TEST_SELECTED}" if self.test_selected else "")
 
 
 @dataclass
@@ -77,6 +87,10 @@ class Table:
     @property
     def columns(self) -> list[str]:
         return [f"{r:g}" for r in self.ratios] + ["Avg"]
+
+    @property
+    def test_selected(self) -> bool:
+        return any(c.test_selected for cells in self.cells.values() for c in cells.values())
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -117,9 +131,9 @@ def ratio_free(method: str) -> bool:
 
 # ---- numbers ---------------------------------------------------------------------------------------
 
-def _cell(values: list[float]) -> Cell:
+def _cell(values: list[float], test_selected: bool = False) -> Cell:
     arr = np.asarray(values, dtype=float)
-    return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr))
+    return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr), test_selected)
 
 
 def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Table:
@@ -136,13 +150,14 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Ta
             for r in (ratios if ratio_free(t.tag("method")) else [t.ratio]):
                 per_seed.setdefault(t.tag("seed"), {})[r] = t.metrics["test_map"]
         row_cells = {}
+        on_test = any(t.test_selected for t in members)
         for r in ratios:
             values = [s[r] for s in per_seed.values() if r in s]
             if values:
-                row_cells[f"{r:g}"] = _cell(values)
+                row_cells[f"{r:g}"] = _cell(values, on_test)
         complete = [np.mean([s[r] for r in ratios]) for s in per_seed.values() if all(r in s for r in ratios)]
         if complete:
-            row_cells["Avg"] = _cell(complete)
+            row_cells["Avg"] = _cell(complete, on_test)
         cells[row] = row_cells
         cost[row] = {k: float(np.mean([t.metrics.get(k, float("nan")) for t in members]))
                      for k in ("trainable_params", "train_time_s", "gpu_hours")}
@@ -203,6 +218,8 @@ def table_markdown(table: Table) -> str:
         cost = table.cost[row]
         values += [f"{cost['trainable_params']:,.0f}", f"{cost['train_time_s']:.1f}", f"{cost['gpu_hours']:.4f}"]
         lines.append("| " + " | ".join([row, *values]) + " |")
+    if table.test_selected:
+        lines += ["", TEST_SELECTED_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -211,7 +228,8 @@ def table_frame(table: Table) -> pd.DataFrame:
     for row, cells in table.cells.items():
         for col, cell in cells.items():
             rows.append({"dataset": table.dataset, "row": row, "column": col, "mean": cell.mean, "std": cell.std,
-                         "n": cell.n, "best": table.best.get(col) == row, **table.cost[row]})
+                         "n": cell.n, "best": table.best.get(col) == row, "selected_on_test": cell.test_selected,
+                         **table.cost[row]})
     return pd.DataFrame(rows)
 
 
@@ -397,7 +415,8 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
             f"<td>{p['wins']} / {p['pairs']}</td></tr>" for p in paired)
         sections.append(
             f"<h2>{html.escape(ds)}</h2>{_html_table(table)}"
-            f"<p>Cells: test mAP at the best-validation epoch, mean ± std over seeds (n seeds); bold: best in "
+            + (f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if table.test_selected else "")
+            + f"<p>Cells: test mAP at the selected epoch, mean ± std over seeds (n seeds); bold: best in "
             f"its column. Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
             f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ds)}"
             f"<h3>Paired difference vs {html.escape(reference)}</h3><table><thead><tr><th>method</th>"

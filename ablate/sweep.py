@@ -49,9 +49,13 @@ class Arm:
 def expand(spec: SweepSpec) -> list[Arm]:
     keys = list(spec.grid)
     arms: dict[str, Arm] = {}
+    searched = spec.optuna or spec.asha
     for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
         combo = dict(zip(keys, values))
         cfg = _absolute_paths(canonical(arm_config(spec, combo)))
+        if searched and searched.metric == "val_map" and cfg.val_fraction == 0 and cfg.method != "zeroshot":
+            raise ConfigError(f"arm {combo}: {'optuna' if spec.optuna else 'asha'}.metric val_map needs a validation "
+                              "split, but val_fraction is 0; hold one out (val_fraction > 0) or drop the search")
         ignored = IGNORED_BY_METHOD.get(cfg.method, ())
         overrides = {k: v for k, v in combo.items() if k not in ignored}
         search = {k: v for k, v in (spec.optuna.space.items() if spec.optuna else []) if k not in ignored}

@@ -147,6 +147,7 @@ class TrialRun:
         client = MlflowClient(tracking_uri=ctx.uri)
         tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: trial_key(ctx.parent_run_id, trial_id),
                 ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
+                "ablate.selected_on": cfg.select_on,
                 **{f"ablate.{k}": str(getattr(cfg, k)) for k in ARM_FIELDS}}
         name = "-".join(str(v) for v in arm.values()) or cfg.method
         run_id = _retry(client.create_run, ctx.experiment_id, tags=tags, run_name=name).info.run_id

@@ -104,7 +104,8 @@ def load_splits(cfg: TrialConfig) -> dict[str, LabelledImages]:
     key = f"{cfg.dataset}/train"
     # masked over the whole train split, so the mask does not depend on val_fraction
     mask = partial_mask(full_train.labels, cfg.label_ratio, key, cfg.seed, cfg.resolved_cache_dir() / "masks")
-    train = LabelledImages(full_train.paths, apply_partial(full_train.labels, mask), full_train.classnames)
+    train = LabelledImages(full_train.paths, apply_partial(full_train.labels, mask), full_train.classnames,
+                           full_train.dropped_empty)
     train_idx, val_idx = split_val(len(train), cfg.val_fraction, key, cfg.seed)
     return {"train": train.subset(train_idx), "val": train.subset(val_idx), "test": _load(cfg, root, "test")}
 
