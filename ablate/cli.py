@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import run_trial
 
     metrics = run_trial(cfg, args.out, progress=not args.quiet)
-    summary = {k: metrics[k] for k in ("method", "dataset", "label_ratio", "trainable_params",
+    summary = {k: metrics[k] for k in ("method", "dataset", "label_ratio", "trainable_params", "selected_on",
                                        "best_val_map", "test_map", "last_test_map", "train_time_s")}
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out / 'metrics.json'}", file=sys.stderr)

@@ -151,8 +151,8 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     run.finish()
     # the selection metrics again, so Optuna and ASHA read the trial's final standing
     last_loss = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")
-    tune.report({**final, "val_map": metrics["best_val_map"], "loss": last_loss, "epoch": metrics["epochs"],
-                 "done": True})
+    selection = {"val_map": metrics["best_val_map"]} if metrics["best_val_map"] is not None else {}
+    tune.report({**final, **selection, "loss": last_loss, "epoch": metrics["epochs"], "done": True})
 
 
 def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: list[str], trained: Path, out: Path,
