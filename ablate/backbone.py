@@ -3,10 +3,10 @@
 One door, `create_backbone(name, pretrained, image_size, device)`:
 - `name`: any open_clip model name, or one of the tiny configs shipped here (`ablate-tiny-vit`,
   `ablate-tiny-rn`), registered with open_clip so they work wherever a model name is accepted.
-- `pretrained`: an open_clip tag (e.g. `openai`), a local checkpoint file (open_clip or
-  OpenAI-format state dict, possibly wrapped under "state_dict"/"model", or an OpenAI TorchScript
-  archive), `world-presence` / `world-negation` (ablate's own tiny CLIP pre-trained on its synthetic
-  world), or `none` for random weights.
+- `pretrained`: an open_clip tag (e.g. `openai`, at any image size), a local checkpoint file
+  (open_clip or OpenAI-format state dict, possibly wrapped under "state_dict"/"model", an OpenAI
+  TorchScript archive, or safetensors), or `none` for random weights. Aliases of ablate's own
+  weights (`world-presence`, ...) are resolved to files above this layer, in ablate.weights.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from .data.base import file_lock
+from .errors import WeightsError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -34,10 +35,6 @@ open_clip.add_model_config(CONFIG_DIR)
 
 # Keys OpenAI's own checkpoints carry that are not parameters of open_clip's CLIP.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-class BackboneError(ValueError):
-    """The backbone name, weights or tower type cannot be used; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,14 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise BackboneError(f"{path} does not hold a state dict (or one under 'state_dict'/'model')")
+        raise WeightsError(f"{path} does not hold a state dict (or one under 'state_dict'/'model')")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
     """Load a local checkpoint safely -> (state dict, is OpenAI format)."""
     if not path.is_file():
-        raise BackboneError(f"checkpoint file not found: {path}")
+        raise WeightsError(f"checkpoint file not found: {path}")
     if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
         # TorchScript archive (OpenAI's released .pt files): no pickle is executed here.
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
@@ -97,12 +94,12 @@ def _file_activation(name: str, path: Path, is_openai: bool, quick_gelu: bool | 
     markers, a `-quickgelu` name or an explicit choice can, and guessing wrong changes every feature."""
     if is_openai or "quickgelu" in name:
         if quick_gelu is False:
-            raise BackboneError(f"{path} is an OpenAI-format checkpoint, trained with QuickGELU; drop quick_gelu: false")
+            raise WeightsError(f"{path} is an OpenAI-format checkpoint, trained with QuickGELU; drop quick_gelu: false")
         return True
     if quick_gelu is not None:
         return quick_gelu
     if f"{name}-quickgelu" in open_clip.list_models():
-        raise BackboneError(
+        raise WeightsError(
             f"{path}: the weights cannot tell whether {name} was trained with QuickGELU (OpenAI CLIP and its "
             f"fine-tunes, e.g. NegationCLIP, CoN-CLIP) or GELU (e.g. LAION); use --backbone {name}-quickgelu, "
             "or set quick_gelu: true / false")
@@ -114,7 +111,7 @@ def _build_clip(
     weights_dir: Path | None = None,
 ) -> tuple[nn.Module, bool]:
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
-        raise BackboneError(
+        raise WeightsError(
             f"unknown backbone '{name}'; use an open_clip model name (open_clip.list_models()) "
             f"or one of {', '.join(TINY_MODELS)}"
         )
@@ -131,7 +128,7 @@ def _build_clip(
         return model, quick
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
-        raise BackboneError(
+        raise WeightsError(
             f"'{pretrained}' is neither a local file nor an open_clip tag of {name} "
             f"(tags: {', '.join(tags) or 'none'}); pass a checkpoint path or 'none'"
         )
@@ -184,7 +181,7 @@ def _load_state(model: nn.Module, state: dict[str, Tensor], source: Path | str) 
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "logit_bias"]
     if missing or unexpected:
-        raise BackboneError(
+        raise WeightsError(
             f"{source} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]} "
             "(is --backbone the model the checkpoint was trained as?)"
         )
@@ -200,7 +197,7 @@ class Backbone(nn.Module):
         self.tokenizer = open_clip.get_tokenizer(info.name)
         text = model.text if hasattr(model, "text") else model
         if getattr(text, "text_pool_type", "argmax") != "argmax":
-            raise BackboneError(f"{info.name}: prompt learning needs an argmax (EOT) text pool")
+            raise WeightsError(f"{info.name}: prompt learning needs an argmax (EOT) text pool")
         self.text = text
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
 
@@ -232,7 +229,7 @@ class Backbone(nn.Module):
     def _dense_vit(self, images: Tensor) -> Tensor:
         v = self.visual
         if v.attn_pool is not None:
-            raise BackboneError(f"{self.info.name}: ViTs with attentional pooling have no dense tokens")
+            raise WeightsError(f"{self.info.name}: ViTs with attentional pooling have no dense tokens")
         x = v.conv1(images)
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
@@ -342,34 +339,21 @@ def _tower(visual: nn.Module, name: str) -> str:
         return "resnet"
     if isinstance(visual, VisionTransformer):
         return "vit"
-    raise BackboneError(
+    raise WeightsError(
         f"{name}: dense features need an open_clip ModifiedResNet or VisionTransformer image tower, "
         f"got {type(visual).__name__}"
     )
 
 
-# ablate's own tiny CLIPs, pre-trained on its synthetic world (ablate.pretrain) -> caption style
-WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
-
-
-def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None) -> str:
-    """`world-presence` / `world-negation`: the tiny CLIP ablate pre-trains on its synthetic world
-    (built and trained on first use, cached under `cache_dir`); anything else is returned as is."""
-    if pretrained not in WORLD_ALIASES:  # a file named world-….pt is a file
-        return pretrained
-    from .pretrain import ensure_world_checkpoint  # imports this module: resolved lazily
-
-    return str(ensure_world_checkpoint(pretrained, Path(cache_dir or ".ablate_cache"), model=name))
-
-
 def create_backbone(
     name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu",
-    cache_dir: Path | None = None, quick_gelu: bool | None = None, weights_dir: Path | None = None,
+    quick_gelu: bool | None = None, weights_dir: Path | None = None, *, label: str | None = None,
 ) -> Backbone:
-    """`quick_gelu`: None decides from the weights' format and name (ambiguous files are refused).
-    `weights_dir`: where open_clip tags are downloaded (None: open_clip's own cache)."""
-    weights = resolve_pretrained(name, pretrained, cache_dir)
-    model, quick = _build_clip(name, weights, image_size, quick_gelu, weights_dir)
+    """`pretrained`: an open_clip tag, a local file or 'none' (ablate.weights resolves its own aliases
+    to files first; `label` then keeps the name the user gave). `quick_gelu`: None decides from the
+    weights' format and name (ambiguous files are refused). `weights_dir`: where open_clip tags are
+    downloaded (None: open_clip's own cache)."""
+    model, quick = _build_clip(name, pretrained, image_size, quick_gelu, weights_dir)
     visual = model.visual
     pre = getattr(visual, "preprocess_cfg", {}) or {}
     size = visual.image_size
@@ -377,7 +361,7 @@ def create_backbone(
     token_width = (model.text if hasattr(model, "text") else model).token_embedding.weight.shape[1]
     info = BackboneInfo(
         name=name,
-        pretrained=pretrained,
+        pretrained=label or pretrained,
         image_size=int(image_size or size),
         embed_dim=int(visual.output_dim),
         text_width=int(token_width),
@@ -385,6 +369,6 @@ def create_backbone(
         mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
         quick_gelu=quick,
-        weights=weights,
+        weights=pretrained,
     )
     return Backbone(model, info).to(device)

@@ -11,13 +11,11 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from .backbone import BackboneError
-from .data import DataError
 from .data.world import WorldConfig
 from .pretrain import PretrainConfig
-from .report import ReportError
-from .tracking import TrackingError, trial_table
-from .spec import ConfigError, TrialConfig, format_validation_error, load_trial_config
+from .tracking import trial_table
+from .errors import AblateError, ConfigError
+from .spec import TrialConfig, format_validation_error, load_trial_config
 
 # flag -> TrialConfig field for the common options; any field can also come from --config.
 TRAIN_FLAGS: dict[str, tuple[str, type]] = {
@@ -97,10 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from .trainer import run_trial
 
-    metrics = run_trial(cfg, args.out, progress=not args.quiet)
-    summary = {k: metrics[k] for k in ("method", "dataset", "label_ratio", "trainable_params", "selected_on",
-                                       "best_val_map", "test_map", "last_test_map", "train_time_s")}
-    print(json.dumps(summary, indent=2))
+    result = run_trial(cfg, args.out, progress=not args.quiet)
+    print(json.dumps(result.summary(), indent=2))
     print(f"wrote {args.out / 'metrics.json'}", file=sys.stderr)
     return 0
 
@@ -245,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, BackboneError, TrackingError, ReportError) as err:
+    except AblateError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

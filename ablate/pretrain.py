@@ -31,8 +31,9 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .backbone import WORLD_ALIASES, Backbone, create_backbone
+from .backbone import Backbone, create_backbone
 from .data.base import DataError, file_lock, write_atomically
+from .errors import ConfigError
 from .data.transforms import build_transform
 from .data.world import (
     STYLES, WorldConfig, build_world, default_world_root, load_captions, load_world,
@@ -177,7 +178,7 @@ def manifest_path(checkpoint: Path) -> Path:
 def pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool = True) -> dict:
     """Pre-train `cfg.model` on the world at `world_root`; write checkpoint `out` + manifest; return it."""
     if cfg.captions not in STYLES:
-        raise ValueError(f"captions must be one of {STYLES}, got {cfg.captions!r}")
+        raise ConfigError(f"captions must be one of {STYLES}, got {cfg.captions!r}")
     with torch.random.fork_rng(devices=[]):  # a trial that triggers pre-training keeps its own random stream
         return _pretrain(Path(world_root), Path(out).expanduser().absolute(), cfg, progress)
 
@@ -227,6 +228,10 @@ def checkpoint_path(cache_dir: Path, world_root: Path, cfg: PretrainConfig) -> P
     return Path(cache_dir).expanduser().absolute() / "world_checkpoints" / f"{cfg.model}-{cfg.captions}-{key[:10]}.pt"
 
 
+# the names specs use for ablate's own tiny CLIPs (ablate.weights resolves them) -> caption style
+WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
+
+
 def ensure_world_checkpoint(
     alias_or_captions: str, cache_dir: Path, model: str = "ablate-tiny-vit", progress: bool = True,
     *, world: WorldConfig = WorldConfig(), world_root: Path | None = None, base: PretrainConfig = PretrainConfig(),
@@ -237,7 +242,7 @@ def ensure_world_checkpoint(
     `base` holds the training settings (model and captions come from the arguments)."""
     captions = WORLD_ALIASES.get(alias_or_captions, alias_or_captions)
     if captions not in STYLES:
-        raise ValueError(f"unknown world checkpoint {alias_or_captions!r}; use one of "
+        raise ConfigError(f"unknown world checkpoint {alias_or_captions!r}; use one of "
                          f"{', '.join([*WORLD_ALIASES, *STYLES])}")
     cfg = replace(base, model=model, captions=captions)
     root = Path(world_root) if world_root else build_world(default_world_root(cache_dir, world), world, progress)

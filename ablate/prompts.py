@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbone import Backbone
+from .errors import ConfigError
 
 PROMPT = "prompt"  # the parameter kind of learned contexts (the trainer gives each kind its own lr)
 PLACEHOLDER = "X"  # a single BPE token; its embedding is replaced by the learned context
@@ -26,7 +27,7 @@ class PromptLearner(nn.Module):
         texts = [" ".join([PLACEHOLDER] * n_ctx) + f" {name}." for name in classnames]
         tokens = backbone.tokenize(texts)
         if int(tokens.argmax(dim=-1).max()) >= tokens.shape[1] - 1 and (tokens[:, -1] != 0).any():
-            raise ValueError(f"n_ctx={n_ctx} plus a class name does not fit the {tokens.shape[1]}-token context")
+            raise ConfigError(f"n_ctx={n_ctx} plus a class name does not fit the {tokens.shape[1]}-token context")
         embedded = backbone.token_embedding(tokens).float()
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)  # start token
@@ -41,7 +42,7 @@ class PromptLearner(nn.Module):
         tokens = backbone.tokenize([phrase])
         n = int(tokens.argmax(dim=-1)) - 1  # tokens between start and EOT
         if n > self.n_ctx:
-            raise ValueError(f"ctx_init '{phrase}' is {n} tokens long, more than n_ctx={self.n_ctx}")
+            raise ConfigError(f"ctx_init '{phrase}' is {n} tokens long, more than n_ctx={self.n_ctx}")
         words = backbone.token_embedding(tokens)[0, 1 : 1 + n].float()
         # The phrase sits right before the class name, as in "a photo of a {class}."; extra slots stay random.
         ctx[..., self.n_ctx - n :, :] = words

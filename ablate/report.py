@@ -26,15 +26,12 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from .spec import IGNORED_BY_METHOD, SweepSpec  # noqa: E402
+from .errors import ReportError  # noqa: E402
+from .spec import SweepSpec, ignored_fields  # noqa: E402
 from .tracking import ARM_FIELDS, ROLE_TAG, connect, resolve_tracking_uri  # noqa: E402
 
 # Fields that split a method into several rows when they vary within the experiment.
 ROW_FIELDS = ("backbone", "pretrained", "n_ctx", "csc")
-
-
-class ReportError(ValueError):
-    """The experiment or run cannot be reported on; the message says what exists instead."""
 
 
 @dataclass
@@ -117,16 +114,16 @@ def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None
 def row_labels(trials: list[Trial]) -> dict[str, str]:
     """run id -> row label: the method, plus each ROW_FIELD that varies among methods reading it."""
     varying = [f for f in ROW_FIELDS if len({t.tag(f) for t in trials
-                                            if f not in IGNORED_BY_METHOD.get(t.tag("method"), ())}) > 1]
+                                            if f not in ignored_fields(t.tag("method"))}) > 1]
     labels = {}
     for t in trials:
-        extra = [f"{f}={t.tag(f)}" for f in varying if f not in IGNORED_BY_METHOD.get(t.tag("method"), ())]
+        extra = [f"{f}={t.tag(f)}" for f in varying if f not in ignored_fields(t.tag("method"))]
         labels[t.run_id] = " ".join([t.tag("method"), *extra])
     return labels
 
 
 def ratio_free(method: str) -> bool:
-    return "label_ratio" in IGNORED_BY_METHOD.get(method, ())
+    return "label_ratio" in ignored_fields(method)
 
 
 # ---- numbers ---------------------------------------------------------------------------------------
@@ -322,22 +319,24 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
 
 def diagnostics(dataset: str, trials: list[Trial], labels: dict[str, str]) -> dict[str, dict[str, float]]:
     """Row label -> mean of each probe metric over its finished trials (rows without probes left out)."""
-    from .probes import PROBE_COLUMNS
+    from .probes import probe_columns  # the registry only: no torch
 
+    columns = probe_columns()
     rows: dict[str, dict[str, list[float]]] = {}
     for t in trials:
         if t.status == "FINISHED" and t.tag("dataset") == dataset:
-            for key in PROBE_COLUMNS:
+            for key in columns:
                 if key in t.metrics:
                     rows.setdefault(labels[t.run_id], {}).setdefault(key, []).append(t.metrics[key])
     return {row: {k: float(np.mean(v)) for k, v in m.items()} for row, m in sorted(rows.items())}
 
 
 def _diagnostics_html(rows: dict[str, dict[str, float]]) -> str:
-    from .probes import PROBE_COLUMNS
+    from .probes import probe_columns
 
-    columns = [k for k in PROBE_COLUMNS if any(k in m for m in rows.values())]
-    head = "".join(f"<th>{html.escape(PROBE_COLUMNS[k])}</th>" for k in columns)
+    titles = probe_columns()
+    columns = [k for k in titles if any(k in m for m in rows.values())]
+    head = "".join(f"<th>{html.escape(titles[k])}</th>" for k in columns)
     body = "".join("<tr><td>" + html.escape(row) + "</td>" + "".join(
         f"<td>{m[k]:.3f}</td>" if k in m else "<td>—</td>" for k in columns) + "</tr>" for row, m in rows.items())
     return f"<h3>Diagnostics</h3><table><thead><tr><th>method</th>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -9,15 +9,17 @@ import random
 import numpy as np
 import torch
 
-from .backbone import Backbone, create_backbone
+from .backbone import Backbone
+from .errors import ConfigError
 from .spec import TrialConfig
+from .weights import load_backbone
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
     return torch.device(name)
 
 
@@ -31,6 +33,6 @@ def backbone_from_config(cfg: TrialConfig, device: str | torch.device | None = N
     """The config's backbone on `device` (default: the config's), seeded first so random weights are
     the trial's own."""
     seed_everything(cfg.seed)
-    return create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size,
-                           resolve_device(cfg.device) if device is None else device,
-                           cfg.resolved_cache_dir(), cfg.quick_gelu, cfg.weights_dir)
+    return load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size,
+                         resolve_device(cfg.device) if device is None else device,
+                         cfg.resolved_cache_dir(), cfg.quick_gelu, cfg.weights_dir)

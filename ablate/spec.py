@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MethodName = Literal[
-    "dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline", "zeroshot"
-]
-DatasetName = Literal["coco2014", "voc2007", "nuswide", "synthetic", "world"]
+from .data import DATASETS
+from .errors import ConfigError
+from .methods import METHODS, method_info
 
 
 class StrictModel(BaseModel):
@@ -24,8 +23,8 @@ class TrialConfig(StrictModel):
     """Everything that defines one trial: one method on one dataset at one label ratio."""
 
     # what is compared
-    method: MethodName = "dualcoop"
-    dataset: DatasetName = "synthetic"
+    method: str = Field("dualcoop", description="a registered method (ablate.methods.method_names())")
+    dataset: str = Field("synthetic", description="a registered dataset (ablate.data.dataset_names())")
     data_root: Path | None = Field(
         None, description="dataset root; for `synthetic` a folder to generate into, for `world` a built world "
         "(default for both: generated into the cache dir)"
@@ -130,6 +129,20 @@ class TrialConfig(StrictModel):
     num_workers: int = Field(2, ge=0)
     cache_dir: Path | None = Field(None, description="where masks and generated data go (default ./.ablate_cache)")
 
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        if name not in METHODS:
+            raise ValueError(f"unknown method '{name}'; registered: {', '.join(METHODS.names())}")
+        return name
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(DATASETS.names())}")
+        return name
+
     @model_validator(mode="before")
     @classmethod
     def _legacy(cls, data: Any) -> Any:
@@ -173,10 +186,6 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-class ConfigError(ValueError):
-    """A configuration problem that names the file and field; nothing was run."""
-
-
 def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
     """Read a YAML TrialConfig; `overrides` (e.g. CLI flags) win over the file."""
     path = Path(path)
@@ -194,30 +203,18 @@ def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
 
 # ---- sweeps ------------------------------------------------------------------------------------
 
-# Fields a method does not read: trials differing only in these are the same trial.
-_PROMPT_FIELDS = ("n_ctx", "csc", "ctx_init", "prompt_offset", "prompt_offset_std", "prompt_lr_mult")
-_HAND_PROMPTS = ("zeroshot_positive", "zeroshot_negative")
-_TRAINING_FIELDS = ("label_ratio", "epochs", "lr", "free_lr_mult", "linear_lr_mult", "momentum",
-                    "weight_decay", "free_weight_decay", "linear_weight_decay", "warmup_epochs", "warmup_lr",
-                    "warmup_rule", "cosine_span", "augment", "augment_recipe", "loss", "gamma_neg", "gamma_pos",
-                    "clip", "eps", "reduction", "loss_weight", "grad_scaler", "val_fraction", "select_on")
-IGNORED_BY_METHOD: dict[str, tuple[str, ...]] = {
-    "dualcoop": (*_HAND_PROMPTS, "free_init_std", "prompt_offset", "prompt_offset_std"),
-    "positivecoop": _HAND_PROMPTS,
-    "negativecoop": _HAND_PROMPTS,
-    "dualembed": (*_PROMPT_FIELDS, *_HAND_PROMPTS),
-    "baseline": (*_PROMPT_FIELDS, *_HAND_PROMPTS, "free_init_std"),
-    # zero-shot scores the test split with fixed prompts: training fields and seed change nothing
-    "zeroshot": (*_PROMPT_FIELDS, "free_init_std", "seed", *_TRAINING_FIELDS),
-}
+def ignored_fields(method: str) -> frozenset[str]:
+    """Fields `method` does not read (none for a name no longer registered, e.g. in old runs): trials
+    differing only in these are the same trial."""
+    return METHODS.get(method).ignores if method in METHODS else frozenset()
 
 METRICS = ("val_map", "loss")  # reported every epoch, so usable by Optuna and ASHA
 
 
 def canonical(cfg: TrialConfig) -> TrialConfig:
     """The same trial with every field its method ignores set to the default (augment: off)."""
-    defaults = {f: TrialConfig.model_fields[f].default for f in IGNORED_BY_METHOD.get(cfg.method, ())}
-    if "augment" in defaults:  # a method that trains nothing augments nothing (and may read cached features)
+    defaults = {f: TrialConfig.model_fields[f].default for f in sorted(ignored_fields(cfg.method))}
+    if not method_info(cfg.method).trains:  # it augments nothing (and may read cached features)
         defaults["augment"] = False
     return cfg.model_copy(update=defaults)
 
@@ -269,26 +266,43 @@ class SweepSpec(StrictModel):
     name: str = Field(description="MLflow experiment and Ray Tune run name")
     description: str = ""
     base: TrialConfig = Field(default_factory=TrialConfig)
-    per_dataset: dict[DatasetName, dict[str, Any]] = Field(
+    per_dataset: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="TrialConfig fields set per dataset (data_root, lr, image_size...)")
-    per_method: dict[MethodName, dict[str, Any]] = Field(
+    per_method: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="TrialConfig fields set per method (lr multipliers, weight decay, "
         "warm-up lr, csc...); applied after per_dataset, before the grid")
     grid: dict[str, list] = Field(default_factory=dict, description="TrialConfig field -> values")
     optuna: OptunaSpec | None = None
     asha: AshaSpec | None = None
     resources: Resources = Field(default_factory=Resources)
-    probes: list[Literal["negation", "presence", "hard_positive", "prompts"]] = Field(
-        default_factory=list, description="diagnostics run after each trial, logged to its MLflow run")
+    probes: list[str] = Field(
+        default_factory=list, description="diagnostics run after each trial, logged to its MLflow run "
+        "(registered probes: `ablate.probes.probe_names()`)")
     probe_limit: int | None = Field(200, ge=1, description="images per image-grounded probe")
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
 
+    @field_validator("probes")
+    @classmethod
+    def _registered_probes(cls, names: list[str]) -> list[str]:
+        from .probes import probe_names  # the registry only: no torch
+
+        unknown = [n for n in names if n not in probe_names()]
+        if unknown:
+            raise ValueError(f"unknown probe(s) {', '.join(unknown)}; registered: {', '.join(probe_names())}")
+        return names
+
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
         fields = TrialConfig.model_fields
+        for name in self.per_method:
+            if name not in METHODS:
+                raise ValueError(f"per_method.{name}: unknown method; registered: {', '.join(METHODS.names())}")
+        for name in self.per_dataset:
+            if name not in DATASETS:
+                raise ValueError(f"per_dataset.{name}: unknown dataset; registered: {', '.join(DATASETS.names())}")
         for section, own in (("per_dataset", "dataset"), ("per_method", "method")):
             for name, overrides in getattr(self, section).items():
                 for key, value in overrides.items():

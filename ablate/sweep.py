@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .spec import (IGNORED_BY_METHOD, ConfigError, Resources, SweepSpec, TrialConfig, arm_config, canonical,
+from .spec import (ConfigError, Resources, SweepSpec, TrialConfig, arm_config, canonical, ignored_fields,
                    load_sweep_spec)
 from .tracking import (TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri,
                        start_parent_run)
 
-THRESHOLD_METRICS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 STATE_FILE = "ablate_sweep.json"
 # One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # beside Ray's experiment folders: which MLflow parent run is ours
@@ -53,10 +52,10 @@ def expand(spec: SweepSpec) -> list[Arm]:
     for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
         combo = dict(zip(keys, values))
         cfg = _absolute_paths(canonical(arm_config(spec, combo)))
-        if searched and searched.metric == "val_map" and cfg.val_fraction == 0 and cfg.method != "zeroshot":
+        if searched and searched.metric == "val_map" and cfg.val_fraction == 0:
             raise ConfigError(f"arm {combo}: {'optuna' if spec.optuna else 'asha'}.metric val_map needs a validation "
                               "split, but val_fraction is 0; hold one out (val_fraction > 0) or drop the search")
-        ignored = IGNORED_BY_METHOD.get(cfg.method, ())
+        ignored = ignored_fields(cfg.method)
         overrides = {k: v for k, v in combo.items() if k not in ignored}
         search = {k: v for k, v in (spec.optuna.space.items() if spec.optuna else []) if k not in ignored}
         arms.setdefault(json.dumps(cfg.model_dump(mode="json"), sort_keys=True), Arm(overrides, cfg, search))
@@ -129,30 +128,21 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
 
     trained = workdir / "trained" / TRAINED
     try:
-        metrics = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
+        result = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
         run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
         if probes:
-            run_trial_probes(run, cfg, probes, trained, workdir / "probes", probe_limit, metrics["epochs"])
+            run_trial_probes(run, cfg, probes, trained, workdir / "probes", probe_limit, result.epochs)
     except Exception as err:
         run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    final = {
-        "test_map": metrics["test_map"], "last_test_map": metrics["last_test_map"],
-        "best_val_map": metrics["best_val_map"], "trainable_params": metrics["trainable_params"],
-        "train_time_s": metrics["train_time_s"], "gpu_hours": metrics["train_time_s"] * gpus / 3600,
-        "peak_memory_mb": _peak_memory_mb(metrics["device"]),
-        **{f"test_{k}": v for k, v in metrics["test_metrics"].items() if k in THRESHOLD_METRICS},
-    }
-    run.log_metrics(final, step=metrics["epochs"])
-    run.log_dict(metrics["per_class_ap"], "per_class_ap.json")
-    run.log_dict({k: v for k, v in metrics.items() if k != "per_class_ap"}, "metrics.json")
+    final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device)}
+    run.log_result(result, final)
     run.finish()
     # the selection metrics again, so Optuna and ASHA read the trial's final standing
-    last_loss = metrics["history"][-1]["loss"] if metrics["history"] else float("nan")
-    selection = {"val_map": metrics["best_val_map"]} if metrics["best_val_map"] is not None else {}
-    tune.report({**final, **selection, "loss": last_loss, "epoch": metrics["epochs"], "done": True})
+    selection = {"val_map": result.best_val_map} if result.best_val_map is not None else {}
+    tune.report({**final, **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
 
 
 def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: list[str], trained: Path, out: Path,
@@ -294,7 +284,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
     With `resources` (a trial's), each cache group is a Ray task on those resources (the GPU workers
     on a cluster), all groups in parallel; without, they are built in this process.
     """
-    from .backbone import WORLD_ALIASES, resolve_pretrained
+    from .weights import is_alias, resolve_pretrained
     from .data import check_root
     from .data.features import check_features_mode, feature_group
 
@@ -307,7 +297,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
             check_root(arm.config)
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
     worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
-              if a.config.pretrained in WORLD_ALIASES}
+              if is_alias(a.config.pretrained)}
     for backbone, pretrained, cache_dir in sorted(worlds, key=str):
         resolve_pretrained(backbone, pretrained, cache_dir)
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}

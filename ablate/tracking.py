@@ -23,6 +23,8 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from .data.base import file_lock
+from .errors import TrackingError
+from .result import TrialResult
 from .spec import TrialConfig
 
 TRIAL_KEY = "ablate.trial_key"
@@ -31,10 +33,6 @@ ROLE_TAG = "ablate.role"
 ERROR_TAG = "ablate.error"
 ARM_FIELDS = ("method", "dataset", "label_ratio", "backbone", "pretrained", "n_ctx", "csc", "seed")
 DEFAULT_DB = "mlflow.db"
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or used; the message names the URI."""
 
 
 def resolve_tracking_uri(flag: str | None = None, spec: str | None = None) -> str:
@@ -163,6 +161,13 @@ class TrialRun:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
         _retry(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_result(self, result: TrialResult, final: dict[str, float]) -> None:
+        """The end of a trial: `final` metrics at the last epoch's step, per-class AP and the whole result
+        (without per-class AP) as artifacts."""
+        self.log_metrics(final, step=result.epochs)
+        self.log_dict(result.per_class_ap, "per_class_ap.json")
+        self.log_dict({k: v for k, v in result.to_dict().items() if k != "per_class_ap"}, "metrics.json")
 
     def log_dict(self, data: dict, name: str) -> None:
         _retry(self.client.log_dict, self.run_id, data, name)

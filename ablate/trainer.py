@@ -29,8 +29,12 @@ from .data import MultiLabelDataset, check_root, load_splits
 from .data.base import write_atomically
 from .data.features import CachedFeatures, FeatureCache, check_features_mode, ensure_trial_caches
 from .data.transforms import build_transform
+from .errors import ConfigError, TrialDiverged
 from .loss import AsymmetricLoss
-from .methods import FREE, LINEAR, PROMPT, Method, create_method
+from .methods import create_method
+from .methods.base import FREE, LINEAR, Method
+from .prompts import PROMPT
+from .result import TrialResult
 from .metrics import multilabel_metrics
 from .runtime import backbone_from_config, resolve_device, seed_everything
 from .spec import TrialConfig
@@ -39,10 +43,6 @@ CHECKPOINT = "checkpoint.pt"
 # the per-epoch metric that picks the reported epoch, by `select_on`
 SELECTION_METRIC = {"val": "val_map", "test": "epoch_test_map"}
 Reporter = Callable[[dict, Path | None], None]
-
-
-class TrialDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message says when."""
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -59,11 +59,13 @@ def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
     mult = {PROMPT: cfg.prompt_lr_mult, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
     linear_decay = cfg.weight_decay if cfg.linear_weight_decay is None else cfg.linear_weight_decay
     decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: linear_decay}
-    groups = [
-        {"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
-        for kind, params in method.param_groups().items()
-        if params
-    ]
+    groups = method.param_groups()
+    unknown = set(groups) - set(mult)
+    if unknown:
+        raise TypeError(f"{type(method).__name__} declares parameter kinds {sorted(unknown)}; the trainer gives "
+                        f"learning rates to {sorted(mult)}")
+    groups = [{"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
+              for kind, params in groups.items() if params]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
@@ -201,7 +203,7 @@ class Trial:
     def load_checkpoint(self, path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("config") != self.cfg.model_dump(mode="json"):
-            raise ValueError(f"checkpoint {path} was written by a different configuration; "
+            raise ConfigError(f"checkpoint {path} was written by a different configuration; "
                              "use another --out or delete the checkpoint")
         self.method.load_state_dict(state["trainable"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -216,7 +218,7 @@ class Trial:
             row["val_map"] = self.evaluate("val")["mAP"]
         return row
 
-    def run(self, checkpoint_dir: Path | None = None, report: Reporter | None = None) -> dict:
+    def run(self, checkpoint_dir: Path | None = None, report: Reporter | None = None) -> TrialResult:
         cfg = self.cfg
         ckpt_dir = checkpoint_dir or self.out_dir
         ckpt = Path(ckpt_dir) / CHECKPOINT if ckpt_dir else None
@@ -252,7 +254,7 @@ class Trial:
                 report(dict(row), ckpt.parent if ckpt is not None else None)
         return self.finish(history, best, elapsed)
 
-    def finish(self, history: list[dict], best: dict, elapsed: float) -> dict:
+    def finish(self, history: list[dict], best: dict, elapsed: float) -> TrialResult:
         last_state = trainable_state(self.method)
         selected = self.method.trainable and best["epoch"] > 0
         self.selected_state = best["state"] if selected else last_state
@@ -265,30 +267,30 @@ class Trial:
             test = last_test
         val_now = self.evaluate("val")["mAP"] if not history and len(self.splits["val"]) else None
         info = self.backbone.info
-        return {
-            "method": self.cfg.method,
-            "dataset": self.cfg.dataset,
-            "label_ratio": self.cfg.label_ratio,
-            "trainable_params": self.method.trainable_params(),
-            "selected_on": self.cfg.select_on,
-            "best_val_map": best["val_map"] if history else val_now,  # val mAP of the selected epoch
-            "best_epoch": best["epoch"] if history else 0,
-            "test_map": test["mAP"],
-            "last_test_map": last_test["mAP"],
-            "last_val_map": history[-1].get("val_map") if history else val_now,
-            "test_metrics": {k: v for k, v in test.items() if k != "per_class_ap"},
-            "per_class_ap": dict(zip(self.classnames, test["per_class_ap"])),
-            "train_time_s": elapsed,
-            "epochs": len(history),
-            "history": history,
-            "split_sizes": {k: len(v) for k, v in self.splits.items()},
-            "dropped_empty_images": {k: self.splits[k].dropped_empty for k in ("train", "test")},
-            "device": str(self.device),
-            "backbone": {"name": info.name, "pretrained": info.pretrained, "weights": info.weights,
-                         "image_size": info.image_size,
-                         "embed_dim": info.embed_dim, "tower": info.tower, "quick_gelu": info.quick_gelu},
-            "config": self.cfg.model_dump(mode="json"),
-        }
+        return TrialResult(
+            method=self.cfg.method,
+            dataset=self.cfg.dataset,
+            label_ratio=self.cfg.label_ratio,
+            trainable_params=self.method.trainable_params(),
+            selected_on=self.cfg.select_on,
+            best_val_map=best["val_map"] if history else val_now,
+            best_epoch=best["epoch"] if history else 0,
+            test_map=test["mAP"],
+            last_test_map=last_test["mAP"],
+            last_val_map=history[-1].get("val_map") if history else val_now,
+            test_metrics={k: v for k, v in test.items() if k != "per_class_ap"},
+            per_class_ap=dict(zip(self.classnames, test["per_class_ap"])),
+            train_time_s=elapsed,
+            epochs=len(history),
+            history=history,
+            split_sizes={k: len(v) for k, v in self.splits.items()},
+            dropped_empty_images={k: self.splits[k].dropped_empty for k in ("train", "test")},
+            device=str(self.device),
+            backbone={"name": info.name, "pretrained": info.pretrained, "weights": info.weights,
+                      "image_size": info.image_size, "embed_dim": info.embed_dim, "tower": info.tower,
+                      "quick_gelu": info.quick_gelu},
+            config=self.cfg.model_dump(mode="json"),
+        )
 
     def save_trained(self, path: Path) -> None:
         """The selected (best-validation) trainable parameters with what is needed to rebuild the method."""
@@ -308,18 +310,18 @@ def run_trial(
     report: Reporter | None = None,
     progress: bool = True,
     trained_path: Path | None = None,
-) -> dict:
+) -> TrialResult:
     """Train and evaluate one trial; writes `metrics.json`, `trained.pt` (and checkpoints) into `out_dir`."""
     trial = Trial(cfg, out_dir, progress)
-    metrics = trial.run(checkpoint_dir, report)
+    result = trial.run(checkpoint_dir, report)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        result.write(out / "metrics.json")
         trained_path = trained_path or out / TRAINED
     if trained_path is not None:
         trial.save_trained(Path(trained_path))
-    return metrics
+    return result
 
 
 def load_trained(path: Path, device: str | torch.device = "cpu") -> tuple[TrialConfig, Backbone, Method]:

@@ -51,15 +51,15 @@ def main() -> None:
             factor = SCALING[args.lr_scaling](batch / base.batch_size)
             cfg = base.model_copy(update={"batch_size": batch, "lr": base.lr * factor})
             metrics = run_trial(cfg, progress=False)
-            per_epoch = metrics["train_time_s"] / max(metrics["epochs"], 1)
+            per_epoch = metrics.train_time_s / max(metrics.epochs, 1)
             reference_s = reference_s or per_epoch
             print(json.dumps({
                 "bench": "batch_scaling", "spec": str(args.spec), "method": method, "label_ratio": args.label_ratio,
                 "seed": args.seed, "batch_size": batch, "lr": round(cfg.lr, 6), "lr_scaling": args.lr_scaling,
-                "epochs": metrics["epochs"], "train_time_s": round(metrics["train_time_s"], 2),
+                "epochs": metrics.epochs, "train_time_s": round(metrics.train_time_s, 2),
                 "epoch_s": round(per_epoch, 3), "epoch_speedup_vs_first": round(reference_s / per_epoch, 2),
-                "test_map": round(metrics["test_map"], 2), "last_test_map": round(metrics["last_test_map"], 2),
-                "best_epoch": metrics["best_epoch"], "threads": torch.get_num_threads(),
+                "test_map": round(metrics.test_map, 2), "last_test_map": round(metrics.last_test_map, 2),
+                "best_epoch": metrics.best_epoch, "threads": torch.get_num_threads(),
             }), flush=True)
 
 

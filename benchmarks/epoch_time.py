@@ -34,13 +34,13 @@ def main() -> None:
                               num_workers=0, n_ctx=16, lr=3e-4, device=args.device, cache_dir=cache)
             metrics = run_trial(cfg, progress=False)
             # history time_s is cumulative (train + validation) per epoch
-            times = [row["time_s"] for row in metrics["history"]]
+            times = [row["time_s"] for row in metrics.history]
             per_epoch = [b - a for a, b in zip([0.0, *times[:-1]], times)]
             print(json.dumps({"bench": "epoch_time", "backbone": backbone, "method": method,
-                              "device": metrics["device"], "train_images": metrics["split_sizes"]["train"],
+                              "device": metrics.device, "train_images": metrics.split_sizes["train"],
                               "batch_size": args.batch_size, "n_ctx": 16,
                               "epoch_s": [round(t, 3) for t in per_epoch],
-                              "trainable_params": metrics["trainable_params"]}), flush=True)
+                              "trainable_params": metrics.trainable_params}), flush=True)
 
 
 if __name__ == "__main__":

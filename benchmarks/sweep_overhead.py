@@ -53,7 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         metrics = run_trial(arm.config, progress=False)
         direct.append({"method": arm.config.method, "wall_s": time.perf_counter() - t0,
-                       "train_s": metrics["train_time_s"]})
+                       "train_s": metrics.train_time_s})
         print(json.dumps({"bench": "direct_trial", **direct[-1]}), flush=True)
 
     t0 = time.perf_counter()

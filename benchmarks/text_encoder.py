@@ -27,7 +27,8 @@ import torch
 
 from ablate.backbone import Backbone, create_backbone
 from ablate.data.classnames import class_names
-from ablate.methods import TwoSided, create_method
+from ablate.methods import create_method
+from ablate.methods.two_sided import TwoSided
 from ablate.spec import TrialConfig
 
 

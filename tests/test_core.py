@@ -18,17 +18,18 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from ablate.aggregation import aggregate, aggregate_outputs
-from ablate.backbone import CONFIG_DIR, BackboneError, create_backbone
+from ablate.backbone import CONFIG_DIR, create_backbone
+from ablate.errors import WeightsError
 from ablate.data import class_names
 from ablate.loss import AsymmetricLoss
-from ablate.methods import create_method
+from ablate.methods import create_method, method_names
 from ablate.metrics import multilabel_metrics
 from ablate.spec import TrialConfig
 
 TINY_VIT, TINY_RN = "ablate-tiny-vit", "ablate-tiny-rn"
 CLASSES = ["cat", "dog", "traffic light"]
 N_CTX = 4
-ALL_METHODS = ["dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline", "zeroshot"]
+ALL_METHODS = method_names()
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -430,10 +431,10 @@ def test_openai_format_checkpoint_uses_quick_gelu(tmp_path):
 
 def test_backbone_errors_are_helpful(tmp_path):
     missing = tmp_path / "nope.pt"
-    with pytest.raises(BackboneError, match="not found") as err:
+    with pytest.raises(WeightsError, match="not found") as err:
         create_backbone(TINY_RN, pretrained=str(missing))
     assert str(missing) in str(err.value)
-    with pytest.raises(BackboneError, match="unknown backbone 'no-such-net'") as err:
+    with pytest.raises(WeightsError, match="unknown backbone 'no-such-net'") as err:
         create_backbone("no-such-net", pretrained="none")
     assert TINY_RN in str(err.value)
 

@@ -210,17 +210,17 @@ def test_cached_mode_resumes_exactly(tiny_cfg, tmp_path):
     with pytest.raises(Stop):
         run_trial(cfg, tmp_path / "resumed", report=stop_after_two, progress=False)
     resumed = run_trial(cfg, tmp_path / "resumed", progress=False)
-    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
     for key_ in ("test_map", "last_test_map", "best_val_map", "best_epoch"):
-        assert resumed[key_] == straight[key_], key_
+        assert getattr(resumed, key_) == getattr(straight, key_), key_
 
 
 def test_loader_workers_change_nothing(tiny_cfg, tmp_path):
     """Batches come in the same order with and without worker processes (no second shuffle drawn)."""
     runs = [run_trial(tiny_cfg(method="baseline", lr=2e-2, features="cached", num_workers=w), progress=False)
             for w in (0, 2)]
-    assert [r["loss"] for r in runs[0]["history"]] == [r["loss"] for r in runs[1]["history"]]
-    assert runs[0]["test_map"] == runs[1]["test_map"]
+    assert [r["loss"] for r in runs[0].history] == [r["loss"] for r in runs[1].history]
+    assert runs[0].test_map == runs[1].test_map
 
 
 def test_cached_mode_refuses_augmentation(tiny_cfg):

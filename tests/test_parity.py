@@ -411,13 +411,13 @@ def test_select_on_test_trains_on_all_of_train_and_picks_the_best_test_epoch(tin
                    cosine_span="all_epochs", augment=True, augment_recipe="reference", resize="bilinear",
                    cf1="mean_of_f1", eps=1e-6)
     metrics = run_trial(cfg, tmp_path / "out", progress=False)
-    assert metrics["split_sizes"]["val"] == 0 and metrics["split_sizes"]["train"] == 80
-    assert metrics["selected_on"] == "test" and metrics["best_val_map"] is None
-    per_epoch = [row["epoch_test_map"] for row in metrics["history"]]
-    assert all("val_map" not in row for row in metrics["history"])
-    assert metrics["best_epoch"] == 1 + int(np.argmax(per_epoch))
-    assert metrics["test_map"] == pytest.approx(max(per_epoch))
-    assert metrics["last_test_map"] == pytest.approx(per_epoch[-1])
+    assert metrics.split_sizes["val"] == 0 and metrics.split_sizes["train"] == 80
+    assert metrics.selected_on == "test" and metrics.best_val_map is None
+    per_epoch = [row["epoch_test_map"] for row in metrics.history]
+    assert all("val_map" not in row for row in metrics.history)
+    assert metrics.best_epoch == 1 + int(np.argmax(per_epoch))
+    assert metrics.test_map == pytest.approx(max(per_epoch))
+    assert metrics.last_test_map == pytest.approx(per_epoch[-1])
 
 
 def test_val_fraction_zero_needs_select_on_test():

@@ -147,7 +147,7 @@ def test_presence_probe_matches_the_zeroshot_trial(cfg, tmp_path):
     assert 0 <= result["balanced_acc"] <= 100
     # (positive - negative) ranks like the zero-shot method's softmax, so its mAP is the trial's test mAP
     trial = run_trial(cfg.model_copy(update={"method": "zeroshot"}), progress=False)
-    assert result["map_contrast"] == pytest.approx(trial["test_map"], abs=1e-4)
+    assert result["map_contrast"] == pytest.approx(trial.test_map, abs=1e-4)
     assert result["delta_map"] == pytest.approx(result["map_contrast"] - result["map_positive"])
 
 

@@ -14,7 +14,8 @@ import torch
 from pycocotools.coco import COCO
 
 from ablate import pretrain as pretrain_mod
-from ablate.backbone import create_backbone, resolve_pretrained
+from ablate.backbone import create_backbone
+from ablate.weights import resolve_pretrained
 from ablate.data.base import DataError
 from ablate.data.coco import load_coco
 from ablate.data.world import (

@@ -1,5 +1,5 @@
-"""What the loaders share: the error they raise, the table they return, and safe writes of
-generated files (atomic, one writer at a time)."""
+"""What the loaders share: the error they raise, the table they return, the configured root, and safe
+writes of generated files (atomic, one writer at a time)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
+# the one DataError (an AblateError); loaders and their callers import it from here
+from ..errors import DataError
 
-class DataError(ValueError):
-    """A dataset problem: the message says what is wrong and the expected layout / how to fix it."""
+if TYPE_CHECKING:
+    from ablate.spec import TrialConfig
 
 
 @dataclass
@@ -43,6 +46,14 @@ class LabelledImages:
     def subset(self, idx: np.ndarray) -> LabelledImages:
         idx = np.asarray(idx, dtype=np.int64)
         return LabelledImages([self.paths[i] for i in idx], self.labels[idx], list(self.classnames), self.dropped_empty)
+
+
+def required_root(cfg: TrialConfig, layout: str) -> Path:
+    """The configured data_root, absolute, for a dataset that cannot be generated: without one, a
+    DataError quoting the layout to provide."""
+    if cfg.data_root is None:
+        raise DataError(f"{cfg.dataset} needs data_root; expected layout: {layout}")
+    return Path(cfg.data_root).expanduser().absolute()
 
 
 def check_images_exist(paths: list[Path], dataset: str, layout: str) -> None:

@@ -1,8 +1,8 @@
-"""Built-in class names, in the column order the loaders produce."""
+"""Built-in class names, in the column order the loaders produce (the world's are in world.py)."""
 
 from __future__ import annotations
 
-from .world import WORLD_CLASSES
+from .registry import DATASETS
 
 # COCO 2014, ordered by ascending category id (ids 1..90 with gaps).
 COCO2014 = [
@@ -44,13 +44,9 @@ SYNTHETIC = [
     "cyan circle", "orange square", "white triangle", "black cross", "brown diamond",
 ]
 
-_BUILTIN = {"coco2014": COCO2014, "voc2007": VOC2007, "nuswide": NUSWIDE, "synthetic": SYNTHETIC,
-            "world": WORLD_CLASSES}
-
 
 def class_names(dataset: str) -> list[str]:
-    """Class names of a dataset, in label-column order (a fresh list)."""
-    try:
-        return list(_BUILTIN[dataset])
-    except KeyError:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(_BUILTIN)}") from None
+    """Class names of a registered dataset, in label-column order (a fresh list)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    return DATASETS.get(dataset).class_names()

@@ -18,19 +18,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pycocotools.coco import COCO
 
-from .base import DataError, LabelledImages, check_images_exist
+from .base import DataError, LabelledImages, check_images_exist, required_root
 from .classnames import class_names
+from .registry import COCO_LAYOUT as LAYOUT
 
-LAYOUT = (
-    "<root>/annotations/instances_{train,val}2014.json and <root>/{train,val}2014/<file_name> "
-    "(train2014 = train split, val2014 = test split)"
-)
+if TYPE_CHECKING:
+    from ablate.spec import TrialConfig
+
 _SPLITS = {"train": "train2014", "test": "val2014"}
 
 
@@ -75,7 +76,7 @@ def _read(ann: Path, dataset: str) -> COCO:
 def load_coco(
     root: Path, split: Literal["train", "test"], dataset: str | None = "coco2014", drop_empty: bool = False
 ) -> LabelledImages:
-    """Load one split; `dataset` (a built-in name) checks the class count, None skips that check."""
+    """Load one split; `dataset` (a registered name) checks the class count, None skips that check."""
     root = Path(root).expanduser().absolute()
     check_coco_root(root, dataset or "coco")
     ann, image_dir = coco_files(root, split)
@@ -105,3 +106,20 @@ def load_coco(
     paths = [image_dir / coco.imgs[i]["file_name"] for i, k in zip(img_ids, keep) if k]
     check_images_exist(paths, dataset or "coco", LAYOUT)
     return LabelledImages(paths, labels[keep], names, dropped_empty=int((~keep).sum()))
+
+
+def root_from_config(cfg: TrialConfig) -> Path:
+    """The data_root of a dataset in this layout (coco2014, or a registered one), both splits checked."""
+    root = required_root(cfg, LAYOUT)
+    check_coco_root(root, cfg.dataset)
+    return root
+
+
+def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
+    """One split; images without any annotation are dropped (and counted on stderr) with coco_empty_images: drop."""
+    images = load_coco(root, split, dataset=cfg.dataset, drop_empty=cfg.coco_empty_images == "drop")
+    if images.dropped_empty:
+        total = images.dropped_empty + len(images)
+        print(f"{cfg.dataset} {split}: dropped {images.dropped_empty:,} of {total:,} images without any "
+              "annotation (coco_empty_images: drop)", file=sys.stderr)
+    return images

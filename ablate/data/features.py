@@ -42,8 +42,9 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone, BackboneInfo
 from ..runtime import backbone_from_config
 from ..spec import TrialConfig
-from . import MultiLabelDataset, check_root, load_splits
 from .base import LabelledImages, file_lock, write_atomically
+from .dataset import MultiLabelDataset
+from .splits import check_root, load_splits
 from .transforms import build_transform
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes

@@ -14,17 +14,16 @@ Row i of ``<split>_labels.npy`` belongs to line i of ``<split>.txt`` (blank line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .base import DataError, LabelledImages, check_images_exist
+from .base import DataError, LabelledImages, check_images_exist, required_root
 from .classnames import NUSWIDE
+from .registry import NUSWIDE_LAYOUT as LAYOUT
 
-LAYOUT = (
-    "<root>/images/..., <root>/{train,test}.txt (image paths relative to <root>/images, one per line) "
-    "and <root>/{train,test}_labels.npy (int matrix [lines, 81] of 1/0/-1, Concepts81.txt column order)"
-)
+if TYPE_CHECKING:
+    from ablate.spec import TrialConfig
 
 
 def nuswide_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Path]:
@@ -69,3 +68,15 @@ def load_nuswide(root: Path, split: Literal["train", "test"]) -> LabelledImages:
     paths = [root / "images" / p for p in rel_paths]
     check_images_exist(paths, "nuswide", LAYOUT)
     return LabelledImages(paths, labels, list(NUSWIDE))
+
+
+def root_from_config(cfg: TrialConfig) -> Path:
+    """data_root, with the images folder and both splits' files checked."""
+    root = required_root(cfg, LAYOUT)
+    check_nuswide_root(root)
+    return root
+
+
+def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
+    """One split (nothing in the config changes how NUS-WIDE is read)."""
+    return load_nuswide(root, split)

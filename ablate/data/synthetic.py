@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .base import DataError, fill_atomically
+from .base import DataError, LabelledImages, fill_atomically
 from .classnames import SYNTHETIC
-from .coco import coco_files
+from .coco import check_coco_root, coco_files, load_coco
+
+if TYPE_CHECKING:
+    from ablate.spec import TrialConfig
 
 SYNTHETIC_SEED = 0  # data seed: the same set for every trial seed
 SYNTHETIC_IMAGE_SIZE = 96
@@ -133,3 +137,22 @@ def generate_synthetic(
         if not _is_complete(root, params):  # a concurrent writer did not win either
             raise
     return root
+
+
+def synthetic_sizes(cfg: TrialConfig) -> tuple[int, int]:
+    """(train, test) image counts of the generated set."""
+    return cfg.synthetic_images, max(cfg.synthetic_images // 2, 20)
+
+
+def root_from_config(cfg: TrialConfig) -> Path:
+    """The set at data_root, or by default in the cache dir, generated on first use."""
+    n_train, n_test = synthetic_sizes(cfg)
+    default = cfg.resolved_cache_dir() / f"synthetic-n{n_train}-s{SYNTHETIC_IMAGE_SIZE}-d{SYNTHETIC_SEED}"
+    root = generate_synthetic(cfg.data_root or default, n_train, n_test, SYNTHETIC_IMAGE_SIZE, SYNTHETIC_SEED)
+    check_coco_root(root, "synthetic")
+    return root
+
+
+def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
+    """One split (every generated image has at least one class, so none is dropped)."""
+    return load_coco(root, split, dataset="synthetic")

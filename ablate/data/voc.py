@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .base import DataError, LabelledImages, check_images_exist
+from .base import DataError, LabelledImages, check_images_exist, required_root
 from .classnames import VOC2007
+from .registry import VOC_LAYOUT as LAYOUT
+
+if TYPE_CHECKING:
+    from ablate.spec import TrialConfig
 
 Difficult = Literal["negative", "positive", "ignore"]
-
-LAYOUT = (
-    "<root>/VOCdevkit/VOC2007/ (or that folder itself) with ImageSets/Main/{trainval,test}.txt, "
-    "Annotations/<id>.xml and JPEGImages/<id>.jpg"
-)
 _LIST = {"train": "trainval", "test": "test"}
 _DIFFICULT_VALUE = {"negative": 0, "positive": 1, "ignore": -1}
 
@@ -86,3 +85,13 @@ def load_voc(root: Path, split: Literal["train", "test"], difficult: Difficult =
     paths = [base / "JPEGImages" / f"{i}.jpg" for i in ids]
     check_images_exist(paths, "voc2007", LAYOUT)
     return LabelledImages(paths, labels, list(VOC2007))
+
+
+def root_from_config(cfg: TrialConfig) -> Path:
+    """The VOC2007 folder under data_root, its layout checked."""
+    return resolve_voc_root(required_root(cfg, LAYOUT))
+
+
+def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
+    """One split, difficult objects handled as cfg.voc_difficult says."""
+    return load_voc(root, split, cfg.voc_difficult)

@@ -34,7 +34,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,6 +42,10 @@ from pycocotools.coco import COCO
 from tqdm.auto import tqdm
 
 from .base import DataError, LabelledImages, file_lock, fill_atomically
+from .coco import check_coco_root, load_coco
+
+if TYPE_CHECKING:
+    from ablate.spec import TrialConfig
 
 WORLD_CLASSES = [
     "red circle", "blue square", "green triangle", "yellow star", "white cross", "black ring",
@@ -398,3 +402,23 @@ def load_world(root: Path, split: str) -> LabelledImages:
             labels[i, col[a["category_id"]]] = 1
     paths = [root / SPLITS[split] / coco.imgs[i]["file_name"] for i in img_ids]
     return LabelledImages(paths, labels, [coco.cats[c]["name"] for c in cat_ids])
+
+
+def root_from_config(cfg: TrialConfig) -> Path:
+    """The embedded world (data_root unset), built on first use, or a world the user built, perhaps with
+    another config; DataError saying how to build one if data_root holds none."""
+    if cfg.data_root is None:
+        root = build_world(default_world_root(cfg.resolved_cache_dir()), WorldConfig())
+    else:
+        root = Path(cfg.data_root).expanduser().absolute()
+    try:
+        check_coco_root(root, "world")
+    except DataError as err:
+        raise DataError(f"{err}\n(make one with `ablate world build --out {root}`, or leave data_root "
+                        "unset for the embedded world)") from None
+    return root
+
+
+def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
+    """A downstream split, read like COCO (every world image holds a class, so none is dropped)."""
+    return load_coco(root, split, dataset="world")

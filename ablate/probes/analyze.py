@@ -27,12 +27,16 @@ from PIL import Image
 from torch import Tensor
 
 from ablate.backbone import Backbone
-from ablate.methods import Method, PromptSide, TwoSided
+from ablate.errors import ProbeError
+from ablate.methods import method_info
+from ablate.methods.base import Method
+from ablate.methods.two_sided import PromptSide, TwoSided
 from ablate.spec import TrialConfig
 from ablate.tracking import TrialRun, connect, resolve_tracking_uri
 from ablate.trainer import TRAINED, load_trained
 
-from . import ProbeError, describe, flat_metrics, format_stats, image_loader, probe_images, write_json
+from .common import describe, format_stats, image_loader, probe_images, write_json
+from .trial import ProbeContext, flat_metrics
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
@@ -237,3 +241,17 @@ def format_analysis(result: dict) -> str:
         lines.append(f"similarity maps: {len(result['maps'])} PNGs; mean r(positive map, negative map) = "
                      f"{result['map_correlation']:.3f}")
     return "\n".join(lines)
+
+
+def run_for_trial(ctx: ProbeContext) -> dict | None:
+    """`analyze_trained` on the trial's trained.pt, with `ctx.n_maps` maps; None for the vision-only
+    baseline and any other method without class embeddings to analyse."""
+    if not method_info(ctx.cfg.method).embeds_classes:
+        return None
+    return analyze_trained(ctx.trained, ctx.output("analysis"), n_images=ctx.n_maps)
+
+
+def flat(result: dict) -> dict[str, float]:
+    return {"analysis_pos_neg_cos": result["pos_vs_neg"]["cosine"]["mean"],
+            "analysis_map_correlation": result["map_correlation"],
+            "analysis_cross_seed_cos": result.get("cross_seed", {}).get("cosine", {}).get("mean", math.nan)}

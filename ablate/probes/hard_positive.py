@@ -18,6 +18,7 @@ JSON files (`load_replace_triples`).
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ablate.backbone import Backbone
+from ablate.errors import ProbeError
 from ablate.spec import TrialConfig
 
-from . import ProbeError, encode_images, encode_texts, probe_backbone, probe_images, write_json
+from .cli import add_config_flags, config_from_args
+from .common import encode_images, encode_texts, probe_backbone, probe_images, write_json
+from .trial import ProbeContext
 
 # Meaning-preserving names; whole class names first, then the last word (the synthetic shapes).
 SYNONYMS = {
@@ -230,3 +234,29 @@ def format_hard_positive(result: dict) -> str:
         lines.append(f"{name:<32} {m['accuracy']:7.2f} {m['hard_positive_acc']:9.2f} {m['augmented_acc']:10.2f} "
                      f"{m['brittleness']:8.2f} {m['n']:6d}")
     return "\n".join(lines)
+
+
+def run_for_trial(ctx: ProbeContext) -> dict:
+    """Triples from the first `ctx.limit` test images of the trial's data set."""
+    return run_hard_positive_probe(ctx.cfg, ctx.output("hard_positive.json"), limit=ctx.limit, backbone=ctx.backbone)
+
+
+def flat(result: dict) -> dict[str, float]:
+    return {f"probe_hp_{k}": result["overall"][k] for k in
+            ("accuracy", "hard_positive_acc", "augmented_acc", "brittleness")}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_flags(p)
+    p.add_argument("--replace-json", type=Path,
+                   help="REPLACE-style JSON (image_path, true_caption, false_caption) instead of the data set")
+    p.add_argument("--swapped-json", type=Path,
+                   help="its hard-positive counterpart (default: ../swapped_data/<same name>)")
+    p.add_argument("--image-root", type=Path, help="folder the JSON's image paths are relative to")
+    p.add_argument("--out", type=Path, default=Path("runs/probe/hard_positive.json"), help="JSON output")
+
+
+def command(args: argparse.Namespace) -> str:
+    result = run_hard_positive_probe(config_from_args(args), args.out, args.replace_json, split=args.split,
+                                     limit=args.limit, swapped_json=args.swapped_json, image_root=args.image_root)
+    return format_hard_positive(result)

@@ -11,6 +11,7 @@ fraction of the way to another class (0: not at all, 1: as far as another class)
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import Sequence
@@ -19,11 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ablate.backbone import Backbone, create_backbone
+from ablate.backbone import Backbone
 from ablate.data import class_names
+from ablate.errors import ProbeError
 from ablate.runtime import resolve_device
+from ablate.weights import load_backbone
+from ablate.spec import TrialConfig
 
-from . import ProbeError, describe, encode_texts, format_stats, write_json
+from .common import describe, encode_texts, format_stats, write_json
+from .trial import ProbeContext
 
 POSITIVE = "a photo of a {}."
 PARAPHRASES = (
@@ -103,7 +108,7 @@ def run_negation_probe(backbone_name: str, pretrained: str, classes: str | Seque
                        backbone: Backbone | None = None) -> dict:
     """Encode the prompts with a real text encoder, compute `negation_stats`, write JSON."""
     names = resolve_classes(classes)
-    backbone = backbone or create_backbone(backbone_name, pretrained, device=resolve_device(device))
+    backbone = backbone or load_backbone(backbone_name, pretrained, device=resolve_device(device))
     pos, para, neg = encode_prompts(backbone, names)
     result = negation_stats(pos, para, neg)
     per_class = result.pop("per_class")
@@ -127,3 +132,32 @@ def format_negation(result: dict) -> str:
     lines.append(f"negation farther than paraphrase: {result['negation_farther_pct']:.1f}% of classes; "
                  f"gap / spread: {result['gap_over_spread']:.3f}")
     return "\n".join(lines)
+
+
+def run_for_trial(ctx: ProbeContext) -> dict:
+    """The probe on the trial's data set's class names, with its backbone."""
+    cfg = ctx.cfg
+    return run_negation_probe(cfg.backbone, cfg.pretrained, cfg.dataset, ctx.output("negation.json"),
+                              backbone=ctx.backbone)
+
+
+def flat(result: dict) -> dict[str, float]:
+    return {"probe_negation_paraphrase_cos": result["paraphrase"]["mean"],
+            "probe_negation_negation_cos": result["negation"]["mean"],
+            "probe_negation_inter_class_cos": result["inter_class"]["mean"],
+            "probe_negation_farther_pct": result["negation_farther_pct"],
+            "probe_negation_gap_over_spread": result["gap_over_spread"]}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=TrialConfig.model_fields["backbone"].default)
+    p.add_argument("--pretrained", default="none", help="open_clip tag, local checkpoint or 'none'")
+    p.add_argument("--classes", required=True, help="built-in data set (coco2014, voc2007, nuswide, synthetic, "
+                   "world) or a file, one class per line")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("runs/probe/negation.json"), help="JSON output")
+
+
+def command(args: argparse.Namespace) -> str:
+    return format_negation(run_negation_probe(args.backbone, args.pretrained, args.classes, args.out,
+                                              device=args.device))

@@ -10,6 +10,7 @@ the negative prompt adds to ranking (the `zeroshot` method's mAP is the first te
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
@@ -20,11 +21,14 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from ablate.aggregation import aggregate
 from ablate.backbone import Backbone
 from ablate.data import LabelledImages
+from ablate.errors import ProbeError
 from ablate.methods import create_method
 from ablate.metrics import per_class_ap
 from ablate.spec import TrialConfig
 
-from . import ProbeError, image_loader, probe_backbone, probe_images, write_json
+from .cli import add_config_flags, config_from_args
+from .common import image_loader, probe_backbone, probe_images, write_json
+from .trial import ProbeContext
 
 
 def _mean_ap(scores: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
@@ -93,3 +97,22 @@ def format_presence(result: dict) -> str:
         f"mAP positive − negative             {result['map_contrast']:6.2f}",
         f"ΔmAP                                {result['delta_map']:+6.2f}",
     ])
+
+
+def run_for_trial(ctx: ProbeContext) -> dict:
+    """The probe on the first `ctx.limit` test images of the trial's data set."""
+    return run_presence_probe(ctx.cfg, ctx.output("presence.json"), limit=ctx.limit, backbone=ctx.backbone)
+
+
+def flat(result: dict) -> dict[str, float]:
+    return {f"probe_presence_{k}": result[k] for k in
+            ("balanced_acc", "present_recall", "absent_recall", "map_positive", "map_contrast", "delta_map")}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_flags(p)
+    p.add_argument("--out", type=Path, default=Path("runs/probe/presence.json"), help="JSON output")
+
+
+def command(args: argparse.Namespace) -> str:
+    return format_presence(run_presence_probe(config_from_args(args), args.out, split=args.split, limit=args.limit))

@@ -1,0 +1,123 @@
+"""The package's shape holds itself: no import cycles (also through imports inside functions, which
+cannot hide one), the faces that configs and reports import stay free of torch, and the spec's
+names are the registries' names."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.methods import METHOD_FIELDS, METHODS, method_info, method_names
+from ablate.spec import SweepSpec, TrialConfig, ignored_fields
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ablate"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node but those under `if TYPE_CHECKING:` (annotations only: never executed)."""
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for child in node.body for n in ast.walk(child)}
+    return [n for n in ast.walk(tree) if id(n) not in skip]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the ablate modules it imports (anywhere in the file, functions included; type-only
+    imports left out), resolved like Python does."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:  # `from pkg import module` imports the module
+                    candidate = f"{base}.{alias.name}"
+                    targets.add(candidate if candidate in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert "ablate.trainer" in graph and "ablate.backbone" in graph["ablate.trainer"]  # the walk sees imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_model_layer_does_not_know_where_weights_come_from():
+    graph = import_graph()
+    assert "ablate.pretrain" not in graph["ablate.backbone"] and "ablate.weights" not in graph["ablate.backbone"]
+
+
+@pytest.mark.parametrize("module", ["ablate.spec", "ablate.methods", "ablate.data", "ablate.probes", "ablate.report"])
+def test_configs_registries_and_reports_import_without_torch(module):
+    code = (f"import sys, {module}; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]; "
+            "print(heavy[:3]); sys.exit(bool(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, f"{module} imports {out.stdout.strip()} {out.stderr[-500:]}"
+
+
+def test_spec_accepts_exactly_the_registered_methods():
+    for name in method_names():
+        assert TrialConfig(method=name).method == name
+    with pytest.raises(ValueError, match="unknown method 'maple'; registered: " + ", ".join(method_names())):
+        TrialConfig(method="maple")
+    with pytest.raises(ValueError, match="per_method.maple: unknown method"):
+        SweepSpec(name="s", per_method={"maple": {"lr": 1.0}})
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_declares_fields_the_config_has(name):
+    info = method_info(name)
+    assert METHOD_FIELDS <= set(TrialConfig.model_fields)
+    assert info.reads <= METHOD_FIELDS and ignored_fields(name) == METHOD_FIELDS - info.reads
+    assert info.text_encoder or not ({"n_ctx", "zeroshot_positive"} & info.reads)  # prompts need the text tower
+
+
+def test_registry_refuses_duplicates_and_names_the_registered():
+    from ablate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already registered"):
+        METHODS.register("dualcoop", method_info("dualcoop"))
+    with pytest.raises(ConfigError, match="unknown method 'nope'; registered: dualcoop"):
+        METHODS.get("nope")
