@@ -13,6 +13,7 @@ import html
 import io
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,9 @@ import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from .errors import ReportError  # noqa: E402
+from .probes import probe_columns, probe_markdown  # noqa: E402  (the registry and markdown only: no torch)
 from .spec import SweepSpec, ignored_fields  # noqa: E402
+from .sweep import expand, samples_per_arm  # noqa: E402
 from .tracking import ARM_FIELDS, ROLE_TAG, connect, resolve_tracking_uri  # noqa: E402
 
 # Fields that split a method into several rows when they vary within the experiment.
@@ -301,8 +304,6 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
     """Arms the spec expects that have fewer trial runs than it asks for."""
     if not spec_text:
         return []
-    from .sweep import expand, samples_per_arm
-
     spec = SweepSpec(**yaml.safe_load(spec_text))
     have: dict[tuple, int] = {}
     for t in trials:
@@ -319,8 +320,6 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
 
 def diagnostics(dataset: str, trials: list[Trial], labels: dict[str, str]) -> dict[str, dict[str, float]]:
     """Row label -> mean of each probe metric over its finished trials (rows without probes left out)."""
-    from .probes import probe_columns  # the registry only: no torch
-
     columns = probe_columns()
     rows: dict[str, dict[str, list[float]]] = {}
     for t in trials:
@@ -332,8 +331,6 @@ def diagnostics(dataset: str, trials: list[Trial], labels: dict[str, str]) -> di
 
 
 def _diagnostics_html(rows: dict[str, dict[str, float]]) -> str:
-    from .probes import probe_columns
-
     titles = probe_columns()
     columns = [k for k in titles if any(k in m for m in rows.values())]
     head = "".join(f"<th>{html.escape(titles[k])}</th>" for k in columns)
@@ -369,19 +366,91 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;pa
 .warn{color:#b00020}"""
 
 
+# ---- sections ---------------------------------------------------------------------------------------
+
+@dataclass
+class DatasetContext:
+    """What a report section sees for one data set."""
+
+    dataset: str
+    trials: list[Trial]
+    labels: dict[str, str]  # run id -> row label
+    table: Table
+    client: MlflowClient
+    reference: str  # the method paired differences compare against
+    heatmap_ratio: float
+
+
+@dataclass
+class Section:
+    """A section's share of the report: markdown (table.md), HTML (report.html), files written beside
+    them, and numbers returned by `write_report` under `data`'s keys (per data set)."""
+
+    markdown: str = ""
+    html: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
+
+
+SectionFn = Callable[[DatasetContext], Section]
+
+
+def table_section(ctx: DatasetContext) -> Section:
+    note = f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
+    return Section(table_markdown(ctx.table), _html_table(ctx.table) + note, data={"tables": ctx.table})
+
+
+def cost_section(ctx: DatasetContext) -> Section:
+    plot, fronts = cost_plot(ctx.table)
+    text = (f"<p>Cells: test mAP at the selected epoch, mean ± std over seeds (n seeds); bold: best in its column. "
+            f"Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
+            f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ctx.dataset)}")
+    return Section(html=text, files={f"cost_vs_map_{ctx.dataset}.png": plot}, data={"pareto": fronts})
+
+
+def paired_section(ctx: DatasetContext) -> Section:
+    paired = paired_differences(ctx.dataset, ctx.trials, ctx.labels, ctx.reference)
+    rows = "".join(f"<tr><td>{html.escape(p['row'])}</td><td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td>"
+                   f"<td>{p['wins']} / {p['pairs']}</td></tr>" for p in paired)
+    text = (f"<h3>Paired difference vs {html.escape(ctx.reference)}</h3><table><thead><tr><th>method</th>"
+            f"<th>mean ΔmAP</th><th>wins / pairs</th></tr></thead><tbody>{rows}</tbody></table>")
+    return Section(html=text, data={"paired": paired})
+
+
+def heatmap_section(ctx: DatasetContext) -> Section:
+    heat = per_class_heatmap(ctx.client, ctx.dataset, ctx.trials, ctx.labels, ctx.heatmap_ratio)
+    if heat is None:
+        return Section()
+    return Section(html=_img(heat, "per-class AP " + ctx.dataset), files={f"per_class_ap_{ctx.dataset}.png": heat})
+
+
+def diagnostics_section(ctx: DatasetContext) -> Section:
+    probes = diagnostics(ctx.dataset, ctx.trials, ctx.labels)
+    if not probes:
+        return Section(data={"diagnostics": probes})
+    return Section("#### Diagnostics\n\n" + probe_markdown(probes), _diagnostics_html(probes),
+                   data={"diagnostics": probes})
+
+
+# the report of every data set, in this order; `register_section` adds one
+SECTIONS: list[SectionFn] = [table_section, cost_section, paired_section, heatmap_section, diagnostics_section]
+
+
+def register_section(section: SectionFn) -> SectionFn:
+    """Append a section (a function of DatasetContext returning a Section) to every report."""
+    if section not in SECTIONS:
+        SECTIONS.append(section)
+    return section
+
+
 def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
                  reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True) -> dict:
-    """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences)."""
-    uri = resolve_tracking_uri(tracking_uri)
-    client = connect(uri)
+    """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...)."""
+    client = connect(resolve_tracking_uri(tracking_uri))
     parent_run_id, trials = load_trials(client, experiment, parent_run_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        spec_text = client.download_artifacts(parent_run_id, "spec.yaml", str(out_dir))
-        spec_text = Path(spec_text).read_text()
-    except Exception:
-        spec_text = None
+    spec_text = _spec_text(client, parent_run_id, out_dir)
     labels = row_labels(trials)
     incomplete = [f"{labels[t.run_id]} dataset={t.tag('dataset')} ratio={t.tag('label_ratio')} seed={t.tag('seed')}: "
                   f"{t.status}" + (f" — {t.error.splitlines()[0]}" if t.error else "")
@@ -390,51 +459,47 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
     datasets = sorted({t.tag("dataset") for t in trials if t.status == "FINISHED"})
     if not datasets:
         raise ReportError(f"experiment '{experiment}' has no finished trial yet; not finished: {len(incomplete)}")
-    markdown, frames, sections, result = [f"# {experiment}\n"], [], [], {"tables": {}, "pareto": {}, "paired": {}}
+    markdown, frames, pages = [f"# {experiment}\n"], [], []
+    result: dict = {"tables": {}, "pareto": {}, "paired": {}}
     for ds in datasets:
         table = build_table(ds, trials, labels)
-        plot, fronts = cost_plot(table)
-        (out_dir / f"cost_vs_map_{ds}.png").write_bytes(plot)
         ratio = heatmap_ratio if heatmap_ratio is not None else table.ratios[len(table.ratios) // 2]
-        heat = per_class_heatmap(client, ds, trials, labels, ratio)
-        if heat is not None:
-            (out_dir / f"per_class_ap_{ds}.png").write_bytes(heat)
-        paired = paired_differences(ds, trials, labels, reference)
-        markdown.append(table_markdown(table))
-        probes = diagnostics(ds, trials, labels)
-        if probes:
-            from .probes import probe_markdown
-
-            markdown.append("#### Diagnostics\n\n" + probe_markdown(probes))
+        ctx = DatasetContext(ds, trials, labels, table, client, reference, ratio)
         frames.append(table_frame(table))
-        result["tables"][ds], result["pareto"][ds], result["paired"][ds] = table, fronts, paired
-        result.setdefault("diagnostics", {})[ds] = probes
-        paired_rows = "".join(
-            f"<tr><td>{html.escape(p['row'])}</td><td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td>"
-            f"<td>{p['wins']} / {p['pairs']}</td></tr>" for p in paired)
-        sections.append(
-            f"<h2>{html.escape(ds)}</h2>{_html_table(table)}"
-            + (f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if table.test_selected else "")
-            + f"<p>Cells: test mAP at the selected epoch, mean ± std over seeds (n seeds); bold: best in "
-            f"its column. Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
-            f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ds)}"
-            f"<h3>Paired difference vs {html.escape(reference)}</h3><table><thead><tr><th>method</th>"
-            f"<th>mean ΔmAP</th><th>wins / pairs</th></tr></thead><tbody>{paired_rows}</tbody></table>"
-            + (_img(heat, "per-class AP " + ds) if heat is not None else "")
-            + (_diagnostics_html(probes) if probes else ""))
+        pages.append(f"<h2>{html.escape(ds)}</h2>")
+        for make in SECTIONS:
+            section = make(ctx)
+            markdown += [section.markdown] if section.markdown else []
+            pages.append(section.html)
+            for name, content in section.files.items():
+                (out_dir / name).write_bytes(content)
+            for key, value in section.data.items():
+                result.setdefault(key, {})[ds] = value
     pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
     (out_dir / "table.md").write_text("\n".join(markdown))
-    listing = "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) or "<li>none</li>"
-    spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
-            f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
-            f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "
-            f"<code>{parent_run_id}</code>; only finished trials enter the numbers.</p>"
-            f"<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>{listing}</ul>"
-            f"{''.join(sections)}{spec_html}</body></html>")
-    (out_dir / "report.html").write_text(page)
+    (out_dir / "report.html").write_text(_page(experiment, parent_run_id, trials, incomplete, pages, spec_text))
     (out_dir / "incomplete.json").write_text(json.dumps(incomplete, indent=2))
     if log_to_mlflow:
         client.log_artifacts(parent_run_id, str(out_dir), "report")
     result.update(parent_run_id=parent_run_id, incomplete=incomplete, out_dir=str(out_dir))
     return result
+
+
+def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str | None:
+    """The sweep's spec as logged on its parent run (None for runs made without one)."""
+    try:
+        return Path(client.download_artifacts(parent_run_id, "spec.yaml", str(out_dir))).read_text()
+    except Exception:  # MLflow raises several types for a missing artifact
+        return None
+
+
+def _page(experiment: str, parent_run_id: str, trials: list[Trial], incomplete: list[str], pages: list[str],
+          spec_text: str | None) -> str:
+    listing = "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) or "<li>none</li>"
+    spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
+            f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
+            f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "
+            f"<code>{parent_run_id}</code>; only finished trials enter the numbers.</p>"
+            f"<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>{listing}</ul>"
+            f"{''.join(pages)}{spec_html}</body></html>")
