@@ -24,6 +24,7 @@ import torch
 
 from ablate.spec import arm_config, load_sweep_spec
 from ablate.trainer import run_trial
+from bench_methods import prompted_methods
 
 SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}
 
@@ -31,7 +32,7 @@ SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("tune_specs/quickstart.yaml"))
-    parser.add_argument("--methods", nargs="+", default=["dualcoop", "positivecoop", "negativecoop"])
+    parser.add_argument("--methods", nargs="+", default=prompted_methods())
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 256])
     parser.add_argument("--lr-scaling", choices=sorted(SCALING), default="sqrt")
     parser.add_argument("--label-ratio", type=float, default=0.5)

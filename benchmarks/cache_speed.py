@@ -27,8 +27,8 @@ import torch
 
 from ablate.spec import TrialConfig
 from ablate.trainer import Trial
+from bench_methods import default_lr, trained_methods
 
-LR = {"dualcoop": 3e-4, "positivecoop": 3e-4, "negativecoop": 3e-4, "dualembed": 2e-2, "baseline": 2e-2}
 
 
 def timed(fn, device: torch.device) -> float:
@@ -78,7 +78,7 @@ def compare(cfg: TrialConfig) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=["ablate-tiny-vit", "ablate-tiny-rn"])
-    parser.add_argument("--methods", nargs="+", default=list(LR), choices=sorted(LR))
+    parser.add_argument("--methods", nargs="+", default=trained_methods(), choices=trained_methods())
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -93,7 +93,7 @@ def main() -> None:
         for method in args.methods:
             cfg = TrialConfig(method=method, backbone=backbone, dataset="synthetic", synthetic_images=args.images,
                               epochs=args.epochs, warmup_epochs=0, batch_size=args.batch_size, n_ctx=args.n_ctx,
-                              lr=LR[method], image_size=args.image_size, augment=False, num_workers=0,
+                              lr=default_lr(method), image_size=args.image_size, augment=False, num_workers=0,
                               device=args.device, cache_dir=cache)
             print(json.dumps({"bench": "cache_speed", "backbone": backbone, "method": method,
                               "batch_size": args.batch_size, "n_ctx": args.n_ctx, "threads": torch.get_num_threads(),

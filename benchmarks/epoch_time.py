@@ -14,8 +14,8 @@ import tempfile
 
 from ablate.spec import TrialConfig
 from ablate.trainer import run_trial
+from bench_methods import trained_methods
 
-METHODS = ("dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline")
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="ablate-bench-")
     for backbone in args.backbones:
-        for method in METHODS:
+        for method in trained_methods():
             cfg = TrialConfig(method=method, backbone=backbone, dataset="synthetic", synthetic_images=args.images,
                               epochs=args.epochs, warmup_epochs=0, batch_size=args.batch_size, augment=False,
                               num_workers=0, n_ctx=16, lr=3e-4, device=args.device, cache_dir=cache)

@@ -48,10 +48,10 @@ from ablate.prompts import PLACEHOLDER
 from ablate.spec import TrialConfig, load_sweep_spec
 from ablate.sweep import expand, resolve_spec_path, samples_per_arm
 from ablate.trainer import build_optimizer
+from bench_methods import prompt_sides
 
 # (train split, test split) images: COCO train2014 / val2014, VOC2007 trainval / test
 OFFICIAL_SIZES = {"coco2014": (82_783, 40_504), "voc2007": (5_011, 4_952)}
-SIDES = {"dualcoop": 2, "positivecoop": 1, "negativecoop": 1, "dualembed": 0, "baseline": 0, "zeroshot": 0}
 FULL_TOKENS = 77
 
 
@@ -180,7 +180,7 @@ def main() -> None:
     configs: dict[tuple, TrialConfig] = {}
     for arm in arms:
         c = arm.config
-        key = (c.method, c.dataset, c.n_ctx if SIDES[c.method] else None)
+        key = (c.method, c.dataset, c.n_ctx if prompt_sides(c.method) else None)
         groups[key] += samples_per_arm(spec, arm)
         configs.setdefault(key, c)
     base = arms[0].config
@@ -226,7 +226,7 @@ def main() -> None:
         cfg = configs[key]
         n_train, n_val, n_test, source = split_sizes(cfg)
         sizes[dataset] = (n_train, n_val, n_test)
-        k = SIDES[method] * len(class_names(dataset))
+        k = prompt_sides(method) * len(class_names(dataset))
         length = prompt_length(backbone, dataset, n_ctx) if n_ctx else FULL_TOKENS
         cost = trial_cost(cfg, sizes[dataset], k, length, img, text, heads[method, dataset])
         totals["reference_s"] += trials * cost["reference_s"]

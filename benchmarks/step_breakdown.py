@@ -23,8 +23,8 @@ import torch
 
 from ablate.spec import TrialConfig
 from ablate.trainer import Trial
+from bench_methods import trained_methods
 
-METHODS = ("dualcoop", "positivecoop", "negativecoop", "dualembed", "baseline")
 PARTS = ("data", "text_encoder", "head", "loss", "backward", "optimizer")
 
 
@@ -107,7 +107,7 @@ def image_encoder_ms(trial: Trial, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="ablate-tiny-vit")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=trained_methods(), choices=trained_methods())
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -24,6 +24,7 @@ from ablate.data.classnames import class_names
 from ablate.loss import AsymmetricLoss
 from ablate.methods import create_method
 from ablate.spec import TrialConfig
+from bench_methods import prompted_methods, trained_methods
 
 
 def counted(fn) -> int:
@@ -59,8 +60,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--dataset", default="coco2014")
     parser.add_argument("--n-ctx", type=int, default=16)
-    parser.add_argument("--methods", nargs="+", default=["dualcoop", "positivecoop", "negativecoop", "dualembed",
-                                                          "baseline"])
+    parser.add_argument("--methods", nargs="+", default=trained_methods())
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 256])
     args = parser.parse_args()
     backbone = create_backbone(args.backbone, "none", args.image_size)  # FLOPs do not depend on the weights
@@ -69,7 +69,7 @@ def main() -> None:
     image_flops = counted(lambda: out.append(backbone.dense_features(images)))
     dense = out[0].repeat(4, 1, 1)
     for method in args.methods:
-        for csc in ((True, False) if method in ("dualcoop", "positivecoop", "negativecoop") else (True,)):
+        for csc in ((True, False) if method in prompted_methods() else (True,)):
             cfg = TrialConfig(method=method, dataset=args.dataset, backbone=args.backbone, n_ctx=args.n_ctx, csc=csc)
             text, head = cached_step_flops(backbone, cfg, dense)
             ratios = {str(b): round((text + b * (head + image_flops)) / (text + b * head), 2)
@@ -77,7 +77,7 @@ def main() -> None:
             print(json.dumps({
                 "bench": "step_flops", "backbone": args.backbone, "image_size": args.image_size,
                 "dataset": args.dataset, "classes": len(class_names(args.dataset)), "method": method,
-                "csc": csc if method in ("dualcoop", "positivecoop", "negativecoop") else None,
+                "csc": csc if method in prompted_methods() else None,
                 "n_ctx": args.n_ctx, "image_encoder_gflop_per_image": round(image_flops / 1e9, 2),
                 "text_encoder_gflop_per_step": round(text / 1e9, 2), "head_gflop_per_image": round(head / 1e9, 3),
                 "online_over_cached_by_batch": ratios,
