@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -263,7 +264,18 @@ class Resources(StrictModel):
 class SweepSpec(StrictModel):
     """A tune_specs/*.yaml file: a grid and/or Optuna search over TrialConfig fields."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        """Plugins register names the rest of the spec may use, so they are imported first."""
+        if isinstance(data, dict):
+            import_plugins(data.get("plugins") or [])
+        return data
+
     name: str = Field(description="MLflow experiment and Ray Tune run name")
+    plugins: list[str] = Field(
+        default_factory=list, description="modules imported before anything else is read (in the driver and in "
+        "every trial process): where your own methods, datasets, probes or report sections register themselves")
     description: str = ""
     base: TrialConfig = Field(default_factory=TrialConfig)
     per_dataset: dict[str, dict[str, Any]] = Field(
@@ -339,6 +351,16 @@ class SweepSpec(StrictModel):
         if self.asha and self.optuna and (self.asha.metric, self.asha.mode) != (self.optuna.metric, self.optuna.mode):
             raise ValueError("asha and optuna must use the same metric and mode")
         return self
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each module (it registers methods, datasets, probes or report sections as it loads)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f"plugins: cannot import {name!r} ({err}); it must be importable on the driver "
+                             "and on every worker (installed, or on PYTHONPATH)") from None
 
 
 def load_sweep_spec(path: Path) -> SweepSpec:

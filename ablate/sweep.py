@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .spec import (ConfigError, Resources, SweepSpec, TrialConfig, arm_config, canonical, ignored_fields,
-                   load_sweep_spec)
+                   import_plugins, load_sweep_spec)
 from .tracking import (TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri,
                        start_parent_run)
 
@@ -100,7 +100,7 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: TrackingContext, gpus: float,
-              cpus: float, probes: list[str] = (), probe_limit: int | None = None) -> None:
+              cpus: float, probes: list[str] = (), probe_limit: int | None = None, plugins: list[str] = ()) -> None:
     """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run.
 
     `config` holds the grid arm's index ("arm") and any Optuna-sampled fields.
@@ -111,6 +111,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     from .trainer import TRAINED, run_trial
 
     torch.set_num_threads(max(1, int(cpus)))
+    import_plugins(list(plugins))  # the names the spec's plugins register exist in this process too
     index = config.get("arm", 0)
     sampled = {k: v for k, v in config.items() if k != "arm"}
     cfg = TrialConfig.model_validate({**arms[index], **sampled})
@@ -229,7 +230,7 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
                              labels=[a.overrides for a in members], tracking=ctx, gpus=res.gpu, cpus=res.cpu,
-                             probes=list(spec.probes), probe_limit=spec.probe_limit),
+                             probes=list(spec.probes), probe_limit=spec.probe_limit, plugins=list(spec.plugins)),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
     name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
@@ -276,7 +277,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
+def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: list[str] = ()) -> None:
     """Before any trial: check every data root (generating the synthetic set and world) in the driver,
     pre-train the world CLIPs the arms name, then build the feature caches that `features: cached` arms
     read, so parallel trials only read them.
@@ -302,10 +303,10 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None) -> None:
         resolve_pretrained(backbone, pretrained, cache_dir)
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}
     if cached:
-        build_feature_caches(list(cached.values()), resources)
+        build_feature_caches(list(cached.values()), resources, plugins)
 
 
-def build_feature_caches(configs: list[TrialConfig], resources: Resources | None) -> None:
+def build_feature_caches(configs: list[TrialConfig], resources: Resources | None, plugins: list[str] = ()) -> None:
     """Make the caches of every config valid (building the missing ones); one progress bar over all images."""
     from tqdm.auto import tqdm
 
@@ -322,7 +323,8 @@ def build_feature_caches(configs: list[TrialConfig], resources: Resources | None
         init_ray()
         done_images = Queue(actor_options={"num_cpus": 0})  # tasks -> driver: images done
         task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=0)(_cache_task)
-        pending = [task.remote(cfg.model_dump(mode="json"), done_images, resources.cpu) for cfg in configs]
+        pending = [task.remote(cfg.model_dump(mode="json"), done_images, resources.cpu, list(plugins))
+                   for cfg in configs]
         try:
             while pending:
                 finished, pending = ray.wait(pending, timeout=0.5)
@@ -333,13 +335,14 @@ def build_feature_caches(configs: list[TrialConfig], resources: Resources | None
             done_images.shutdown()
 
 
-def _cache_task(config: dict, done_images, cpus: float) -> None:
+def _cache_task(config: dict, done_images, cpus: float, plugins: list[str]) -> None:
     """Ray task: the caches of one config, on the worker's device (a GPU when the task holds one)."""
     import torch
 
     from .data.features import prepare_caches
 
     torch.set_num_threads(max(1, int(cpus)))
+    import_plugins(plugins)
     prepare_caches(TrialConfig.model_validate(config), progress=False, on_images=done_images.put)
 
 
@@ -357,7 +360,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     # beside the Tune results; for bucket storage in the launching directory
     state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
     arms = expand(spec)
-    prepare_data(arms, spec.resources)  # a bad data root stops here, before anything is recorded
+    prepare_data(arms, spec.resources, spec.plugins)  # a bad data root stops here, before anything is recorded
     if resume:
         if not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")

@@ -192,7 +192,7 @@ def test_cached_and_online_feed_the_head_the_same_features(tiny_cfg, tmp_path, d
         assert a.shape == b.shape and b.dtype == torch.float32
         torch.testing.assert_close(b, a, rtol=tolerance, atol=tolerance)
     for metric in ("best_val_map", "test_map"):
-        gap = abs(results["online"][metric] - results["cached"][metric])
+        gap = abs(getattr(results["online"], metric) - getattr(results["cached"], metric))
         assert gap < {"float16": 0.5, "float32": 1e-3}[dtype], (metric, gap)
 
 

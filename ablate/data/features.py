@@ -40,6 +40,8 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..backbone import Backbone, BackboneInfo
+from ..errors import ConfigError
+from ..methods import method_info
 from ..runtime import backbone_from_config
 from ..spec import TrialConfig
 from .base import LabelledImages, file_lock, write_atomically
@@ -57,10 +59,15 @@ Progress = Callable[[int], None]  # told how many more images are done
 
 
 def check_features_mode(cfg: TrialConfig) -> None:
-    """Cached features are of un-augmented images: refuse the combination instead of ignoring a flag."""
-    if cfg.features == "cached" and cfg.augment:
-        raise ValueError("features: cached reads features of un-augmented images, so it cannot apply "
-                         "augment: true; set augment: false, or features: online to keep augmentation")
+    """Cached features are of un-augmented images, and only methods whose image input is the frozen
+    encoder's output can read them: refuse a combination instead of ignoring a flag."""
+    if cfg.features != "cached":
+        return
+    if cfg.augment:
+        raise ConfigError("features: cached reads features of un-augmented images, so it cannot apply "
+                          "augment: true; set augment: false, or features: online to keep augmentation")
+    if not method_info(cfg.method).cacheable:
+        raise ConfigError(f"method {cfg.method} cannot train on cached features; set features: online")
 
 
 def cache_root(cfg: TrialConfig) -> Path:

@@ -1,0 +1,90 @@
+"""A spec's `plugins` register names in the driver and in every Ray worker: a method that exists only
+in a module outside the package runs as a real sweep trial and lands in MLflow."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import yaml
+
+from ablate.methods import METHODS
+from ablate.spec import load_sweep_spec
+from ablate.sweep import run_sweep
+from ablate.tracking import connect
+
+PLUGIN = textwrap.dedent('''
+    """A toy method, registered on import: free embeddings scored on the global token only."""
+    import torch
+    from torch import nn
+
+    from ablate.aggregation import aggregate
+    from ablate.methods import FREE, FREE_FIELDS, METHODS, TRAINING_FIELDS, Method, MethodInfo, register_method
+
+
+    class GlobalEmbed(Method):
+        def __init__(self, backbone, classnames, cfg):
+            super().__init__(cfg, len(classnames))
+            dim = backbone.info.embed_dim
+            self.pos = nn.Parameter(torch.randn(len(classnames), dim))
+            self.neg = nn.Parameter(torch.randn(len(classnames), dim))
+            self.param_kinds = {"pos": FREE, "neg": FREE}
+
+        def class_embeddings(self):
+            return self.pos, self.neg
+
+        def head(self, dense, embeddings):
+            positive, negative = embeddings if embeddings is not None else self.class_embeddings()
+            return aggregate(dense[:, :1], positive, negative, self.temperature, self.logit_scale)
+
+
+    if "plugin-embed" not in METHODS:
+        register_method(MethodInfo("plugin-embed", GlobalEmbed, TRAINING_FIELDS | FREE_FIELDS, text_encoder=False))
+''')
+
+
+@pytest.fixture()
+def plugin_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "ablate_toy_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+    METHODS.unregister("plugin-embed")
+
+
+def test_a_spec_plugin_registers_in_the_driver_and_every_worker(plugin_dir, tmp_path, cache_dir):
+    import ray
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "plug", "plugins": ["ablate_toy_plugin"],
+        "base": {"dataset": "synthetic", "synthetic_images": 40, "backbone": "ablate-tiny-vit", "epochs": 1,
+                 "warmup_epochs": 0, "batch_size": 16, "num_workers": 0, "augment": False, "lr": 0.05,
+                 "device": "cpu", "cache_dir": str(cache_dir)},
+        "grid": {"method": ["plugin-embed"], "seed": [0, 1]},
+        "storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }))
+    assert load_sweep_spec(spec_path).plugins == ["ablate_toy_plugin"]
+    # workers are fresh processes: only the spec's plugin list can register the method there
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(plugin_dir)}})
+    try:
+        summary = run_sweep(spec_path)
+    finally:
+        ray.shutdown()
+    assert summary["trials"] == 2 and summary["errored"] == 0
+    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("plug").experiment_id],
+                              filter_string="tags.`ablate.role` = 'trial'")
+    assert {r.data.tags["ablate.method"] for r in runs} == {"plugin-embed"} and len(runs) == 2
+    assert all(r.info.status == "FINISHED" and r.data.metrics["trainable_params"] > 0 for r in runs)
+
+
+def test_a_plugin_that_cannot_be_imported_is_named(tmp_path):
+    from ablate.errors import ConfigError
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "plugins": ["no_such_plugin_module"]}))
+    with pytest.raises(ConfigError, match="plugins: cannot import 'no_such_plugin_module'"):
+        load_sweep_spec(path)
