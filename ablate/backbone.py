@@ -201,7 +201,7 @@ class Backbone(nn.Module):
         self.text = text
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         return super().train(False)  # BatchNorm statistics and dropout stay frozen
 
     @property

@@ -6,16 +6,16 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pydantic import ValidationError
 
 from .data.world import WorldConfig
-from .pretrain import PretrainConfig
-from .tracking import trial_table
 from .errors import AblateError, ConfigError
+from .pretrain import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
+from .tracking import trial_table
 
 # flag -> TrialConfig field for the common options; any field can also come from --config.
 TRAIN_FLAGS: dict[str, tuple[str, type]] = {
@@ -126,8 +126,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import describe, resolve_spec_path, run_sweep
     from .spec import load_sweep_spec
+    from .sweep import describe, resolve_spec_path, run_sweep
 
     if args.dry_run:
         print(json.dumps(describe(load_sweep_spec(resolve_spec_path(args.spec))), indent=2))

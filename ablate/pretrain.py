@@ -33,12 +33,17 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
 from .data.base import DataError, file_lock, write_atomically
-from .errors import ConfigError
 from .data.transforms import build_transform
 from .data.world import (
-    STYLES, WorldConfig, build_world, default_world_root, load_captions, load_world,
+    STYLES,
+    WorldConfig,
+    build_world,
+    default_world_root,
+    load_captions,
+    load_world,
     world_hash,
 )
+from .errors import ConfigError
 from .metrics import multilabel_metrics
 
 ZERO_SHOT_PROMPT = "a photo of a {}."
@@ -228,13 +233,14 @@ def checkpoint_path(cache_dir: Path, world_root: Path, cfg: PretrainConfig) -> P
     return Path(cache_dir).expanduser().absolute() / "world_checkpoints" / f"{cfg.model}-{cfg.captions}-{key[:10]}.pt"
 
 
+DEFAULT_WORLD, DEFAULT_PRETRAIN = WorldConfig(), PretrainConfig()  # frozen dataclasses: safe to share
 # the names specs use for ablate's own tiny CLIPs (ablate.weights resolves them) -> caption style
 WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
 
 
 def ensure_world_checkpoint(
     alias_or_captions: str, cache_dir: Path, model: str = "ablate-tiny-vit", progress: bool = True,
-    *, world: WorldConfig = WorldConfig(), world_root: Path | None = None, base: PretrainConfig = PretrainConfig(),
+    *, world: WorldConfig = DEFAULT_WORLD, world_root: Path | None = None, base: PretrainConfig = DEFAULT_PRETRAIN,
 ) -> Path:
     """Path of the world checkpoint for `world-presence` / `world-negation` (or `presence` /
     `negation`), building the world and pre-training on first use; one process trains, others wait.

@@ -154,7 +154,7 @@ class TrialConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "TrialConfig":
+    def _check(self) -> TrialConfig:
         if self.ctx_init is not None and not self.ctx_init.strip():
             raise ValueError("ctx_init must be a non-empty phrase or null")
         if self.val_fraction == 0 and self.select_on == "val":
@@ -230,7 +230,7 @@ class ParamSpace(StrictModel):
     choices: list[str | int | float | bool] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ParamSpace":
+    def _check(self) -> ParamSpace:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty 'choices' list")
@@ -307,7 +307,7 @@ class SweepSpec(StrictModel):
         return names
 
     @model_validator(mode="after")
-    def _check(self) -> "SweepSpec":
+    def _check(self) -> SweepSpec:
         fields = TrialConfig.model_fields
         for name in self.per_method:
             if name not in METHODS:

@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .spec import (ConfigError, Resources, SweepSpec, TrialConfig, arm_config, canonical, ignored_fields,
-                   import_plugins, load_sweep_spec)
-from .tracking import (TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri,
-                       start_parent_run)
+from .spec import (
+    ConfigError,
+    Resources,
+    SweepSpec,
+    TrialConfig,
+    arm_config,
+    canonical,
+    ignored_fields,
+    import_plugins,
+    load_sweep_spec,
+)
+from .tracking import TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri, start_parent_run
 
 STATE_FILE = "ablate_sweep.json"
 # One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # beside Ray's experiment folders: which MLflow parent run is ours
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 # ---- expansion (no Ray needed: also serves --dry-run) --------------------------------------------
@@ -192,7 +200,7 @@ class SweepState:
     spec_sha256: str
 
     @classmethod
-    def load(cls, path: Path) -> "SweepState":
+    def load(cls, path: Path) -> SweepState:
         return cls(**json.loads(path.read_text()))
 
     def save(self, path: Path) -> None:
@@ -285,9 +293,9 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: l
     With `resources` (a trial's), each cache group is a Ray task on those resources (the GPU workers
     on a cluster), all groups in parallel; without, they are built in this process.
     """
-    from .weights import is_alias, resolve_pretrained
     from .data import check_root
     from .data.features import check_features_mode, feature_group
+    from .weights import is_alias, resolve_pretrained
 
     seen = set()
     for arm in arms:

@@ -128,7 +128,7 @@ class TrialRun:
         self.client, self.run_id, self.resumed = client, run_id, resumed
 
     @classmethod
-    def find(cls, ctx: TrackingContext, trial_id: str) -> "TrialRun | None":
+    def find(cls, ctx: TrackingContext, trial_id: str) -> TrialRun | None:
         client = MlflowClient(tracking_uri=ctx.uri)
         key = trial_key(ctx.parent_run_id, trial_id)
         found = _retry(client.search_runs, [ctx.experiment_id],
@@ -136,7 +136,7 @@ class TrialRun:
         return cls(client, found[0].info.run_id, True) if found else None
 
     @classmethod
-    def attach(cls, ctx: TrackingContext, cfg: TrialConfig, trial_id: str, arm: dict) -> "TrialRun":
+    def attach(cls, ctx: TrackingContext, cfg: TrialConfig, trial_id: str, arm: dict) -> TrialRun:
         """Re-attach to this trial's run (retry, resume) or create it with params and arm tags."""
         run = cls.find(ctx, trial_id)
         if run is not None:

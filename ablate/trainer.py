@@ -10,13 +10,12 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,9 +32,9 @@ from .errors import ConfigError, TrialDiverged
 from .loss import AsymmetricLoss
 from .methods import create_method
 from .methods.base import FREE, LINEAR, Method
+from .metrics import multilabel_metrics
 from .prompts import PROMPT
 from .result import TrialResult
-from .metrics import multilabel_metrics
 from .runtime import backbone_from_config, resolve_device, seed_everything
 from .spec import TrialConfig
 

@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 
 import torch
+from bench_methods import prompted_methods
 
 from ablate.spec import arm_config, load_sweep_spec
 from ablate.trainer import run_trial
-from bench_methods import prompted_methods
 
 SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}
 

@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from bench_methods import default_lr, trained_methods
 
 from ablate.spec import TrialConfig
 from ablate.trainer import Trial
-from bench_methods import default_lr, trained_methods
-
 
 
 def timed(fn, device: torch.device) -> float:
@@ -52,10 +51,10 @@ def compare(cfg: TrialConfig) -> dict:
     epochs: dict[str, list[float]] = {mode: [] for mode in trials}
     for epoch in range(cfg.epochs):
         for mode, trial in trials.items():
-            epochs[mode].append(timed(lambda: trial.train_epoch(epoch), trial.device))
+            epochs[mode].append(timed(lambda t=trial, e=epoch: t.train_epoch(e), trial.device))
     scored = ("online", "cached", "cached32")  # the reference's weights differ (augmentation): not compared
     val = {mode: {} for mode in scored}
-    val_s = {mode: timed(lambda: val[mode].update(trials[mode].evaluate("val")), trials[mode].device)
+    val_s = {mode: timed(lambda m=mode: val[m].update(trials[m].evaluate("val")), trials[mode].device)
              for mode in scored}
     online_s, cached_s = statistics.median(epochs["online"]), statistics.median(epochs["cached"])
     cache_bytes = sum(c.data_path.stat().st_size for c in {id(c): c for c in cached.caches.values()}.values())

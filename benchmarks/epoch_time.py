@@ -12,10 +12,10 @@ import argparse
 import json
 import tempfile
 
-from ablate.spec import TrialConfig
-from ablate.trainer import run_trial
 from bench_methods import trained_methods
 
+from ablate.spec import TrialConfig
+from ablate.trainer import run_trial
 
 
 def main() -> None:

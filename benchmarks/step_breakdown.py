@@ -20,10 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from bench_methods import trained_methods
 
 from ablate.spec import TrialConfig
 from ablate.trainer import Trial
-from bench_methods import trained_methods
 
 PARTS = ("data", "text_encoder", "head", "loss", "backward", "optimizer")
 

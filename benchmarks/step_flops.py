@@ -17,6 +17,7 @@ import argparse
 import json
 
 import torch
+from bench_methods import prompted_methods, trained_methods
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablate.backbone import Backbone, create_backbone
@@ -24,7 +25,6 @@ from ablate.data.classnames import class_names
 from ablate.loss import AsymmetricLoss
 from ablate.methods import create_method
 from ablate.spec import TrialConfig
-from bench_methods import prompted_methods, trained_methods
 
 
 def counted(fn) -> int:

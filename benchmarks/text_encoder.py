@@ -21,7 +21,7 @@ import contextlib
 import json
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -32,7 +32,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def tiny_cfg(cache_dir: Path):
-    """A fast trial on the synthetic set: tiny ViT CLIP (random weights keep images apart, unlike the random ResNet), CPU."""
+    """A fast trial on the synthetic set: tiny ViT CLIP (random weights keep images apart, unlike the
+    random ResNet), CPU."""
 
     def make(**overrides) -> TrialConfig:
         base = dict(dataset="synthetic", synthetic_images=80, backbone="ablate-tiny-vit", pretrained="none",

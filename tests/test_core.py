@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import open_clip
@@ -19,8 +19,8 @@ from sklearn.metrics import average_precision_score
 
 from ablate.aggregation import aggregate, aggregate_outputs
 from ablate.backbone import CONFIG_DIR, create_backbone
-from ablate.errors import WeightsError
 from ablate.data import class_names
+from ablate.errors import WeightsError
 from ablate.loss import AsymmetricLoss
 from ablate.methods import create_method, method_names
 from ablate.metrics import multilabel_metrics
@@ -33,7 +33,7 @@ ALL_METHODS = method_names()
 
 
 # ---- helpers --------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def tiny(name: str):
     """A shared tiny backbone (never mutate it; build a fresh one for that)."""
     torch.manual_seed(0)
@@ -183,7 +183,7 @@ def test_asl_softmax_value_and_gradient_match_hand_formula():
     entries = hand_asl(flat_z(), sum(TARGETS, []), gamma_neg=2.0)
     known = sum(1 for y in sum(TARGETS, []) if y >= 0)
     assert known == 5
-    assert loss.item() == pytest.approx(sum(l for l, _ in entries) / known, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(term for term, _ in entries) / known, rel=1e-5)
     # the easy negative (z = -5) is clipped away entirely
     assert entries[3] == (0.0, 0.0)
     loss.backward()
@@ -215,7 +215,7 @@ def test_asl_focal_weight_carries_no_gradient():
 
 def test_asl_sum_reduction_times_loss_weight():
     logits, targets = loss_inputs()
-    total = sum(l for l, _ in hand_asl(flat_z(), sum(TARGETS, []), gamma_neg=2.0))
+    total = sum(term for term, _ in hand_asl(flat_z(), sum(TARGETS, []), gamma_neg=2.0))
     loss = AsymmetricLoss("asl_softmax", reduction="sum", loss_weight=3.0)(logits, targets)
     assert loss.item() == pytest.approx(3.0 * total, rel=1e-5)
 
@@ -227,7 +227,7 @@ def test_asl_sigmoid_defaults_to_gamma_neg_4():
     _, targets = loss_inputs()
     loss = AsymmetricLoss("asl_sigmoid")(z, targets)
     entries = hand_asl(flat_z(), sum(TARGETS, []), gamma_neg=4.0)
-    assert loss.item() == pytest.approx(sum(l for l, _ in entries) / 5, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(term for term, _ in entries) / 5, rel=1e-5)
     loss.backward()
     assert_close(z.grad, torch.tensor([g for _, g in entries]).view(2, 3) / 5, atol=1e-6)
     # a [B, 2, N] head scores z = pos - neg, the same value

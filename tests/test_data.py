@@ -60,7 +60,7 @@ def test_builtin_class_names():
 def _tiny_coco(root: Path) -> None:
     """Categories 90, 5, 17 (listed unsorted); image 30 has no annotation."""
     cats = [{"id": 90, "name": "ninety"}, {"id": 5, "name": "five"}, {"id": 17, "name": "seventeen"}]
-    for split, folder in (("train", "train2014"), ("test", "val2014")):
+    for _split, folder in (("train", "train2014"), ("test", "val2014")):
         images = [{"id": i, "file_name": f"{folder}_{i}.jpg", "width": 8, "height": 6} for i in (20, 10, 30)]
         anns = [
             {"id": 1, "image_id": 10, "category_id": 90, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0},
@@ -308,7 +308,8 @@ def test_load_splits_val_deterministic_disjoint(tmp_path):
 
     # the mask is drawn on the whole train split, so val_fraction does not change it
     other_frac = load_splits(cfg.model_copy(update={"val_fraction": 0.5}))
-    by_path = lambda d: {p: tuple(r) for part in ("train", "val") for p, r in zip(d[part].paths, d[part].labels)}
+    def by_path(d):
+        return {p: tuple(r) for part in ("train", "val") for p, r in zip(d[part].paths, d[part].labels)}
     assert by_path(s) == by_path(other_frac)
 
 

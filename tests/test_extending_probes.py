@@ -12,8 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.probes import (ProbeContext, ProbeInfo, add_probe_commands, probe_columns, probe_markdown, probe_names,
-                           register_probe, run_probes_for_trial)
+from ablate.probes import (
+    ProbeContext,
+    ProbeInfo,
+    add_probe_commands,
+    probe_columns,
+    probe_markdown,
+    probe_names,
+    register_probe,
+    run_probes_for_trial,
+)
 from ablate.probes.common import write_json
 from ablate.probes.registry import PROBES
 from ablate.registry import resolve

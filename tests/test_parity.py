@@ -70,7 +70,7 @@ def backbones(openai_rn101):
     """One backbone per distinct (name, weights, size, activation): every check below shares them."""
     weights_dir = openai_rn101[1]
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def build(name: str, pretrained: str, image_size: int | None, quick_gelu: bool | None):
         cfg = TrialConfig(backbone=name, pretrained=pretrained, image_size=image_size, quick_gelu=quick_gelu,
                           weights_dir=weights_dir, device="cpu")

@@ -22,16 +22,33 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
 from ablate.backbone import Backbone, create_backbone
-from ablate.probes import (PROBE_COLUMNS, ProbeError, add_probe_commands, probe_images, probe_markdown,
-                          run_probes_for_trial)
-from ablate.probes.analyze import (analyze_run, analyze_trained, cross_seed_similarity, learned_prompt_similarity,
-                                   map_correlation, similarity_maps)
-from ablate.probes.hard_positive import (Triple, hard_positive_metrics, run_hard_positive_probe, synthesize_triples,
-                                         triple_scores)
+from ablate.probes import (
+    PROBE_COLUMNS,
+    ProbeError,
+    add_probe_commands,
+    probe_images,
+    probe_markdown,
+    run_probes_for_trial,
+)
+from ablate.probes.analyze import (
+    analyze_run,
+    analyze_trained,
+    cross_seed_similarity,
+    learned_prompt_similarity,
+    map_correlation,
+    similarity_maps,
+)
+from ablate.probes.hard_positive import (
+    Triple,
+    hard_positive_metrics,
+    run_hard_positive_probe,
+    synthesize_triples,
+    triple_scores,
+)
 from ablate.probes.negation import negation_stats, resolve_classes, run_negation_probe
 from ablate.probes.presence import presence_metrics, run_presence_probe
-from ablate.spec import ConfigError, TrialConfig
 from ablate.runtime import seed_everything
+from ablate.spec import ConfigError, TrialConfig
 from ablate.trainer import load_trained, run_trial
 
 TINY_VIT = "ablate-tiny-vit"

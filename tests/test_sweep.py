@@ -21,7 +21,6 @@ from ablate.sweep import run_sweep
 from ablate.tracking import connect
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     import ray

@@ -15,16 +15,29 @@ from pycocotools.coco import COCO
 
 from ablate import pretrain as pretrain_mod
 from ablate.backbone import create_backbone
-from ablate.weights import resolve_pretrained
 from ablate.data.base import DataError
 from ablate.data.coco import load_coco
 from ablate.data.world import (
-    NEGATION_RATE, PARTIAL_RATE, SPLITS, WORLD_CLASSES, WorldConfig, build_world, default_world_root,
-    load_captions, load_world, world_hash,
+    NEGATION_RATE,
+    PARTIAL_RATE,
+    SPLITS,
+    WORLD_CLASSES,
+    WorldConfig,
+    build_world,
+    default_world_root,
+    load_captions,
+    load_world,
+    world_hash,
 )
 from ablate.pretrain import (
-    PretrainConfig, checkpoint_path, ensure_world_checkpoint, manifest_path, pretrain, zero_shot_map,
+    PretrainConfig,
+    checkpoint_path,
+    ensure_world_checkpoint,
+    manifest_path,
+    pretrain,
+    zero_shot_map,
 )
+from ablate.weights import resolve_pretrained
 
 SMALL = WorldConfig(n_train=320, n_val=32, n_test=160, n_pretrain=288, seed=0)
 TINY = WorldConfig(n_train=24, n_val=18, n_test=20, n_pretrain=24, seed=3)

@@ -199,7 +199,8 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
     cache.dir.mkdir(parents=True)
     device = next(backbone.parameters()).device
     images = LabelledImages([Path(p) for p in cache.paths], np.zeros((len(cache), 0), np.int8), [])
-    loader = DataLoader(MultiLabelDataset(images, eval_transform(backbone.info, cache.inputs.interpolation)), batch_size=batch_size,
+    transform = eval_transform(backbone.info, cache.inputs.interpolation)
+    loader = DataLoader(MultiLabelDataset(images, transform), batch_size=batch_size,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG (the trial's seed) untouched
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" \
@@ -241,7 +242,8 @@ def trial_caches(cfg: TrialConfig, backbone: Backbone, splits: dict[str, Labelle
     full = {"train": sorted({*map(str, splits["train"].paths), *map(str, splits["val"].paths)}),
             "test": sorted(map(str, splits["test"].paths))}
     caches = {name: FeatureCache(root, cache_inputs(backbone.info, weights, cfg.dataset, data_root, name, paths,
-                                                    cfg.cache_dtype, cfg.resize), paths) for name, paths in full.items()}
+                                                    cfg.cache_dtype, cfg.resize), paths)
+              for name, paths in full.items()}
     return {split: caches[cached] for split, cached in CACHE_SPLIT.items()}
 
 

@@ -7,8 +7,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .registry import (FREE_FIELDS, HAND_PROMPT_FIELDS, METHOD_FIELDS, METHODS, OFFSET_FIELDS, PROMPT_FIELDS,
-                       TRAINING_FIELDS, MethodInfo, create_method, method_info, method_names, register_method)
+from .registry import (
+    FREE_FIELDS,
+    HAND_PROMPT_FIELDS,
+    METHOD_FIELDS,
+    METHODS,
+    OFFSET_FIELDS,
+    PROMPT_FIELDS,
+    TRAINING_FIELDS,
+    MethodInfo,
+    create_method,
+    method_info,
+    method_names,
+    register_method,
+)
 
 __all__ = ["FREE", "FREE_FIELDS", "HAND_PROMPT_FIELDS", "LINEAR", "METHODS", "METHOD_FIELDS", "Method", "MethodInfo",
            "OFFSET_FIELDS", "PROMPT_FIELDS", "TRAINING_FIELDS", "create_method", "method_info", "method_names",

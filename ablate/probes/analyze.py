@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,6 @@ from ablate.trainer import TRAINED, load_trained
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
 from .trial import ProbeContext, flat_metrics
-
 
 # ---- metrics ---------------------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,8 @@ from ablate.backbone import Backbone
 from ablate.data import class_names
 from ablate.errors import ProbeError
 from ablate.runtime import resolve_device
-from ablate.weights import load_backbone
 from ablate.spec import TrialConfig
+from ablate.weights import load_backbone
 
 from .common import describe, encode_texts, format_stats, write_json
 from .trial import ProbeContext
