@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart trial test clean
+.PHONY: install quickstart trial lint test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ quickstart: $(STAMP)
 trial: $(STAMP)
 	$(BIN)/ablate train --config tune_specs/quickstart_trial.yaml --out runs/quickstart_trial
 
-test: $(STAMP)
+# Lint and type rules (pyproject.toml) hold before any test runs.
+lint: $(STAMP)
+	$(BIN)/ruff check ablate tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -206,7 +206,7 @@ class Backbone(nn.Module):
 
     @property
     def visual(self) -> nn.Module:
-        return self.model.visual
+        return self.model.get_submodule("visual")
 
     # ---- image side -------------------------------------------------------------------------
     def _resized_pos(self, pos: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -222,7 +222,7 @@ class Backbone(nn.Module):
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # [B, HW, C]
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
-        x = x + self._resized_pos(v.attnpool.positional_embedding, (h, w)).to(x.dtype)
+        x = x + self._resized_pos(v.get_parameter("attnpool.positional_embedding"), (h, w)).to(x.dtype)
         # The attention pool's value and output projections, applied at every location.
         return v.attnpool.c_proj(v.attnpool.v_proj(x))
 
@@ -245,6 +245,10 @@ class Backbone(nn.Module):
         if self.info.tower == "resnet":
             return self._dense_resnet(images)
         return self._dense_vit(images)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """The model's own pooled image embedding [B, D] (not the dense tokens)."""
+        return self.model.encode_image(images)
 
     # ---- text side --------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> Tensor:
@@ -314,6 +318,7 @@ def _shared_prefix_block(block: nn.Module, head: Tensor, own: Tensor, mask: Tens
     """One residual attention block over shared tokens [1, P, W] and per-prompt tokens [K, S, W]:
     the shared tokens' keys and values are projected once and broadcast to every prompt."""
     attn = block.attn
+    assert isinstance(attn, nn.MultiheadAttention)  # Backbone.shares_prefixes checked every block
     heads = attn.num_heads
 
     def project(x: Tensor) -> tuple[Tensor, ...]:  # -> q, k, v as [B, heads, L, W / heads]
@@ -354,18 +359,22 @@ def create_backbone(
     weights' format and name (ambiguous files are refused). `weights_dir`: where open_clip tags are
     downloaded (None: open_clip's own cache)."""
     model, quick = _build_clip(name, pretrained, image_size, quick_gelu, weights_dir)
-    visual = model.visual
+    visual = model.get_submodule("visual")
+    tower = _tower(visual, name)  # before reading tower attributes: another tower type gets a clear error
     pre = getattr(visual, "preprocess_cfg", {}) or {}
     size = visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    token_width = (model.text if hasattr(model, "text") else model).token_embedding.weight.shape[1]
+    text = model.get_submodule("text") if hasattr(model, "text") else model
+    token_width = text.get_parameter("token_embedding.weight").shape[1]
+    # open_clip's towers keep their sizes as plain ints (a ViT's image_size as an (h, w) pair), attributes
+    # that nn.Module's __getattr__ types `Tensor | Module`
     info = BackboneInfo(
         name=name,
         pretrained=label or pretrained,
-        image_size=int(image_size or size),
-        embed_dim=int(visual.output_dim),
+        image_size=int(image_size or size),  # type: ignore[arg-type]
+        embed_dim=int(visual.output_dim),  # type: ignore[arg-type]
         text_width=int(token_width),
-        tower=_tower(visual, name),
+        tower=tower,
         mean=tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)),
         quick_gelu=quick,

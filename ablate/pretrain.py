@@ -21,7 +21,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import open_clip
@@ -36,6 +35,7 @@ from .data.base import DataError, file_lock, write_atomically
 from .data.transforms import build_transform
 from .data.world import (
     STYLES,
+    CaptionStyle,
     WorldConfig,
     build_world,
     default_world_root,
@@ -54,7 +54,7 @@ _BETAS = (0.9, 0.98)  # CLIP's: a shorter second-moment memory keeps large-batch
 @dataclass(frozen=True)
 class PretrainConfig:
     model: str = "ablate-tiny-vit"
-    captions: Literal["presence", "negation"] = "presence"
+    captions: CaptionStyle = "presence"
     epochs: int = 8  # 2000 images x 5 captions: ~3 minutes on 2 cores
     batch_size: int = 64  # 128 sat on the initial ln(batch) plateau for half the run
     lr: float = 5e-4  # 1e-3 and 2e-3 learned slower; 3e-4 about the same
@@ -112,7 +112,8 @@ def _optimizers(model: nn.Module, table: nn.Embedding, cfg: PretrainConfig) -> l
     """AdamW for the dense weights; SparseAdam for the token table (49k rows), of which a batch
     touches a few dozen rows (a dense update of it would cost more than the forward pass)."""
     table.sparse = True
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p is table.weight:
             continue
@@ -134,6 +135,7 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
     """Train both towers in place -> (mean loss per epoch, val zero-shot mAP per epoch)."""
     model = backbone.model.train().requires_grad_(True)  # the Backbone wrapper froze it
     table = backbone.text.token_embedding
+    assert isinstance(table, nn.Embedding)  # open_clip's text towers embed tokens with one
     optimizers = _optimizers(model, table, cfg)
     steps_per_epoch = len(images) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch

@@ -18,6 +18,10 @@ PLACEHOLDER = "X"  # a single BPE token; its embedding is replaced by the learne
 
 class PromptLearner(nn.Module):
     param_kinds = {"ctx": PROMPT}
+    # buffers (register_buffer), declared so that they read as tensors rather than nn.Module attributes
+    tokens: Tensor
+    prefix: Tensor
+    suffix: Tensor
 
     def __init__(
         self, backbone: Backbone, classnames: list[str], n_ctx: int = 16, csc: bool = True, init: str | None = None

@@ -155,7 +155,7 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Ta
             values = [s[r] for s in per_seed.values() if r in s]
             if values:
                 row_cells[f"{r:g}"] = _cell(values, on_test)
-        complete = [np.mean([s[r] for r in ratios]) for s in per_seed.values() if all(r in s for r in ratios)]
+        complete = [float(np.mean([s[r] for r in ratios])) for s in per_seed.values() if all(r in s for r in ratios)]
         if complete:
             row_cells["Avg"] = _cell(complete, on_test)
         cells[row] = row_cells
@@ -165,7 +165,7 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Ta
     for col in table.columns:
         scored = {row: c[col].mean for row, c in cells.items() if col in c}
         if scored:
-            table.best[col] = max(scored, key=scored.get)
+            table.best[col] = max(scored, key=scored.__getitem__)
     return table
 
 

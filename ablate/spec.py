@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
+from .probes import probe_names
 
 
 class StrictModel(BaseModel):
@@ -209,7 +210,8 @@ def ignored_fields(method: str) -> frozenset[str]:
     differing only in these are the same trial."""
     return METHODS.get(method).ignores if method in METHODS else frozenset()
 
-METRICS = ("val_map", "loss")  # reported every epoch, so usable by Optuna and ASHA
+MetricName = Literal["val_map", "loss"]  # reported every epoch, so usable by Optuna and ASHA
+METRICS: tuple[str, ...] = get_args(MetricName)
 
 
 def canonical(cfg: TrialConfig) -> TrialConfig:
@@ -244,13 +246,13 @@ class ParamSpace(StrictModel):
 class OptunaSpec(StrictModel):
     space: dict[str, ParamSpace]
     num_samples: int = Field(8, ge=1, description="Optuna trials per grid arm")
-    metric: Literal[METRICS] = "val_map"
+    metric: MetricName = "val_map"
     mode: Literal["max", "min"] = "max"
     seed: int = 0
 
 
 class AshaSpec(StrictModel):
-    metric: Literal[METRICS] = "val_map"
+    metric: MetricName = "val_map"
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(1, ge=1, description="epochs before a trial can be stopped")
     reduction_factor: float = Field(3.0, gt=1)
@@ -299,8 +301,6 @@ class SweepSpec(StrictModel):
     @field_validator("probes")
     @classmethod
     def _registered_probes(cls, names: list[str]) -> list[str]:
-        from .probes import probe_names  # the registry only: no torch
-
         unknown = [n for n in names if n not in probe_names()]
         if unknown:
             raise ValueError(f"unknown probe(s) {', '.join(unknown)}; registered: {', '.join(probe_names())}")
@@ -308,49 +308,53 @@ class SweepSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
-        fields = TrialConfig.model_fields
-        for name in self.per_method:
-            if name not in METHODS:
-                raise ValueError(f"per_method.{name}: unknown method; registered: {', '.join(METHODS.names())}")
-        for name in self.per_dataset:
-            if name not in DATASETS:
-                raise ValueError(f"per_dataset.{name}: unknown dataset; registered: {', '.join(DATASETS.names())}")
-        for section, own in (("per_dataset", "dataset"), ("per_method", "method")):
-            for name, overrides in getattr(self, section).items():
-                for key, value in overrides.items():
-                    if key not in fields or key == own:
-                        raise ValueError(f"{section}.{name}.{key}: not a settable TrialConfig field")
-                    try:
-                        TrialConfig.model_validate({**self.base.model_dump(), key: value})
-                    except ValidationError as err:
-                        raise ValueError(f"{section}.{name}.{key} = {value!r}: {err.errors()[0]['msg']}") from None
-        for key, values in self.grid.items():
-            if key not in fields:
-                raise ValueError(f"grid.{key}: not a TrialConfig field")
-            if not values:
-                raise ValueError(f"grid.{key}: needs at least one value")
-            for i, value in enumerate(values):
-                try:
-                    TrialConfig.model_validate({**self.base.model_dump(), key: value})
-                except ValidationError as err:
-                    raise ValueError(f"grid.{key}[{i}] = {value!r}: {err.errors()[0]['msg']}") from None
-        if self.optuna:
-            for key, p in self.optuna.space.items():
-                if key not in fields:
-                    raise ValueError(f"optuna.space.{key}: not a TrialConfig field")
-                if key in self.grid:
-                    raise ValueError(f"optuna.space.{key}: also in grid; search a field one way only")
-                probe = p.choices if p.type == "categorical" else [p.low, p.high]
-                for value in probe:
-                    value = int(value) if p.type == "int" else value
-                    try:
-                        TrialConfig.model_validate({**self.base.model_dump(), key: value})
-                    except ValidationError as err:
-                        raise ValueError(f"optuna.space.{key}: {value!r} is not allowed: "
-                                         f"{err.errors()[0]['msg']}") from None
+        self._check_sections()
+        self._check_grid()
+        self._check_optuna()
         if self.asha and self.optuna and (self.asha.metric, self.asha.mode) != (self.optuna.metric, self.optuna.mode):
             raise ValueError("asha and optuna must use the same metric and mode")
         return self
+
+    def _check_value(self, where: str, key: str, value: Any) -> None:
+        """`value` must be valid for TrialConfig field `key` (on top of the base); `where` names it."""
+        if key not in TrialConfig.model_fields:
+            raise ValueError(f"{where}: not a TrialConfig field")
+        try:
+            TrialConfig.model_validate({**self.base.model_dump(), key: value})
+        except ValidationError as err:
+            raise ValueError(f"{where} = {value!r}: {err.errors()[0]['msg']}") from None
+
+    def _check_sections(self) -> None:
+        for section, registry in (("per_dataset", DATASETS), ("per_method", METHODS)):
+            for name, overrides in getattr(self, section).items():
+                if name not in registry:
+                    raise ValueError(f"{section}.{name}: unknown {registry.kind}; registered: "
+                                     f"{', '.join(registry.names())}")
+                for key, value in overrides.items():
+                    if key == registry.kind:
+                        raise ValueError(f"{section}.{name}.{key}: not a settable TrialConfig field")
+                    self._check_value(f"{section}.{name}.{key}", key, value)
+
+    def _check_grid(self) -> None:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: needs at least one value")
+            for i, value in enumerate(values):
+                self._check_value(f"grid.{key}[{i}]", key, value)
+
+    def _check_optuna(self) -> None:
+        for key, p in (self.optuna.space.items() if self.optuna else []):
+            if key in self.grid:
+                raise ValueError(f"optuna.space.{key}: also in grid; search a field one way only")
+            bounds: list[str | int | float | bool]
+            if p.type == "categorical":
+                assert p.choices is not None  # ParamSpace._check: categorical has choices
+                bounds = p.choices
+            else:
+                assert p.low is not None and p.high is not None  # ParamSpace._check: low < high
+                bounds = [int(p.low), int(p.high)] if p.type == "int" else [p.low, p.high]
+            for value in bounds:
+                self._check_value(f"optuna.space.{key}", key, value)
 
 
 def import_plugins(modules: list[str]) -> None:

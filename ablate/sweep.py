@@ -17,6 +17,7 @@ import resource
 import shutil
 import tempfile
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: TrackingContext, gpus: float,
-              cpus: float, probes: list[str] = (), probe_limit: int | None = None, plugins: list[str] = ()) -> None:
+              cpus: float, probes: Sequence[str] = (), probe_limit: int | None = None,
+              plugins: Sequence[str] = ()) -> None:
     """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run.
 
     `config` holds the grid arm's index ("arm") and any Optuna-sampled fields.
@@ -154,7 +156,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     tune.report({**final, **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
 
 
-def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: list[str], trained: Path, out: Path,
+def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: Sequence[str], trained: Path, out: Path,
                      limit: int | None, step: int) -> None:
     """Diagnostics next to the trial's metrics; a failing probe is recorded, the trial still counts."""
     from .probes import run_probes_for_trial
@@ -245,14 +247,18 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     path = os.path.join(storage, name)
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    opt = spec.optuna if arm is not None and arm.search else None
+    search = arm.search if arm is not None else {}
+    opt = spec.optuna if search else None
+    metric: str | None = None  # None: TuneConfig's defaults
+    mode: str | None = None
     if opt is not None:
-        space = {k: _domain(p) for k, p in arm.search.items()}
-        metric = {"metric": opt.metric, "mode": opt.mode}
+        space = {k: _domain(p) for k, p in search.items()}
+        metric, mode = opt.metric, opt.mode
         search_alg, samples = OptunaSearch(seed=opt.seed), opt.num_samples
     else:
         space = {"arm": tune.grid_search(list(range(len(arms))))} if arm is None else {}
-        metric = {"metric": spec.asha.metric, "mode": spec.asha.mode} if spec.asha else {}
+        if spec.asha:
+            metric, mode = spec.asha.metric, spec.asha.mode
         search_alg, samples = None, 1
     scheduler = None
     if spec.asha:
@@ -261,8 +267,9 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(**metric, search_alg=search_alg, scheduler=scheduler, num_samples=samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=samples, max_concurrent_trials=spec.max_concurrent_trials,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -285,7 +292,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: list[str] = ()) -> None:
+def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: Sequence[str] = ()) -> None:
     """Before any trial: check every data root (generating the synthetic set and world) in the driver,
     pre-train the world CLIPs the arms name, then build the feature caches that `features: cached` arms
     read, so parallel trials only read them.
@@ -314,7 +321,8 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: l
         build_feature_caches(list(cached.values()), resources, plugins)
 
 
-def build_feature_caches(configs: list[TrialConfig], resources: Resources | None, plugins: list[str] = ()) -> None:
+def build_feature_caches(configs: list[TrialConfig], resources: Resources | None,
+                         plugins: Sequence[str] = ()) -> None:
     """Make the caches of every config valid (building the missing ones); one progress bar over all images."""
     from tqdm.auto import tqdm
 

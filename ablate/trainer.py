@@ -16,11 +16,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
@@ -58,13 +59,14 @@ def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
     mult = {PROMPT: cfg.prompt_lr_mult, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
     linear_decay = cfg.weight_decay if cfg.linear_weight_decay is None else cfg.linear_weight_decay
     decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: linear_decay}
-    groups = method.param_groups()
-    unknown = set(groups) - set(mult)
+    by_kind = method.param_groups()
+    unknown = set(by_kind) - set(mult)
     if unknown:
         raise TypeError(f"{type(method).__name__} declares parameter kinds {sorted(unknown)}; the trainer gives "
                         f"learning rates to {sorted(mult)}")
-    groups = [{"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
-              for kind, params in groups.items() if params]
+    groups: list[dict[str, Any]] = [
+        {"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
+        for kind, params in by_kind.items() if params]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
@@ -120,21 +122,28 @@ class Trial:
     def loader(self, split: str, train: bool, epoch: int = 0) -> DataLoader:
         """Batches of (images or cached features, labels); both modes draw the same order from the seed."""
         generator = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        dataset: Dataset
+        batch_size: int | None
+        shuffle: bool | None = None  # DataLoader's defaults where a mode leaves one out
+        sampler: Sampler | None = None
         if self.caches is None:
             info = self.backbone.info
             transform = build_transform(info.image_size, info.mean, info.std, train=train, augment=self.cfg.augment,
                                         recipe=self.cfg.augment_recipe, interpolation=self.cfg.resize)
             dataset = MultiLabelDataset(self.splits[split], transform)
-            batching = {"batch_size": self.cfg.batch_size, "shuffle": train, "drop_last": False}
+            batch_size, shuffle = self.cfg.batch_size, train
         else:
             dataset = CachedFeatures(self.caches[split], self.splits[split])
             # the sampler the online loader builds from (shuffle, generator), read a whole batch at a time
             order = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
-            batching = {"batch_size": None, "sampler": BatchSampler(order, self.cfg.batch_size, drop_last=False)}
+            batch_size, sampler = None, BatchSampler(order, self.cfg.batch_size, drop_last=False)
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
-            **batching,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            drop_last=False,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
@@ -156,6 +165,7 @@ class Trial:
 
     # ---- steps --------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
+        assert self.optimizer is not None, "only a method that trains runs epochs"
         seed_everything(_epoch_seed(self.cfg.seed, epoch))  # augmentation randomness, resumable
         set_lr(self.optimizer, epoch, self.cfg)
         self.method.train()

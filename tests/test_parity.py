@@ -298,7 +298,7 @@ def test_per_method_overrides_reach_the_trials_after_per_dataset_before_the_grid
 
 
 def test_per_method_errors_name_the_field():
-    with pytest.raises(ValueError, match=r"per_method\.positivecoop\.lrr: not a settable"):
+    with pytest.raises(ValueError, match=r"per_method\.positivecoop\.lrr: not a TrialConfig field"):
         SweepSpec(name="x", per_method={"positivecoop": {"lrr": 1}})
     with pytest.raises(ValueError, match=r"per_method\.baseline\.lr = -1"):
         SweepSpec(name="x", per_method={"baseline": {"lr": -1}})

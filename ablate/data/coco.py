@@ -32,7 +32,7 @@ from .registry import COCO_LAYOUT as LAYOUT
 if TYPE_CHECKING:
     from ablate.spec import TrialConfig
 
-_SPLITS = {"train": "train2014", "test": "val2014"}
+_SPLITS: dict[Literal["train", "test"], str] = {"train": "train2014", "test": "val2014"}
 
 
 def coco_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Path]:
@@ -102,7 +102,8 @@ def load_coco(
             )
         labels[row[a["image_id"]], col[a["category_id"]]] = 1
 
-    keep = labels.any(axis=1) if drop_empty else np.ones(len(img_ids), dtype=bool)
+    # asarray: numpy types a reduction over one axis as possibly a scalar
+    keep = np.asarray(labels.any(axis=1)) if drop_empty else np.ones(len(img_ids), dtype=bool)
     paths = [image_dir / coco.imgs[i]["file_name"] for i, k in zip(img_ids, keep) if k]
     check_images_exist(paths, dataset or "coco", LAYOUT)
     return LabelledImages(paths, labels[keep], names, dropped_empty=int((~keep).sum()))

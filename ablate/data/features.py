@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from ..spec import TrialConfig
 from .base import LabelledImages, file_lock, write_atomically
 from .dataset import MultiLabelDataset
 from .splits import check_root, load_splits
-from .transforms import build_transform
+from .transforms import Interpolation, build_transform
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
 DATA_FILES = {"float16": "features.f16", "float32": "features.f32"}  # by storage dtype
@@ -75,7 +76,7 @@ def cache_root(cfg: TrialConfig) -> Path:
     return root.expanduser().absolute()
 
 
-def eval_transform(info: BackboneInfo, interpolation: str = "bicubic") -> T.Compose:
+def eval_transform(info: BackboneInfo, interpolation: Interpolation = "bicubic") -> T.Compose:
     """The preprocessing of cached images: the online path's transform without augmentation."""
     return build_transform(info.image_size, info.mean, info.std, train=False, augment=False,
                            interpolation=interpolation)
@@ -96,7 +97,7 @@ class CacheInputs:
     preprocessing: str  # repr of the transform
     dtype: str = "float16"
     version: int = FORMAT_VERSION
-    interpolation: str = "bicubic"  # of the resize (also in `preprocessing`; this one is read back)
+    interpolation: Interpolation = "bicubic"  # of the resize (also in `preprocessing`; this one is read back)
 
     @property
     def key(self) -> str:
@@ -114,7 +115,8 @@ def visual_fingerprint(backbone: Backbone) -> str:
 
 
 def cache_inputs(info: BackboneInfo, weights: str, dataset: str, data_root: Path, split: str,
-                 paths: Sequence[str | Path], dtype: str = "float16", interpolation: str = "bicubic") -> CacheInputs:
+                 paths: Sequence[str | Path], dtype: str = "float16",
+                 interpolation: Interpolation = "bicubic") -> CacheInputs:
     paths_sha = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
     return CacheInputs(info.name, weights, info.quick_gelu, info.image_size, dataset, str(data_root), split,
                        paths_sha, repr(eval_transform(info, interpolation)), dtype, interpolation=interpolation)
@@ -205,9 +207,9 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
                         generator=torch.Generator())  # leaves the global RNG (the trial's seed) untouched
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" \
         else contextlib.nullcontext()
-    manifest = {"key": cache.inputs.key, "inputs": asdict(cache.inputs), "dtype": cache.dtype, "complete": False,
-                "build_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                "paths": cache.paths}
+    manifest: dict[str, Any] = {
+        "key": cache.inputs.key, "inputs": asdict(cache.inputs), "dtype": cache.dtype, "complete": False,
+        "build_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "paths": cache.paths}
     data, digest, row = None, hashlib.sha256(), 0
     # an iterator: given the loader, tqdm.auto would open a second one (more workers decoding for nothing)
     for batch, _ in tqdm(iter(loader), total=len(loader), desc=f"building {what}", unit="batch",
@@ -218,16 +220,16 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
         if not torch.isfinite(block).all():
             raise FloatingPointError(f"{what}: features are not finite in {cache.dtype}; "
                                      "try cache_dtype: float32, or features: online")
-        block = block.cpu().numpy()
+        rows = block.cpu().numpy()
         if data is None:
-            manifest["shape"] = [len(cache), *block.shape[1:]]
+            manifest["shape"] = [len(cache), *rows.shape[1:]]
             _write_manifest(cache, manifest)  # incomplete: says what is being written
             data = np.memmap(cache.data_path, dtype=cache.dtype, mode="w+", shape=tuple(manifest["shape"]))
-        data[row:row + len(block)] = block
-        digest.update(block.tobytes())  # rows are written in order, so this is the file's checksum
-        row += len(block)
+        data[row:row + len(rows)] = rows
+        digest.update(rows.tobytes())  # rows are written in order, so this is the file's checksum
+        row += len(rows)
         if on_images is not None:
-            on_images(len(block))
+            on_images(len(rows))
     data.flush()
     del data
     with cache.data_path.open("rb") as fh:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -82,12 +82,13 @@ def _make_image(rng: np.random.Generator, size: int, forced: int | None) -> tupl
     return img, objects
 
 
-def _write_split(root: Path, split: str, n: int, size: int, seed: int, id_offset: int) -> None:
+def _write_split(root: Path, split: Literal["train", "test"], n: int, size: int, seed: int, id_offset: int) -> None:
     ann_path, image_dir = coco_files(root, split)
     ann_path.parent.mkdir(parents=True, exist_ok=True)
     image_dir.mkdir(parents=True)
     rng = np.random.default_rng([seed, id_offset])
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in range(n):
         img, objects = _make_image(rng, size, forced=i if i < len(SYNTHETIC) else None)
         image_id = id_offset + i + 1

@@ -11,6 +11,7 @@ Randomness comes from torch's RNG, so DataLoader workers differ and epochs are r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms as T
 
+Interpolation = Literal["bicubic", "bilinear"]
 INTERPOLATION = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
 
 
@@ -48,7 +50,7 @@ class Cutout:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         w, h = img.size
-        fill = self.fill if self.fill is not None else tuple(_randint(0, 255) for _ in range(3))
+        fill = self.fill if self.fill is not None else (_randint(0, 255), _randint(0, 255), _randint(0, 255))
         return _paint_square(img, int(self.factor * w + 0.5), int(self.factor * h + 0.5), fill)
 
     def __repr__(self) -> str:
@@ -101,7 +103,8 @@ REFERENCE_OPS: dict[str, Op] = {
     "equalize": lambda img, m, sign: ImageOps.equalize(img),
     "contrast": _enhance(ImageEnhance.Contrast),
     "color": _enhance(ImageEnhance.Color),
-    "solarize": lambda img, m, sign: ImageOps.solarize(img, 256 - 256 * m / 9),
+    # solarize inverts the pixels v >= threshold: the ceiling of 256 - 256 m / 9 selects the same ones
+    "solarize": lambda img, m, sign: ImageOps.solarize(img, math.ceil(256 - 256 * m / 9)),
     "brightness": _enhance(ImageEnhance.Brightness),
 }
 
@@ -137,7 +140,7 @@ class ReferenceRandAugment:
 def build_transform(
     image_size: int, mean: Sequence[float], std: Sequence[float], train: bool, augment: bool,
     recipe: Literal["torchvision", "reference"] = "torchvision",
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic",
+    interpolation: Interpolation = "bicubic",
 ) -> T.Compose:
     """PIL RGB image -> normalised float tensor [3, image_size, image_size].
 
@@ -149,6 +152,7 @@ def build_transform(
         if recipe == "reference":
             steps += [Cutout(fill=None), ReferenceRandAugment()]
         else:
-            steps += [Cutout(fill=tuple(round(255 * m) for m in mean)), T.RandAugment()]
+            r, g, b = (round(255 * m) for m in mean)
+            steps += [Cutout(fill=(r, g, b)), T.RandAugment()]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)

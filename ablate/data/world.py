@@ -56,7 +56,8 @@ WORLD_CLASSES = [
 # diagnostics; pretrain is the image-caption corpus the world CLIPs learn from, disjoint from all of
 # them, so pre-training never sees the captions (i.e. the full labels) of downstream training images.
 SPLITS = {"train": "train2014", "val": "minival", "test": "val2014", "pretrain": "pretrain"}
-STYLES = ("presence", "negation")
+CaptionStyle = Literal["presence", "negation"]
+STYLES: tuple[CaptionStyle, ...] = ("presence", "negation")
 MANIFEST = "ablate_world.json"
 CAPTIONS_PER_IMAGE = 5
 NEGATION_RATE = 0.5  # share of negation-style captions that carry a negation
@@ -179,6 +180,7 @@ def _place(rng: np.random.Generator, side: int, placed: list[tuple]) -> tuple[fl
             best, best_cover = (cx, cy, r), cover
         if cover <= _MAX_OCCLUSION:
             break
+    assert best is not None  # the first candidate always replaces it: an overlap is at most 1
     return best
 
 
@@ -195,7 +197,8 @@ def _render(rng: np.random.Generator, size: int, classes: list[int]) -> tuple[Im
         r = rng.uniform(0.06, 0.14) * side
         cx, cy = rng.uniform(r, side - r, 2)
         _draw(draw, shape, cx, cy, r, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOURS[colour]))
-    placed, objects = [], []
+    placed: list[tuple[float, float, float, float]] = []
+    objects = []
     for c in classes:
         cx, cy, r = _place(rng, side, placed)
         colour, shape = _CLASS_PAIRS[c]

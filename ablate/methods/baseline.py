@@ -15,11 +15,16 @@ if TYPE_CHECKING:
     from ..spec import TrialConfig
 
 
+class LinearHead(nn.Linear):
+    """nn.Linear whose parameters declare their kind (Method.param_groups reads it)."""
+
+    param_kinds = {"weight": LINEAR, "bias": LINEAR}
+
+
 class Baseline(Method):
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> None:
         super().__init__(cfg, len(classnames))
-        self.linear = nn.Linear(backbone.info.embed_dim, 2 * len(classnames))
-        self.linear.param_kinds = {"weight": LINEAR, "bias": LINEAR}
+        self.linear = LinearHead(backbone.info.embed_dim, 2 * len(classnames))
 
     def head(self, dense: Tensor, embeddings: tuple[Tensor, Tensor] | None) -> Tensor:
         logits = aggregate_outputs(self.linear(dense), self.logit_scale)  # [B, 2N]: negatives first

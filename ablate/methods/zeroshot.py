@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 
 class ZeroShot(Method):
+    pos: Tensor  # buffers: the class embeddings
+    neg: Tensor
+
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: TrialConfig) -> None:
         super().__init__(cfg, len(classnames))
         self.register_buffer("pos", backbone.encode_text([cfg.zeroshot_positive.format(c) for c in classnames]))

@@ -126,7 +126,7 @@ def draw_similarity_maps(cfg: TrialConfig, backbone: Backbone, method: Method, c
             r = map_correlation(pos_map, neg_map)
             with Image.open(images.paths[k]) as img:
                 size = backbone.info.image_size
-                picture = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC)) / 255.0
+                picture = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)) / 255.0
             png = f"simmap_{k}_{_slug(classnames[c])}.png"
             plot_similarity_map(picture, pos_map, neg_map, f"{classnames[c]} — {cfg.method}, r = {r:.2f}",
                                 out_dir / png)
@@ -247,6 +247,7 @@ def run_for_trial(ctx: ProbeContext) -> dict | None:
     baseline and any other method without class embeddings to analyse."""
     if not method_info(ctx.cfg.method).embeds_classes:
         return None
+    assert ctx.trained is not None  # registered needs_trained: run_probes_for_trial passes the trained.pt
     return analyze_trained(ctx.trained, ctx.output("analysis"), n_images=ctx.n_maps)
 
 

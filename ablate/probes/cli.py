@@ -77,7 +77,9 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[a
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    print(resolve(PROBES.get(args.probe_name).command)(args))
+    command = PROBES.get(args.probe_name).command
+    assert command is not None  # only probes with a command get a subcommand (add_probe_commands)
+    print(resolve(command)(args))
     if getattr(args, "out", None) is not None:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -104,7 +104,7 @@ def encode_images(backbone: Backbone, paths: Sequence[Path], batch_size: int = 3
     transform = build_transform(info.image_size, info.mean, info.std, train=False, augment=False)
     device = next(backbone.parameters()).device
     loader = DataLoader(_Paths(paths, transform), batch_size=batch_size, num_workers=num_workers)
-    return torch.cat([backbone.model.encode_image(x.to(device)).float().cpu() for x in loader])
+    return torch.cat([backbone.encode_image(x.to(device)).float().cpu() for x in loader])
 
 
 @torch.no_grad()

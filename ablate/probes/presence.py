@@ -63,7 +63,9 @@ def presence_metrics(s_pos: np.ndarray, s_neg: np.ndarray, targets: np.ndarray) 
 def presence_scores(cfg: TrialConfig, backbone: Backbone, images: LabelledImages) -> tuple[np.ndarray, np.ndarray]:
     """(s_pos, s_neg), each [M, N], with the zero-shot method's prompts and aggregation."""
     zeroshot = create_method(cfg.model_copy(update={"method": "zeroshot"}), backbone, images.classnames)
-    pos, neg = zeroshot.class_embeddings()
+    embeddings = zeroshot.class_embeddings()
+    assert embeddings is not None  # the zero-shot method scores class embeddings
+    pos, neg = embeddings
     s_pos, s_neg = [], []
     for x, _ in image_loader(images, backbone, cfg):
         logits = aggregate(backbone.dense_features(x.to(pos.device)), pos, neg, cfg.temperature, cfg.logit_scale)
