@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import zipfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .data.base import file_lock
 from .errors import WeightsError
+from .torchscript import is_torchscript, read_torchscript
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODELS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -60,21 +61,66 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
-    """Load a local checkpoint safely -> (state dict, is OpenAI format)."""
+def read_checkpoint(path: Path, trust_torchscript: bool = False) -> tuple[dict[str, Tensor], bool]:
+    """Load a local checkpoint without running any of its code -> (state dict, is OpenAI format).
+    `trust_torchscript`: load a TorchScript archive with torch.jit.load, which runs the archive's code."""
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        # TorchScript archive (OpenAI's released .pt files): no pickle is executed here.
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
-    if path.suffix == ".safetensors":  # open_clip's files on the Hugging Face hub
-        state = _unwrap_state_dict(load_safetensors(str(path)), path)
+    if is_torchscript(path):  # OpenAI's released .pt files
+        state, is_openai = _read_torchscript(path, trust_torchscript), True
     else:
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    is_openai = any(k in state for k in _OPENAI_EXTRA_KEYS)
+        state = _unwrap_state_dict(_read_weights(path), path)
+        is_openai = any(k in state for k in _OPENAI_EXTRA_KEYS)
     for k in _OPENAI_EXTRA_KEYS:
         state.pop(k, None)
     return state, is_openai
+
+
+def _read_torchscript(path: Path, trust: bool) -> dict[str, Tensor]:
+    """The archive's tensors: read without running it, or (trusted) loaded by torch.jit, code and all."""
+    try:
+        if trust:
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        return read_torchscript(path)
+    except Exception as exc:  # ArchiveError, or whatever the archive's own code raised
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if trust else (
+            "; ablate does not run a checkpoint's code: if you trust this file, set trust_torchscript: true")
+        raise WeightsError(f"{path}: cannot read this TorchScript archive: {reason[:300]}{hint}") from None
+
+
+def _read_weights(path: Path) -> object:
+    """torch.load (weights only) or safetensors; any failure is one WeightsError naming the file."""
+    try:
+        if path.stat().st_size == 0:
+            raise EOFError("the file is empty")
+        if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+            return load_safetensors(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"{path} is not a PyTorch checkpoint, a zip of one, a TorchScript archive or safetensors file: "
+            f"{_short_reason(exc)}") from None
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """An 8-byte little-endian header length that fits the file, then the JSON header's '{'."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _short_reason(exc: Exception) -> str:
+    """The gist of a loader's error, without torch's advice to load with weights_only=False (which runs
+    whatever the file's pickle asks for)."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    if banned := re.search(r"GLOBAL (\S+) was not an allowed global", text):
+        return f"it pickles {banned[1]}, not only tensors (save the model's state_dict alone)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". ")[0].rstrip(".")
+    if not first or "weights_only" in first:
+        return type(exc).__name__
+    return first[:200]
 
 
 def weights_fingerprint(pretrained: str) -> str:
@@ -108,7 +154,7 @@ def _file_activation(name: str, path: Path, is_openai: bool, quick_gelu: bool | 
 
 def _build_clip(
     name: str, pretrained: str, image_size: int | None, quick_gelu: bool | None = None,
-    weights_dir: Path | None = None,
+    weights_dir: Path | None = None, trust_torchscript: bool = False,
 ) -> tuple[nn.Module, bool]:
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise WeightsError(
@@ -121,7 +167,7 @@ def _build_clip(
         return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs), quick
     path = Path(pretrained).expanduser()
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors") or path.exists():
-        state, is_openai = read_checkpoint(path)
+        state, is_openai = read_checkpoint(path, trust_torchscript)
         quick = _file_activation(name, path, is_openai, quick_gelu)
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
         _load_state(model, state, path)
@@ -134,10 +180,11 @@ def _build_clip(
         )
     # open_clip only warns when a QuickGELU tag meets a GELU config; build what the tag was trained with
     quick = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")) or "quickgelu" in name
-    return _from_tag(name, pretrained, image_size, quick, weights_dir), quick
+    return _from_tag(name, pretrained, image_size, quick, weights_dir, trust_torchscript), quick
 
 
-def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_dir: Path | None) -> nn.Module:
+def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_dir: Path | None,
+              trust_torchscript: bool = False) -> nn.Module:
     """open_clip finds or downloads the tag's file (its own cache, or `weights_dir`); the weights are then
     loaded like any local file, so a size other than the one they were trained at gets its positional
     embeddings resized (open_clip's own tag loading cannot resize a ModifiedResNet's attention pool:
@@ -146,7 +193,7 @@ def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_
     lock = file_lock(Path(weights_dir) / f".{name}-{tag}.lock") if weights_dir else contextlib.nullcontext()
     with lock:  # nodes sharing one weights folder download it once
         path = Path(open_clip.download_pretrained(cfg, cache_dir=str(weights_dir) if weights_dir else None))
-    state, _ = read_checkpoint(path)
+    state, _ = read_checkpoint(path, trust_torchscript)
     kwargs = {"force_image_size": image_size} if image_size else {}
     model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
     _load_state(model, state, path)
@@ -353,12 +400,13 @@ def _tower(visual: nn.Module, name: str) -> str:
 def create_backbone(
     name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu",
     quick_gelu: bool | None = None, weights_dir: Path | None = None, *, label: str | None = None,
+    trust_torchscript: bool = False,
 ) -> Backbone:
     """`pretrained`: an open_clip tag, a local file or 'none' (ablate.weights resolves its own aliases
     to files first; `label` then keeps the name the user gave). `quick_gelu`: None decides from the
     weights' format and name (ambiguous files are refused). `weights_dir`: where open_clip tags are
-    downloaded (None: open_clip's own cache)."""
-    model, quick = _build_clip(name, pretrained, image_size, quick_gelu, weights_dir)
+    downloaded (None: open_clip's own cache). `trust_torchscript`: see read_checkpoint."""
+    model, quick = _build_clip(name, pretrained, image_size, quick_gelu, weights_dir, trust_torchscript)
     visual = model.get_submodule("visual")
     tower = _tower(visual, name)  # before reading tower attributes: another tower type gets a clear error
     pre = getattr(visual, "preprocess_cfg", {}) or {}

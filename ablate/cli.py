@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .data.world import WorldConfig
-from .errors import AblateError, ConfigError
+from .errors import AblateError, ConfigError, worker_message
 from .pretrain import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table
@@ -41,7 +41,8 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--cache-dir": ("cache_dir", str),
 }
 BOOL_FLAGS = {"csc": "class-specific contexts", "augment": "training augmentation",
-              "amp": "autocast on CUDA"}
+              "amp": "autocast on CUDA",
+              "trust-torchscript": "run a TorchScript checkpoint's own code when loading it (only files you trust)"}
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,12 +73,16 @@ def resolve_config(args: argparse.Namespace) -> TrialConfig:
 
 
 def dry_run(cfg: TrialConfig) -> dict:
-    """Build the model with random weights (the count does not depend on them) and count parameters."""
+    """Build the model with random weights (the count does not depend on them) and count parameters; the
+    device and image size are checked as a real run would check them."""
     from .backbone import create_backbone
     from .data.classnames import class_names
     from .methods import create_method
+    from .runtime import check_image_size, resolve_device
 
+    resolve_device(cfg.device)
     backbone = create_backbone(cfg.backbone, "none", cfg.image_size)
+    check_image_size(backbone)
     method = create_method(cfg, backbone, class_names(cfg.dataset))
     return {
         "config": cfg.model_dump(mode="json"),
@@ -103,13 +108,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a tune_specs/*.yaml sweep on Ray Tune, tracked in MLflow",
-                       description="Expand a sweep spec into trials and run them on Ray (a running cluster "
-                                   "if there is one, else local Ray); every trial lands in MLflow.")
+                       description="Expand a sweep spec into trials and run them on Ray (a private local Ray "
+                                   "unless --ray-address names a cluster); every trial lands in MLflow. Ctrl-C "
+                                   "stops it with its state kept for --resume.")
     p.add_argument("--spec", required=True, help="spec file (relative paths: working dir, then the project)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep: finished trials are kept, errored ones resume")
     p.add_argument("--tracking-uri", help="MLflow URI (default: spec, MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
     p.add_argument("--storage-path", help="where Ray Tune keeps results and checkpoints (default: spec)")
+    p.add_argument("--ray-address", help="`local` (start a private Ray), `auto` (join the cluster running here) "
+                                         "or host:port (default: RAY_ADDRESS, else local)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trial list and its size only")
 
 
@@ -127,13 +135,17 @@ def print_table(rows: list[dict]) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .spec import load_sweep_spec
-    from .sweep import describe, resolve_spec_path, run_sweep
+    from .sweep import SweepInterrupted, describe, resolve_spec_path, run_sweep
 
     if args.dry_run:
         print(json.dumps(describe(load_sweep_spec(resolve_spec_path(args.spec))), indent=2))
         return 0
-    summary = run_sweep(args.spec, resume=args.resume, tracking_uri=args.tracking_uri,
-                        storage_path=args.storage_path)
+    try:
+        summary = run_sweep(args.spec, resume=args.resume, tracking_uri=args.tracking_uri,
+                            storage_path=args.storage_path, ray_address=args.ray_address)
+    except SweepInterrupted as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return stop.exit_code
     print_table(trial_table(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]))
     print(json.dumps(summary, indent=2))
     return 0 if summary["errored"] == 0 else 1
@@ -227,6 +239,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     from .probes import add_probe_commands
 
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _sweep_parser(sub)
@@ -242,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except AblateError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"error: {worker_message(err)}", file=sys.stderr)
         return 2
 
 

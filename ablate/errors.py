@@ -34,4 +34,14 @@ class ProbeError(ConfigError):
 
 
 class TrialDiverged(AblateError, FloatingPointError):
-    """The loss became NaN or infinite; the message says when and what to change."""
+    """The loss, a trained parameter or the scores became NaN or infinite; the message says when and what
+    to change."""
+
+
+def worker_message(err: BaseException) -> str:
+    """The error's own message: a DataLoader worker re-raises it with the worker's whole traceback as its
+    text, ending in `module.Type: message`, which is all a user needs."""
+    text = str(err)
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if text.startswith("Caught ") and at >= 0 else text

@@ -9,11 +9,14 @@ a folder and logged to the sweep's parent run under `report/`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
+import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from .data.base import current_umask  # noqa: E402
 from .errors import ReportError  # noqa: E402
 from .probes import probe_columns, probe_markdown  # noqa: E402  (the registry and markdown only: no torch)
 from .spec import SweepSpec, ignored_fields  # noqa: E402
@@ -445,11 +449,69 @@ def register_section(section: SectionFn) -> SectionFn:
 
 def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
                  reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True) -> dict:
-    """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...)."""
+    """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...). The
+    report is built beside it and renamed into place, so a failure leaves no partial folder behind."""
+    out_dir = Path(os.path.abspath(out_dir))
+    check_report_folder(out_dir)
     client = connect(resolve_tracking_uri(tracking_uri))
     parent_run_id, trials = load_trials(client, experiment, parent_run_id)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with _staged(out_dir) as staging:
+        result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio)
+    if log_to_mlflow:
+        client.log_artifacts(parent_run_id, str(out_dir), "report")
+    result["out_dir"] = str(out_dir)
+    return result
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """ReportError, before anything is written, when `out_dir` cannot become (or be replaced by) a report:
+    a file, a folder of other files (they would be lost), or a place that cannot be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"report folder {out_dir} is a file; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.html").is_file():
+        raise ReportError(f"{out_dir} holds files that are not a report (they would be replaced); choose "
+                          "another --out or empty it")
+    parent = out_dir.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (
+            out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK)):
+        raise ReportError(f"report folder {out_dir} cannot be written (no write permission on it or {parent}); "
+                          "choose another --out")
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside `out_dir`; when the block completes it replaces `out_dir`, else it is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only
+        _replace_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an existing `target` is moved aside first and deleted once `new` is in."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old)  # onto the empty folder just made
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: list[Trial], out_dir: Path,
+           reference: str, heatmap_ratio: float | None) -> dict:
+    """Every output of the report, written into `out_dir`; returns its numbers."""
     spec_text = _spec_text(client, parent_run_id, out_dir)
     labels = row_labels(trials)
     incomplete = [f"{labels[t.run_id]} dataset={t.tag('dataset')} ratio={t.tag('label_ratio')} seed={t.tag('seed')}: "
@@ -479,9 +541,7 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
     (out_dir / "table.md").write_text("\n".join(markdown))
     (out_dir / "report.html").write_text(_page(experiment, parent_run_id, trials, incomplete, pages, spec_text))
     (out_dir / "incomplete.json").write_text(json.dumps(incomplete, indent=2))
-    if log_to_mlflow:
-        client.log_artifacts(parent_run_id, str(out_dir), "report")
-    result.update(parent_run_id=parent_run_id, incomplete=incomplete, out_dir=str(out_dir))
+    result.update(parent_run_id=parent_run_id, incomplete=incomplete)
     return result
 
 

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
 from .probes import probe_names
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML `true` is a Python bool, which pydantic would take as the integer 1 (`epochs: true` = 1 epoch)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {str(value).lower()}")
+    return value
+
+
+# an integer field that refuses true/false; numbers and numeric strings are converted as usual
+Int = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class StrictModel(BaseModel):
@@ -42,18 +53,21 @@ class TrialConfig(StrictModel):
         "drop", description="coco2014 images without any annotation: drop (the reference and most multi-label "
         "work; counted in the log) or keep as all-negative rows")
     voc_difficult: Literal["negative", "positive", "ignore"] = "negative"
-    synthetic_images: int = Field(240, ge=20, description="train images of the generated synthetic set")
+    synthetic_images: Int = Field(240, ge=20, description="train images of the generated synthetic set")
 
     # backbone
     backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
     pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
-    image_size: int | None = Field(None, ge=16, description="input size; default: the model's own (weights of "
+    image_size: Int | None = Field(None, ge=16, description="input size; default: the model's own (weights of "
                                    "another size get their positional embeddings resized bicubically)")
     weights_dir: Path | None = Field(None, description="where open_clip tags are downloaded and found (default: "
                                      "open_clip's cache); on a cluster a shared folder, downloaded once")
     quick_gelu: bool | None = Field(
         None, description="activation of weights from a file: None = from the format / name (ambiguous "
         "checkpoints of standard CLIP architectures are refused), true = QuickGELU (OpenAI and fine-tunes)")
+    trust_torchscript: bool = Field(
+        False, description="run a TorchScript checkpoint's own code when loading it: only for files you trust "
+        "(by default its tensors are read without running it)")
 
     features: Literal["online", "cached"] = Field(
         "online", description="online: run the frozen image encoder every step (augmentation possible); "
@@ -64,7 +78,7 @@ class TrialConfig(StrictModel):
         "or float32 (the online path's features bit for bit)")
 
     # prompts / method options
-    n_ctx: int = Field(16, ge=1, le=64)
+    n_ctx: Int = Field(16, ge=1, le=64)
     csc: bool = Field(True, description="class-specific contexts (else one shared context)")
     ctx_init: str | None = Field(None, description="phrase to initialise contexts from; None = N(0, 0.02)")
     prompt_offset: Literal["none", "normal", "zeros"] = Field(
@@ -93,8 +107,8 @@ class TrialConfig(StrictModel):
     loss_weight: float = Field(1.0, gt=0, description="the loss is multiplied by this (the reference's loss_w)")
 
     # optimisation
-    epochs: int = Field(50, ge=0)
-    batch_size: int = Field(32, ge=1)
+    epochs: Int = Field(50, ge=0)
+    batch_size: Int = Field(32, ge=1)
     lr: float = Field(0.002, gt=0, description="base learning rate; each kind of parameter learns at lr x its mult")
     prompt_lr_mult: float = Field(1.0, gt=0, description="prompt contexts learn at lr x this")
     free_lr_mult: float = Field(100.0, gt=0, description="free embeddings learn at lr x this")
@@ -104,7 +118,7 @@ class TrialConfig(StrictModel):
     free_weight_decay: float = Field(0.0, ge=0, description="weight decay of free embeddings and offsets")
     linear_weight_decay: float | None = Field(
         None, ge=0, description="weight decay of the baseline's linear head; None = weight_decay")
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: Int = Field(1, ge=0)
     warmup_lr: float = Field(1e-5, gt=0)
     warmup_rule: Literal["scaled", "same_for_all"] = Field(
         "scaled", description="during warm-up each group learns at warmup_lr x its mult (scaled), or every "
@@ -125,10 +139,10 @@ class TrialConfig(StrictModel):
     cf1: Literal["f1_of_means", "mean_of_f1"] = Field(
         "f1_of_means", description="CF1 = F1 of (CP, CR), the multi-label literature's usual definition, or the "
         "mean of per-class F1 (the reference's evaluation)")
-    seed: int = 0
+    seed: Int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = Field(True, description="autocast (fp16) on CUDA")
-    num_workers: int = Field(2, ge=0)
+    num_workers: Int = Field(2, ge=0)
     cache_dir: Path | None = Field(None, description="where masks and generated data go (default ./.ablate_cache)")
 
     @field_validator("method")
@@ -188,12 +202,23 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _read_yaml(path: Path) -> Any:
+    """The file's YAML; ConfigError naming the file and line of a syntax error."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
 def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
     """Read a YAML TrialConfig; `overrides` (e.g. CLI flags) win over the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of TrialConfig fields at the top level")
     data.update(overrides or {})

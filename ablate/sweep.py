@@ -9,20 +9,28 @@ same function `ablate train` uses, and logs to its own MLflow child run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
+import random
 import resource
+import shlex
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .errors import AblateError, DataError
 from .spec import (
     ConfigError,
     Resources,
@@ -34,9 +42,23 @@ from .spec import (
     import_plugins,
     load_sweep_spec,
 )
-from .tracking import TrackingContext, TrialRun, connect, ensure_experiment, resolve_tracking_uri, start_parent_run
+from .tracking import (
+    TrackingContext,
+    TrialRun,
+    close_running_children,
+    connect,
+    end_parent_run,
+    ensure_experiment,
+    reopen_parent_run,
+    resolve_tracking_uri,
+    start_parent_run,
+)
 
 STATE_FILE = "ablate_sweep.json"
+WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
+TRIAL_DIR_PREFIX = "ablate-trial-"
+# up to this many listed images per split are each checked before a sweep starts; more: a seeded sample
+IMAGE_CHECK_CAP = 20_000
 # One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -109,7 +131,7 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: TrackingContext, gpus: float,
-              cpus: float, probes: Sequence[str] = (), probe_limit: int | None = None,
+              cpus: float, workroot: str, probes: Sequence[str] = (), probe_limit: int | None = None,
               plugins: Sequence[str] = ()) -> None:
     """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run.
 
@@ -125,15 +147,16 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     index = config.get("arm", 0)
     sampled = {k: v for k, v in config.items() if k != "arm"}
     cfg = TrialConfig.model_validate({**arms[index], **sampled})
-    run = TrialRun.attach(tracking, cfg, tune.get_context().get_trial_id(), {**labels[index], **sampled})
-    workdir = Path(tempfile.mkdtemp(prefix="ablate-trial-"))
+    trial_id = tune.get_context().get_trial_id()
+    run = TrialRun.attach(tracking, cfg, trial_id, {**labels[index], **sampled})
+    workdir = trial_workdir(Path(workroot), trial_id)
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as src:
             shutil.copytree(src, workdir, dirs_exist_ok=True)
 
     def report(row: dict, ckpt_dir: Path | None) -> None:
-        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        run.log_epoch(row)
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
         tune.report(row, checkpoint=checkpoint)
 
@@ -163,23 +186,60 @@ def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: Sequence[str], tra
 
     try:
         run.log_metrics(run_probes_for_trial(cfg, probes, trained, out, limit=limit), step=step)
-        run.client.log_artifacts(run.run_id, str(out), "probes")
+        run.log_artifacts(out, "probes")
     except Exception as err:  # diagnostics must not fail a finished trial
-        run.client.set_tag(run.run_id, "ablate.probe_error", f"{type(err).__name__}: {err}"[:5000])
+        run.set_tag("ablate.probe_error", f"{type(err).__name__}: {err}")
+
+
+def trial_workdir(workroot: Path, trial_id: str) -> Path:
+    """The trial's scratch folder, named by its id: what a killed attempt left there is dropped."""
+    workdir = workroot / f"{TRIAL_DIR_PREFIX}{trial_id}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    return workdir
+
+
+def work_root(storage: str, name: str, parent_run_id: str) -> Path:
+    """One folder per sweep for the trials' scratch: beside the Tune results, or (bucket storage) in the
+    temporary directory, named by the sweep's run."""
+    if "://" not in storage:
+        return Path(storage) / name / WORK_DIR
+    return Path(tempfile.gettempdir()) / "ablate-sweeps" / f"{name}-{parent_run_id}"
 
 
 # ---- the driver ----------------------------------------------------------------------------------
 
-def init_ray() -> None:
-    """Join a running cluster when there is one, else start local Ray sized to this machine."""
+def ray_address(flag: str | None = None) -> str:
+    """--ray-address, else RAY_ADDRESS, else `local`: a sweep never silently joins another job's cluster."""
+    return flag or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def init_ray(address: str | None = None) -> None:
+    """Start a private local Ray (`local`) or join a running cluster (`auto`, `host:port`); one line says which."""
     import ray
 
     if ray.is_initialized():
         return
-    try:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
-    except ConnectionError:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    address = ray_address(address)
+    if address == "local":
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, ValueError) as err:  # nothing there / not an address
+            raise ConfigError(f"no Ray cluster answers at --ray-address {address} ({err}); start one with "
+                              "`ray start --head`, or use --ray-address local for a private one") from None
+    print(cluster_line(address), file=sys.stderr)
+
+
+def cluster_line(address: str) -> str:
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    where = "a private local Ray" if address == "local" else f"the Ray cluster at {address}"
+    return (f"ray: {where} ({ray.get_runtime_context().gcs_address}): {nodes} node(s), "
+            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
 def reachable_from_workers(uri: str) -> str:
@@ -230,7 +290,7 @@ def _tracker_callback(ctx: TrackingContext):
 
 
 def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingContext, storage: str,
-           resume: bool):
+           resume: bool, workroot: Path):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -240,7 +300,8 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
                              labels=[a.overrides for a in members], tracking=ctx, gpus=res.gpu, cpus=res.cpu,
-                             probes=list(spec.probes), probe_limit=spec.probe_limit, plugins=list(spec.plugins)),
+                             workroot=str(workroot), probes=list(spec.probes), probe_limit=spec.probe_limit,
+                             plugins=list(spec.plugins)),
         {"cpu": res.cpu, "gpu": res.gpu},
     )
     name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
@@ -292,7 +353,8 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: Sequence[str] = ()) -> None:
+def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: Sequence[str] = (),
+                 ray_address: str | None = None) -> None:
     """Before any trial: check every data root (generating the synthetic set and world) in the driver,
     pre-train the world CLIPs the arms name, then build the feature caches that `features: cached` arms
     read, so parallel trials only read them.
@@ -307,10 +369,11 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
     seen = set()
     for arm in arms:
         check_features_mode(arm.config)
-        key = (arm.config.dataset, arm.config.data_root, arm.config.synthetic_images, arm.config.cache_dir)
+        cfg = arm.config
+        key = (cfg.dataset, cfg.data_root, cfg.synthetic_images, cfg.cache_dir, cfg.coco_empty_images)
         if key not in seen:
             seen.add(key)
-            check_root(arm.config)
+            check_images(cfg, check_root(cfg))
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
     worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
               if is_alias(a.config.pretrained)}
@@ -318,11 +381,28 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
         resolve_pretrained(backbone, pretrained, cache_dir)
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}
     if cached:
-        build_feature_caches(list(cached.values()), resources, plugins)
+        build_feature_caches(list(cached.values()), resources, plugins, ray_address)
+
+
+def check_images(cfg: TrialConfig, root: Path) -> None:
+    """What `ablate train` checks, before a sweep records or starts anything: both splits load and their
+    listed images are there (every one up to IMAGE_CHECK_CAP a split, else a seeded sample of that many)."""
+    from .data.registry import DATASETS
+
+    dataset = DATASETS.get(cfg.dataset)
+    for split in ("train", "test"):
+        paths = dataset.load_split(cfg, root, split).paths  # the loaders check what they list, too
+        checked = paths if len(paths) <= IMAGE_CHECK_CAP else random.Random(0).sample(paths, IMAGE_CHECK_CAP)
+        missing = [p for p in checked if not Path(p).is_file()]
+        if missing:
+            how = "every listed image" if checked is paths else \
+                f"a sample of {IMAGE_CHECK_CAP:,} of its {len(paths):,} listed images"
+            raise DataError(f"{cfg.dataset} {split}: {len(missing)} image(s) missing, e.g. {missing[0]} "
+                            f"(checked {how} under {root}); restore them or fix the annotations")
 
 
 def build_feature_caches(configs: list[TrialConfig], resources: Resources | None,
-                         plugins: Sequence[str] = ()) -> None:
+                         plugins: Sequence[str] = (), ray_address: str | None = None) -> None:
     """Make the caches of every config valid (building the missing ones); one progress bar over all images."""
     from tqdm.auto import tqdm
 
@@ -336,7 +416,7 @@ def build_feature_caches(configs: list[TrialConfig], resources: Resources | None
         import ray
         from ray.util.queue import Queue
 
-        init_ray()
+        init_ray(ray_address)
         done_images = Queue(actor_options={"num_cpus": 0})  # tasks -> driver: images done
         task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=0)(_cache_task)
         pending = [task.remote(cfg.model_dump(mode="json"), done_images, resources.cpu, list(plugins))
@@ -367,16 +447,88 @@ def _storage_root(spec: SweepSpec, override: str | None) -> str:
     return root if "://" in root else str(Path(root).expanduser().absolute())
 
 
-def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str | None = None,
-              storage_path: str | None = None) -> dict:
-    """Launch (or continue) every trial of a spec; returns counts and the MLflow ids."""
-    path = resolve_spec_path(spec_path)
-    spec = load_sweep_spec(path)  # validated before anything starts or is recorded
-    storage = _storage_root(spec, storage_path)
-    # beside the Tune results; for bucket storage in the launching directory
-    state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
-    arms = expand(spec)
-    prepare_data(arms, spec.resources, spec.plugins)  # a bad data root stops here, before anything is recorded
+class SweepInterrupted(AblateError):
+    """SIGINT or SIGTERM stopped the sweep; its state is kept and the message says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
+
+
+class Signals:
+    """SIGINT and SIGTERM while the sweep runs: the first stops Tune gracefully (it keeps the experiment
+    state for --resume; SIGUSR1 is Tune's own stop signal), a second one, or one outside Tune, stops at once."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.in_tune = False
+
+    def handle(self, signum: int, frame) -> None:
+        self.received.append(signum)
+        if not self.in_tune or len(self.received) > 1:
+            raise KeyboardInterrupt
+        threading.Thread(target=self._stop_tune, daemon=True).start()
+
+    def _stop_tune(self) -> None:
+        """Tune's stop signal, once Tune listens for it (it installs its handler as `fit` starts; before
+        that SIGUSR1 would end the process)."""
+        while self.in_tune and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            time.sleep(0.1)
+        if self.in_tune:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    @property
+    def signum(self) -> int:
+        return self.received[0] if self.received else signal.SIGINT
+
+    def _install(self) -> dict:
+        return {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Signals]:
+        if threading.current_thread() is not threading.main_thread():  # handlers only work there
+            yield self
+            return
+        before = self._install()
+        tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides; Tune must not replace it
+        try:
+            yield self
+        finally:
+            for sig, handler in before.items():
+                if signal.getsignal(sig) == self.handle:  # not one Ray installed since (its SIGTERM cleanup)
+                    signal.signal(sig, handler)
+            if tune_handler is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+    @contextlib.contextmanager
+    def tune(self) -> Iterator[None]:
+        """Ours again while Tune runs: starting local Ray installs Ray's own SIGTERM handler."""
+        main = threading.current_thread() is threading.main_thread()
+        before = {**self._install(), signal.SIGUSR1: signal.getsignal(signal.SIGUSR1)} if main else {}
+        self.in_tune = True
+        try:
+            yield
+        finally:
+            self.in_tune = False
+            for sig, handler in before.items():  # SIGUSR1 too: the next `fit` installs a fresh one
+                signal.signal(sig, handler)
+
+
+def resume_command(spec_path: Path, storage_path: str | None, address: str | None) -> str:
+    words = ["ablate", "sweep", "--spec", str(spec_path)]
+    if storage_path:
+        words += ["--storage-path", storage_path]
+    if address:
+        words += ["--ray-address", address]
+    return shlex.join([*words, "--resume"])
+
+
+def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, resume: bool,
+                tracking_uri: str | None):
+    """The sweep's MLflow parent run: created (and its state saved), or re-opened for --resume."""
     if resume:
         if not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
@@ -385,29 +537,79 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             raise ConfigError(f"{path} changed since sweep '{spec.name}' started; resume needs the same spec "
                               "(restore the file, or start a new sweep under another name)")
         client = connect(state.tracking_uri)
-        client.update_run(state.parent_run_id, status="RUNNING")
-    else:
-        if state_path.exists():
-            raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
-                              "it, or change `name` / --storage-path for a new sweep")
-        uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
-        client = connect(uri)
-        experiment_id = ensure_experiment(client, spec.name)
-        parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text())
-        state = SweepState(uri, experiment_id, parent, _sha(path))
-        state.save(state_path)
-    init_ray()
-    ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id, state.parent_run_id)
-    tuners = [_tuner(spec, arm, arms, ctx, storage, resume) for arm in arms] if spec.optuna else \
-        [_tuner(spec, None, arms, ctx, storage, resume)]
+        reopen_parent_run(client, state.parent_run_id)
+        return state, client
+    if state_path.exists():
+        raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
+                          "it, or change `name` / --storage-path for a new sweep")
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, spec.name)
+    parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text())
+    state = SweepState(uri, experiment_id, parent, _sha(path))
+    state.save(state_path)
+    return state, client
+
+
+def _fit(tuners: list, signals: Signals) -> tuple[int, int]:
+    """(trials, errored) over the tuners, stopping after the one a signal interrupted."""
     errored = total = 0
     for tuner in tuners:
-        results = tuner.fit()
+        with signals.tune():
+            results = tuner.fit()
         total += len(results)
         errored += len(results.errors)
-    client.log_metric(state.parent_run_id, "trials", total)
-    client.log_metric(state.parent_run_id, "trials_errored", errored)
-    client.set_terminated(state.parent_run_id, "FINISHED" if errored == 0 else "FAILED")
+        if signals.received:
+            break
+    return total, errored
+
+
+def _interrupted(client, state: SweepState, signals: Signals, command: str) -> SweepInterrupted:
+    """Record an interrupted sweep: the parent and the trials it cut off as KILLED, with how to resume."""
+    name = signal.Signals(signals.signum).name
+    reason = f"sweep interrupted ({name}); resume with: {command}"
+    close_running_children(client, state.experiment_id, state.parent_run_id, reason)
+    end_parent_run(client, state.parent_run_id, "KILLED", {}, resume_command=command)
+    return SweepInterrupted(f"sweep interrupted ({name}); finished trials are kept, resume with: {command}",
+                            signals.signum)
+
+
+def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str | None = None,
+              storage_path: str | None = None, ray_address: str | None = None) -> dict:
+    """Launch (or continue) every trial of a spec; returns counts and the MLflow ids. SIGINT / SIGTERM
+    raise SweepInterrupted once the state for --resume is saved."""
+    path = resolve_spec_path(spec_path)
+    spec = load_sweep_spec(path)  # validated before anything starts or is recorded
+    storage = _storage_root(spec, storage_path)
+    # beside the Tune results; for bucket storage in the launching directory
+    state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
+    arms = expand(spec)
+    command = resume_command(path, storage_path, ray_address)
+    with Signals().installed() as signals:
+        try:
+            # a bad data root stops here, before anything is recorded
+            prepare_data(arms, spec.resources, spec.plugins, ray_address)
+            state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(f"sweep '{spec.name}' interrupted before any trial started; run it again "
+                                   "(with --resume if it was recorded)", signals.signum) from None
+        try:
+            init_ray(ray_address)
+            workroot = work_root(storage, spec.name, state.parent_run_id)
+            shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
+            ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
+                                  state.parent_run_id)
+            tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot) for arm in arms] if spec.optuna \
+                else [_tuner(spec, None, arms, ctx, storage, resume, workroot)]
+            total, errored = _fit(tuners, signals)
+        except KeyboardInterrupt:
+            signals.received = signals.received or [signal.SIGINT]
+        finally:
+            shutil.rmtree(work_root(storage, spec.name, state.parent_run_id), ignore_errors=True)
+        if signals.received:
+            raise _interrupted(client, state, signals, command)
+    end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
+                   {"trials": total, "trials_errored": errored})
     return {"tracking_uri": state.tracking_uri, "experiment_id": state.experiment_id,
             "parent_run_id": state.parent_run_id,
             "trials": total, "errored": errored, "storage": storage}

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +34,14 @@ TRIAL_KEY = "ablate.trial_key"
 SWEEP_TAG = "ablate.sweep"
 ROLE_TAG = "ablate.role"
 ERROR_TAG = "ablate.error"
+STOPPED_TAG = "ablate.stopped"
 ARM_FIELDS = ("method", "dataset", "label_ratio", "backbone", "pretrained", "n_ctx", "csc", "seed")
 DEFAULT_DB = "mlflow.db"
+RESUME_TAG = "ablate.resume"
+# A sqlite store allows one writer; another process (a backup, `sqlite3`, a report) may hold it for a
+# while. Every call waits up to this long before the lock counts as a fault.
+LOCK_PATIENCE_S = 60.0
+PROBE_TIMEOUT_S = 5.0
 
 
 def resolve_tracking_uri(flag: str | None = None, spec: str | None = None) -> str:
@@ -48,23 +57,44 @@ def connect(uri: str) -> MlflowClient:
     """A client whose store answers (for sqlite: the schema exists afterwards). Opening a sqlite store
     creates or migrates its schema, and two processes doing that at once collide in alembic ("table
     _alembic_tmp_metrics already exists"), so for sqlite one process at a time opens it, under a lock."""
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri)
     db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
     with file_lock(Path(f"{db}.lock")) if db else contextlib.nullcontext():
-        client = MlflowClient(tracking_uri=uri)
         try:
-            client.search_experiments(max_results=1)
+            client = open_client(uri)
+            _retry(client.search_experiments, max_results=1)
         except Exception as err:  # the store raises many types; all mean "not usable"
+            if is_locked(err):
+                raise TrackingError(f"MLflow tracking store {uri} stayed locked by another process for "
+                                    f"{LOCK_PATIENCE_S:.0f} s; close what holds it and run again") from err
             raise TrackingError(f"MLflow tracking store {uri} is not reachable: {err}") from err
     return client
 
 
+def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """MLflow's own client retries an unreachable server for minutes; a short probe says so at once.
+    Any HTTP answer (even 401 or 404) means a server is there."""
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as err:  # URLError, refused, timeout, bad URL
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            raise TrackingError(f"MLflow tracking server {uri} did not answer within {timeout:.0f} s; "
+                                "is it running and reachable from here?") from None
+        raise TrackingError(f"MLflow tracking server {uri} is not reachable ({reason}); "
+                            "is it running and reachable from here?") from None
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
+    exp = _retry(client.get_experiment_by_name, name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return _retry(client.create_experiment, name)
         except MlflowException as err:  # another process created it since we looked
-            exp = client.get_experiment_by_name(name)
+            exp = _retry(client.get_experiment_by_name, name)
             if exp is None:
                 raise TrackingError(f"cannot create experiment '{name}': {err}") from err
     if exp.lifecycle_stage == "deleted":
@@ -96,9 +126,35 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
     commit = git_commit(spec_path.parent)
     if commit:
         tags["ablate.git_commit"] = commit
-    run = client.create_run(experiment_id, tags=tags, run_name=sweep_name)
-    client.log_text(run.info.run_id, spec_text, "spec.yaml")
+    run = _retry(client.create_run, experiment_id, tags=tags, run_name=sweep_name)
+    _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
     return run.info.run_id
+
+
+def end_parent_run(client: MlflowClient, parent_run_id: str, status: str, metrics: dict[str, float],
+                   resume_command: str | None = None) -> None:
+    """Counts and final status of a sweep; an interrupted one says how to continue it."""
+    for key, value in metrics.items():
+        _retry(client.log_metric, parent_run_id, key, value)
+    if resume_command:
+        _retry(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
+    _retry(client.set_terminated, parent_run_id, status)
+
+
+def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:
+    """A resumed sweep runs again; the note on how to resume it goes."""
+    if RESUME_TAG in _retry(client.get_run, parent_run_id).data.tags:
+        _retry(client.delete_tag, parent_run_id, RESUME_TAG)
+    _retry(client.update_run, parent_run_id, status="RUNNING")
+
+
+def close_running_children(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
+    """A killed trial cannot close its own run: the driver marks what is still RUNNING as KILLED."""
+    found = _retry(client.search_runs, [experiment_id], max_results=10000,
+                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    for run in found:
+        TrialRun(client, run.info.run_id, True).close("KILLED", reason)
+    return len(found)
 
 
 @dataclass(frozen=True)
@@ -110,26 +166,39 @@ class TrackingContext:
     parent_run_id: str
 
 
-def _retry(fn, *args, attempts: int = 8, **kwargs):
-    """sqlite allows one writer at a time; parallel trials wait their turn instead of failing."""
-    for i in range(attempts):
+def is_locked(err: BaseException) -> bool:
+    return "locked" in str(err).lower()
+
+
+def open_client(uri: str) -> MlflowClient:
+    """Opening a sqlite store reads its schema, which a lock holds up too."""
+    return _retry(MlflowClient, tracking_uri=uri)
+
+
+def _retry(fn, *args, **kwargs):
+    """sqlite allows one writer at a time: wait for it (backing off, up to LOCK_PATIENCE_S in all) instead
+    of failing the trial or the sweep."""
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    for attempt in itertools.count():
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            if "locked" not in str(err).lower() or i == attempts - 1:
+            pause = min(0.2 * 2**attempt, 4.0)
+            if not is_locked(err) or time.monotonic() + pause > deadline:
                 raise
-            time.sleep(0.2 * 2**i)
+            time.sleep(pause)
 
 
 class TrialRun:
     """The child run of one trial: found by its key, or created once."""
 
-    def __init__(self, client: MlflowClient, run_id: str, resumed: bool) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, resumed: bool, logged_epochs: int = 0) -> None:
         self.client, self.run_id, self.resumed = client, run_id, resumed
+        self.logged_epochs = logged_epochs  # epochs already in the run: a resumed trial never logs them twice
 
     @classmethod
     def find(cls, ctx: TrackingContext, trial_id: str) -> TrialRun | None:
-        client = MlflowClient(tracking_uri=ctx.uri)
+        client = open_client(ctx.uri)
         key = trial_key(ctx.parent_run_id, trial_id)
         found = _retry(client.search_runs, [ctx.experiment_id],
                        filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1)
@@ -140,9 +209,9 @@ class TrialRun:
         """Re-attach to this trial's run (retry, resume) or create it with params and arm tags."""
         run = cls.find(ctx, trial_id)
         if run is not None:
-            _retry(run.client.update_run, run.run_id, status="RUNNING")
+            run.reopen()
             return run
-        client = MlflowClient(tracking_uri=ctx.uri)
+        client = open_client(ctx.uri)
         tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: trial_key(ctx.parent_run_id, trial_id),
                 ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
                 "ablate.selected_on": cfg.select_on,
@@ -156,6 +225,27 @@ class TrialRun:
 
     def status(self) -> str:
         return _retry(self.client.get_run, self.run_id).info.status
+
+    def reopen(self) -> None:
+        """Running again (retry, resume): the old stop reason goes, the epochs it logged stay counted."""
+        tags = _retry(self.client.get_run, self.run_id).data.tags
+        for key in (ERROR_TAG, STOPPED_TAG):
+            if key in tags:
+                _retry(self.client.delete_tag, self.run_id, key)
+        _retry(self.client.update_run, self.run_id, status="RUNNING")
+        self.logged_epochs = self.last_step("loss")
+
+    def last_step(self, key: str) -> int:
+        history = _retry(self.client.get_metric_history, self.run_id, key)
+        return max((m.step for m in history), default=0)
+
+    def log_epoch(self, row: dict) -> None:
+        """One epoch's row at step `epoch`; skipped when the run has it already (the trial was killed
+        after logging it but before Tune kept that epoch's checkpoint, and ran it again)."""
+        if row["epoch"] <= self.logged_epochs:
+            return
+        self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        self.logged_epochs = row["epoch"]
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -175,11 +265,17 @@ class TrialRun:
     def log_artifact(self, path: Path) -> None:
         _retry(self.client.log_artifact, self.run_id, str(path))
 
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        _retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        _retry(self.client.set_tag, self.run_id, key, value[:5000])
+
     def finish(self) -> None:
         _retry(self.client.set_terminated, self.run_id, "FINISHED")
 
     def close(self, status: str, reason: str) -> None:
-        _retry(self.client.set_tag, self.run_id, ERROR_TAG if status == "FAILED" else "ablate.stopped", reason[:5000])
+        _retry(self.client.set_tag, self.run_id, ERROR_TAG if status == "FAILED" else STOPPED_TAG, reason[:5000])
         _retry(self.client.set_terminated, self.run_id, status)
 
     def fail(self, reason: str) -> None:
@@ -188,9 +284,9 @@ class TrialRun:
 
 def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
     """One row per child run of a sweep: arm, status and the headline numbers."""
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=10000)
+    client = open_client(uri)
+    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                  max_results=10000)
     rows = []
     for run in runs:
         tags, m = run.data.tags, run.data.metrics

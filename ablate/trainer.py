@@ -29,11 +29,12 @@ from .data import MultiLabelDataset, check_root, load_splits
 from .data.base import write_atomically
 from .data.features import CachedFeatures, FeatureCache, check_features_mode, ensure_trial_caches
 from .data.transforms import build_transform
-from .errors import ConfigError, TrialDiverged
+from .errors import AblateError, ConfigError, TrialDiverged, worker_message
 from .loss import AsymmetricLoss
 from .methods import create_method
 from .methods.base import FREE, LINEAR, Method
 from .metrics import multilabel_metrics
+from .output import check_free_space, ensure_writable_folder, exclusive_folder
 from .prompts import PROMPT
 from .result import TrialResult
 from .runtime import backbone_from_config, resolve_device, seed_everything
@@ -43,6 +44,8 @@ CHECKPOINT = "checkpoint.pt"
 # the per-epoch metric that picks the reported epoch, by `select_on`
 SELECTION_METRIC = {"val": "val_map", "test": "epoch_test_map"}
 Reporter = Callable[[dict, Path | None], None]
+# a parameter whose norm grew this many times its initial one (or 1) is warned about: the lr is far too high
+GROWTH_WARNING = 1e6
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -93,6 +96,22 @@ def trainable_state(method: Method) -> dict[str, Tensor]:
     return {k: p.detach().cpu().clone() for k, p in method.named_parameters() if p.requires_grad}
 
 
+def _norms(method: Method) -> dict[str, float]:
+    """Norm of each trainable parameter, in float64: float32 squares overflow long before the values do."""
+    return {k: p.detach().double().norm().item() for k, p in method.named_parameters() if p.requires_grad}
+
+
+def _batches(loader: DataLoader):
+    """The loader's batches; an ablate error from a worker process comes back as its own one line."""
+    try:
+        yield from loader
+    except AblateError as err:
+        message = worker_message(err)
+        if message == str(err):  # raised here, not in a worker
+            raise
+        raise type(err)(message) from None
+
+
 class Trial:
     """Holds what one trial needs; `run()` trains, selects on val and scores test."""
 
@@ -117,6 +136,8 @@ class Trial:
         )
         self.optimizer = build_optimizer(self.method, cfg) if self.method.trainable else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and cfg.grad_scaler)
+        self.initial_norms = _norms(self.method)  # the seeded initialisation, also when resuming
+        self.warned: set[str] = set()
 
     # ---- data ---------------------------------------------------------------------------------
     def loader(self, split: str, train: bool, epoch: int = 0) -> DataLoader:
@@ -173,7 +194,7 @@ class Trial:
         loader = self.loader("train", True, epoch)
         # an iterator, not the loader: tqdm.auto opens one of its own, which starts another set of
         # workers and draws another shuffle from the epoch's generator
-        bar = tqdm(iter(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = tqdm(_batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
         for step, (inputs, targets) in enumerate(bar):
             targets = targets.to(self.device, non_blocking=True)
@@ -197,12 +218,16 @@ class Trial:
         with self.autocast():
             embeddings = self.method.class_embeddings()  # once per pass, not per batch
         scores, targets = [], []
-        for inputs, target in self.loader(split, train=False):
+        for inputs, target in _batches(self.loader(split, train=False)):
             with self.autocast():
                 logits = self.method(self.dense(inputs), embeddings)
             scores.append(logits.float().softmax(dim=1)[:, 1].cpu())
             targets.append(target)
-        return multilabel_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy(), cf1=self.cfg.cf1)
+        probs = torch.cat(scores)
+        if not torch.isfinite(probs).all():  # finite but huge parameters overflow the logits
+            raise TrialDiverged(f"{split} scores are not finite (lr {self.cfg.lr:g}): the trained parameters "
+                                "have blown up; lower lr")
+        return multilabel_metrics(probs.numpy(), torch.cat(targets).numpy(), cf1=self.cfg.cf1)
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict) -> None:
@@ -211,12 +236,35 @@ class Trial:
 
     def load_checkpoint(self, path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("config") != self.cfg.model_dump(mode="json"):
-            raise ConfigError(f"checkpoint {path} was written by a different configuration; "
-                             "use another --out or delete the checkpoint")
+        saved, now = state.get("config") or {}, self.cfg.model_dump(mode="json")
+        if saved != now:
+            changed = ", ".join(sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)))
+            raise ConfigError(f"output folder {path.parent} holds a checkpoint of a different configuration "
+                              f"(changed: {changed}); use another --out, or delete {path} to start over")
         self.method.load_state_dict(state["trainable"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         return state
+
+    def check_parameters(self, epoch: int) -> None:
+        """TrialDiverged once a trainable parameter is not finite (it would be selected, saved and scored);
+        a warning, once per parameter, when its norm grew over GROWTH_WARNING x its initial one."""
+        lr = lr_at(epoch, self.cfg)
+        for name, norm in _norms(self.method).items():
+            if not math.isfinite(norm):
+                raise TrialDiverged(f"parameter {name} is no longer finite after epoch {epoch + 1} (lr {lr:g}); "
+                                    "lower lr")
+            start = max(self.initial_norms[name], 1.0)
+            if norm > GROWTH_WARNING * start and name not in self.warned:
+                self.warned.add(name)
+                tqdm.write(f"warning: parameter {name} grew from norm {self.initial_norms[name]:.3g} to {norm:.3g} "
+                           f"by epoch {epoch + 1} (lr {lr:g}); the learning rate is probably far too high",
+                           file=sys.stderr)
+
+    def check_space(self, *folders: Path | None) -> None:
+        """Each folder this trial writes into exists, is writable and has room for its checkpoints."""
+        state_bytes = sum(p.numel() * p.element_size() for p in self.method.parameters() if p.requires_grad)
+        for folder in {Path(f) for f in folders if f is not None}:
+            check_free_space(ensure_writable_folder(folder), state_bytes)
 
     # ---- the trial ----------------------------------------------------------------------------
     def epoch_row(self, epoch: int, loss: float) -> dict:
@@ -240,7 +288,9 @@ class Trial:
         epochs = cfg.epochs if self.method.trainable else 0
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            row = self.epoch_row(epoch, self.train_epoch(epoch))
+            loss = self.train_epoch(epoch)
+            self.check_parameters(epoch)
+            row = self.epoch_row(epoch, loss)
             elapsed += time.perf_counter() - t0  # training + validation; selecting on test is protocol, not cost
             if cfg.select_on == "test":
                 row["epoch_test_map"] = self.evaluate("test")["mAP"]
@@ -303,9 +353,9 @@ class Trial:
 
     def save_trained(self, path: Path) -> None:
         """The selected (best-validation) trainable parameters with what is needed to rebuild the method."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": self.cfg.model_dump(mode="json"), "classnames": self.classnames,
-                    "state": self.selected_state}, path)
+        saved = {"config": self.cfg.model_dump(mode="json"), "classnames": self.classnames,
+                 "state": self.selected_state}
+        write_atomically(path, lambda tmp: torch.save(saved, tmp))  # never a half-written file
 
 
 TRAINED = "trained.pt"
@@ -320,16 +370,17 @@ def run_trial(
     progress: bool = True,
     trained_path: Path | None = None,
 ) -> TrialResult:
-    """Train and evaluate one trial; writes `metrics.json`, `trained.pt` (and checkpoints) into `out_dir`."""
-    trial = Trial(cfg, out_dir, progress)
-    result = trial.run(checkpoint_dir, report)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        result.write(out / "metrics.json")
-        trained_path = trained_path or out / TRAINED
-    if trained_path is not None:
-        trial.save_trained(Path(trained_path))
+    """Train and evaluate one trial; writes `metrics.json`, `trained.pt` (and checkpoints) into `out_dir`,
+    which this process holds alone until it returns."""
+    with exclusive_folder(Path(out_dir)) if out_dir is not None else contextlib.nullcontext():
+        trial = Trial(cfg, out_dir, progress)
+        trial.check_space(out_dir, checkpoint_dir, Path(trained_path).parent if trained_path else None)
+        result = trial.run(checkpoint_dir, report)
+        if out_dir is not None:
+            write_atomically(Path(out_dir) / "metrics.json", result.write)
+            trained_path = trained_path or Path(out_dir) / TRAINED
+        if trained_path is not None:
+            trial.save_trained(Path(trained_path))
     return result
 
 

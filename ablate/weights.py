@@ -32,7 +32,9 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None
 def load_backbone(
     name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu",
     cache_dir: Path | None = None, quick_gelu: bool | None = None, weights_dir: Path | None = None,
+    trust_torchscript: bool = False,
 ) -> Backbone:
     """`create_backbone` for any weights name, aliases included (the info keeps the alias)."""
     weights = resolve_pretrained(name, pretrained, cache_dir)
-    return create_backbone(name, weights, image_size, device, quick_gelu, weights_dir, label=pretrained)
+    return create_backbone(name, weights, image_size, device, quick_gelu, weights_dir, label=pretrained,
+                           trust_torchscript=trust_torchscript)

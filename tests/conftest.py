@@ -10,8 +10,8 @@ import torch
 
 from ablate.spec import TrialConfig
 
-# Tests start their own local Ray; "auto" (ablate's default) would join whatever cluster this machine
-# runs, e.g. someone's sweep, and die with it.
+# Tests start their own local Ray (ablate's default too); a RAY_ADDRESS inherited from the environment
+# would join whatever cluster this machine runs, e.g. someone's sweep, and die with it.
 os.environ["RAY_ADDRESS"] = "local"
 
 

@@ -186,7 +186,8 @@ def test_dry_run_counts_the_full_grid(capsys):
 
 
 @pytest.mark.parametrize("name, trials", [("quickstart", 6 * 3 - 2), ("world_negation", 2 * (5 * 3 * 3 + 1)),
-                                          ("full_grid", 542), ("optuna_lr", None)])
+                                          ("full_grid", 542), ("paper_reproduction", 4 * 2 * 9),
+                                          ("optuna_lr", None)])
 def test_shipped_specs_expand_into_runnable_trials(name, trials):
     """Every arm of every shipped spec passes the checks a trial makes before it starts (the zero-shot
     arm of a cached-feature spec once came out with augment: true and was refused at launch)."""

@@ -86,12 +86,15 @@ def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temp file beside `path`, then rename it: readers see the old file or the new one."""
+    """`write(tmp)` to a temp file beside `path`, then rename it: readers see the old file or the new one.
+    The file gets the mode a plain open() would give it (mkstemp's is owner-only: on a shared cache
+    other users could not read it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -103,7 +106,19 @@ def fill_atomically(root: Path, fill: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         fill(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only; a plain mkdir would not
         os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where there is one: setting and restoring it (the only other
+    way) briefly changes it for every thread."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -43,6 +43,8 @@ def coco_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Path]
 
 def check_coco_root(root: Path, dataset: str = "coco2014") -> None:
     """Raise DataError unless both splits' annotation files and image folders exist."""
+    if root.is_file():
+        raise DataError(f"{dataset} root {root} is a file, not a folder; expected layout: {LAYOUT}")
     if not root.is_dir():
         raise DataError(f"{dataset} root {root} does not exist; expected layout: {LAYOUT}")
     for split in _SPLITS:

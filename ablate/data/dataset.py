@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import LabelledImages
+from .base import DataError, LabelledImages
 
 
 class MultiLabelDataset(torch.utils.data.Dataset):
@@ -22,6 +22,10 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(self.images.paths[i]) as img:
-            x = self.transform(img.convert("RGB"))
+        path = self.images.paths[i]
+        try:
+            with Image.open(path) as img:
+                x = self.transform(img.convert("RGB"))
+        except (OSError, SyntaxError) as err:  # PIL: unreadable, truncated, not an image
+            raise DataError(f"cannot read image {path} ({err}); replace or remove it") from None
         return x, torch.from_numpy(self.images.labels[i].astype(np.float32))

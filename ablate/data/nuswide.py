@@ -33,6 +33,8 @@ def nuswide_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Pa
 
 def check_nuswide_root(root: Path) -> None:
     """Raise DataError unless the images folder and both splits' list and label files exist."""
+    if root.is_file():
+        raise DataError(f"nuswide root {root} is a file, not a folder; expected layout: {LAYOUT}")
     if not root.is_dir():
         raise DataError(f"nuswide root {root} does not exist; expected layout: {LAYOUT}")
     required = [root / "images", *nuswide_files(root, "train"), *nuswide_files(root, "test")]

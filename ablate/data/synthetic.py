@@ -121,6 +121,8 @@ def generate_synthetic(
     params = {"version": _FORMAT_VERSION, "n_train": n_train, "n_test": n_test, "image_size": image_size, "seed": seed}
     if _is_complete(root, params):
         return root
+    if root.exists() and not root.is_dir():
+        raise DataError(f"synthetic root {root} is a file, not a folder; choose a folder to generate into")
     if root.exists() and any(root.iterdir()):
         raise DataError(
             f"synthetic root {root} is not empty and holds no synthetic set with parameters {params} "

@@ -35,6 +35,8 @@ _DIFFICULT_VALUE = {"negative": 0, "positive": 1, "ignore": -1}
 def resolve_voc_root(root: Path) -> Path:
     """The VOC2007 folder under `root` (several common roots accepted), with its layout checked."""
     root = Path(root).expanduser().absolute()
+    if root.is_file():
+        raise DataError(f"voc2007 root {root} is a file, not a folder; expected layout: {LAYOUT}")
     for base in (root / "VOCdevkit" / "VOC2007", root / "VOC2007", root):
         if (base / "Annotations").is_dir():
             break
