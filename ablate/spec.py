@@ -129,7 +129,7 @@ class TrialConfig(StrictModel):
     augment: bool = Field(True, description="Cutout + RandAugment on training images")
     augment_recipe: Literal["torchvision", "reference"] = Field(
         "torchvision", description="torchvision: mean-colour Cutout, then torchvision's RandAugment (2 ops, "
-        "magnitude 9 of 31); reference: Cutout with probability 0.5 in a random colour, then 2 of 15 "
+        "magnitude 9 of 31); reference: Cutout of half the side in a random colour on every image, then 2 of 15 "
         "operations each applied with probability 0.5 at a magnitude drawn from 1..9 of 10")
     resize: Literal["bicubic", "bilinear"] = Field(
         "bicubic", description="interpolation of the square resize, train and test (CLIP's own preprocessing: "

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
+from sweep_helpers import runs, write_spec
 
 from ablate.cli import main
 from ablate.spec import ConfigError
@@ -28,27 +28,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-def write_spec(tmp_path: Path, cache_dir: Path, **spec) -> Path:
-    base = dict(dataset="synthetic", synthetic_images=60, backbone="ablate-tiny-vit", n_ctx=4, epochs=2,
-                warmup_epochs=0, batch_size=16, num_workers=0, augment=False, lr=3e-4, device="cpu",
-                cache_dir=str(cache_dir))
-    base.update(spec.pop("base", {}))
-    data = {"name": "t", "base": base, "storage_path": str(tmp_path / "ray"),
-            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", **spec}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def runs(tmp_path: Path, name: str = "t") -> tuple[list, list]:
-    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")  # may run while a sweep creates the store
-    exp = client.get_experiment_by_name(name)
-    all_runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "sweep"]
-    children = [r for r in all_runs if r.data.tags.get("ablate.role") == "trial"]
-    return parents, children
 
 
 def test_grid_lands_one_child_run_per_trial(tmp_path, cache_dir):

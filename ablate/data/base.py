@@ -56,6 +56,14 @@ def required_root(cfg: TrialConfig, layout: str) -> Path:
     return Path(cfg.data_root).expanduser().absolute()
 
 
+def check_folder(root: Path, dataset: str, layout: str) -> None:
+    """DataError unless `root` is an existing folder (a file given as a root is named as such)."""
+    if root.is_file():
+        raise DataError(f"{dataset} root {root} is a file, not a folder; expected layout: {layout}")
+    if not root.is_dir():
+        raise DataError(f"{dataset} root {root} does not exist; expected layout: {layout}")
+
+
 def check_images_exist(paths: list[Path], dataset: str, layout: str) -> None:
     """Fail before training rather than mid-epoch when listed images are absent."""
     missing = [p for p in paths if not p.is_file()]

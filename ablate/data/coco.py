@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pycocotools.coco import COCO
 
-from .base import DataError, LabelledImages, check_images_exist, required_root
+from .base import DataError, LabelledImages, check_folder, check_images_exist, required_root
 from .classnames import class_names
 from .registry import COCO_LAYOUT as LAYOUT
 
@@ -43,10 +43,7 @@ def coco_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Path]
 
 def check_coco_root(root: Path, dataset: str = "coco2014") -> None:
     """Raise DataError unless both splits' annotation files and image folders exist."""
-    if root.is_file():
-        raise DataError(f"{dataset} root {root} is a file, not a folder; expected layout: {LAYOUT}")
-    if not root.is_dir():
-        raise DataError(f"{dataset} root {root} does not exist; expected layout: {LAYOUT}")
+    check_folder(root, dataset, LAYOUT)
     for split in _SPLITS:
         ann, images = coco_files(root, split)
         if not ann.is_file():

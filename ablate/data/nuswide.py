@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .base import DataError, LabelledImages, check_images_exist, required_root
+from .base import DataError, LabelledImages, check_folder, check_images_exist, required_root
 from .classnames import NUSWIDE
 from .registry import NUSWIDE_LAYOUT as LAYOUT
 
@@ -33,10 +33,7 @@ def nuswide_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Pa
 
 def check_nuswide_root(root: Path) -> None:
     """Raise DataError unless the images folder and both splits' list and label files exist."""
-    if root.is_file():
-        raise DataError(f"nuswide root {root} is a file, not a folder; expected layout: {LAYOUT}")
-    if not root.is_dir():
-        raise DataError(f"nuswide root {root} does not exist; expected layout: {LAYOUT}")
+    check_folder(root, "nuswide", LAYOUT)
     required = [root / "images", *nuswide_files(root, "train"), *nuswide_files(root, "test")]
     for path in required:
         if not path.exists():

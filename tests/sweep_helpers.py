@@ -1,0 +1,31 @@
+"""What the sweep test modules share: a tiny sweep spec on the synthetic set, and its MLflow runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ablate.tracking import connect
+
+
+def write_spec(tmp_path: Path, cache_dir: Path, **spec) -> Path:
+    base = dict(dataset="synthetic", synthetic_images=60, backbone="ablate-tiny-vit", n_ctx=4, epochs=2,
+                warmup_epochs=0, batch_size=16, num_workers=0, augment=False, lr=3e-4, device="cpu",
+                cache_dir=str(cache_dir))
+    base.update(spec.pop("base", {}))
+    data = {"name": "t", "base": base, "storage_path": str(tmp_path / "ray"),
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", **spec}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def runs(tmp_path: Path, name: str = "t") -> tuple[list, list]:
+    """(parent runs, trial runs) of experiment `name`; none yet when the sweep has not created it."""
+    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")  # may run while a sweep creates the store
+    exp = client.get_experiment_by_name(name)
+    all_runs = client.search_runs([exp.experiment_id]) if exp else []
+    parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "sweep"]
+    children = [r for r in all_runs if r.data.tags.get("ablate.role") == "trial"]
+    return parents, children
