@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -88,11 +89,21 @@ def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                             "is it running and reachable from here?") from None
 
 
+def artifact_location(tracking_uri: str, name: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a sqlite store's file (MLflow's default, `./mlruns`,
+    would follow whatever the working directory is), else the server's or store's own default."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///")).absolute()
+    return (db.parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)).as_uri()
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     exp = _retry(client.get_experiment_by_name, name)
     if exp is None:
         try:
-            return _retry(client.create_experiment, name)
+            return _retry(client.create_experiment, name,
+                          artifact_location=artifact_location(client.tracking_uri, name))
         except MlflowException as err:  # another process created it since we looked
             exp = _retry(client.get_experiment_by_name, name)
             if exp is None:

@@ -371,9 +371,10 @@ def run_trial(
     trained_path: Path | None = None,
 ) -> TrialResult:
     """Train and evaluate one trial; writes `metrics.json`, `trained.pt` (and checkpoints) into `out_dir`,
-    which this process holds alone until it returns."""
+    which this process holds alone until it returns. The trial is built first, so a bad config or data
+    root fails without creating `out_dir`; nothing is written there before the lock is held."""
+    trial = Trial(cfg, out_dir, progress)
     with exclusive_folder(Path(out_dir)) if out_dir is not None else contextlib.nullcontext():
-        trial = Trial(cfg, out_dir, progress)
         trial.check_space(out_dir, checkpoint_dir, Path(trained_path).parent if trained_path else None)
         result = trial.run(checkpoint_dir, report)
         if out_dir is not None:

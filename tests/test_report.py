@@ -151,3 +151,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     dom = subprocess.run(["chromium", *flags, "--dump-dom", url], check=True, capture_output=True, text=True,
                          timeout=120).stdout
     assert dom.count("<table") >= 2 and dom.count("<img") == 2 and "dualcoop" in dom
+
+
+def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_directory(experiment):
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    db = Path(experiment.removeprefix("sqlite:///"))
+    location = MlflowClient(experiment).get_experiment_by_name("rep").artifact_location
+    assert location == (db.parent / "mlruns" / "rep").as_uri()
+    assert not (Path.cwd() / "mlruns" / "rep").exists()
