@@ -9,7 +9,8 @@ The result is a plain open_clip state dict (`torch.load(weights_only=True)`-safe
 `create_backbone(model, pretrained=path)` loads, plus `<checkpoint>.json`: the config, the world's
 hash, the loss curve and zero-shot mAP before and after. `ensure_world_checkpoint` builds the
 default world and checkpoint on first use, cached by config hash, and is what the aliases
-`world-presence` / `world-negation` resolve through.
+`world-presence` / `world-negation` (with any recipe field, e.g. `world-negation@seed=1`: see
+ablate.pretrain_recipe) resolve through.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,6 @@ from .data.base import DataError, file_lock, write_atomically
 from .data.transforms import build_transform
 from .data.world import (
     STYLES,
-    CaptionStyle,
     WorldConfig,
     build_world,
     default_world_root,
@@ -45,22 +45,11 @@ from .data.world import (
 )
 from .errors import ConfigError
 from .metrics import multilabel_metrics
+from .pretrain_recipe import DEFAULT_PRETRAIN, PretrainConfig, alias_of, parse_alias
 
 ZERO_SHOT_PROMPT = "a photo of a {}."
 _RECIPE_VERSION = 2  # bump when the training code changes what a config produces: cached checkpoints are redone
 _BETAS = (0.9, 0.98)  # CLIP's: a shorter second-moment memory keeps large-batch contrastive training stable
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    model: str = "ablate-tiny-vit"
-    captions: CaptionStyle = "presence"
-    epochs: int = 8  # 2000 images x 5 captions: ~3 minutes on 2 cores
-    batch_size: int = 64  # 128 sat on the initial ln(batch) plateau for half the run
-    lr: float = 5e-4  # 1e-3 and 2e-3 learned slower; 3e-4 about the same
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    seed: int = 0
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -211,6 +200,7 @@ def _pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool) 
     loaded = create_backbone(cfg.model, str(out))
     manifest = {
         "config": asdict(cfg),
+        "alias": alias_of(cfg),
         "world": {"root": str(Path(world_root).absolute()), "hash": world_hash(world_root)},
         "checkpoint": out.name,
         "pretrain_images": len(images),
@@ -235,24 +225,21 @@ def checkpoint_path(cache_dir: Path, world_root: Path, cfg: PretrainConfig) -> P
     return Path(cache_dir).expanduser().absolute() / "world_checkpoints" / f"{cfg.model}-{cfg.captions}-{key[:10]}.pt"
 
 
-DEFAULT_WORLD, DEFAULT_PRETRAIN = WorldConfig(), PretrainConfig()  # frozen dataclasses: safe to share
-# the names specs use for ablate's own tiny CLIPs (ablate.weights resolves them) -> caption style
-WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
+DEFAULT_WORLD = WorldConfig()  # frozen dataclass: safe to share
+__all__ = ["DEFAULT_PRETRAIN", "PretrainConfig", "ensure_world_checkpoint", "pretrain"]
 
 
 def ensure_world_checkpoint(
     alias_or_captions: str, cache_dir: Path, model: str = "ablate-tiny-vit", progress: bool = True,
     *, world: WorldConfig = DEFAULT_WORLD, world_root: Path | None = None, base: PretrainConfig = DEFAULT_PRETRAIN,
 ) -> Path:
-    """Path of the world checkpoint for `world-presence` / `world-negation` (or `presence` /
-    `negation`), building the world and pre-training on first use; one process trains, others wait.
-    The world is `world_root` (built already) or the one `world` describes, built in the cache;
-    `base` holds the training settings (model and captions come from the arguments)."""
-    captions = WORLD_ALIASES.get(alias_or_captions, alias_or_captions)
-    if captions not in STYLES:
-        raise ConfigError(f"unknown world checkpoint {alias_or_captions!r}; use one of "
-                         f"{', '.join([*WORLD_ALIASES, *STYLES])}")
-    cfg = replace(base, model=model, captions=captions)
+    """Path of the world checkpoint an alias names (`world-negation`, `world-negation@seed=1`, ... see
+    ablate.pretrain_recipe) or of `presence` / `negation`, building the world and pre-training on first
+    use; one process trains, others wait. The world is `world_root` (built already) or the one `world`
+    describes, built in the cache; `base` holds the training settings the alias does not set (model and
+    captions come from the arguments)."""
+    name = f"world-{alias_or_captions}" if alias_or_captions in STYLES else alias_or_captions
+    cfg = parse_alias(name, model, base)
     root = Path(world_root) if world_root else build_world(default_world_root(cache_dir, world), world, progress)
     path = checkpoint_path(cache_dir, root, cfg)
     if manifest_path(path).is_file():  # written last, so a present manifest means a complete checkpoint

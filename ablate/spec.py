@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
+from .pretrain_recipe import check_pretrained
 from .probes import probe_names
 
 
@@ -158,6 +159,12 @@ class TrialConfig(StrictModel):
         if name not in DATASETS:
             raise ValueError(f"unknown dataset '{name}'; registered: {', '.join(DATASETS.names())}")
         return name
+
+    @field_validator("pretrained")
+    @classmethod
+    def _world_alias(cls, name: str) -> str:
+        # one spelling per pre-training recipe: runs, report rows and feature caches agree on it
+        return check_pretrained(name)
 
     @model_validator(mode="before")
     @classmethod

@@ -2,7 +2,9 @@
 here, so ablate.backbone only ever sees an open_clip tag, a local file or 'none'.
 
 - `world-presence` / `world-negation`: the tiny CLIP ablate pre-trains on its synthetic world
-  (presence-only or negation captions), built and trained on first use, cached under the cache dir.
+  (presence-only or negation captions), built and trained on first use, cached under the cache dir;
+  `world-negation@seed=1@epochs=4` sets fields of the recipe (grammar in ablate.pretrain_recipe), and
+  each distinct recipe is its own cached checkpoint.
 - anything else (a tag, a file, 'none') is passed on as is.
 """
 
@@ -13,13 +15,10 @@ from pathlib import Path
 import torch
 
 from .backbone import Backbone, create_backbone
-from .pretrain import WORLD_ALIASES, ensure_world_checkpoint
+from .pretrain import ensure_world_checkpoint
+from .pretrain_recipe import WORLD_ALIASES, is_alias
 
 __all__ = ["WORLD_ALIASES", "is_alias", "load_backbone", "resolve_pretrained"]
-
-
-def is_alias(pretrained: str) -> bool:
-    return pretrained in WORLD_ALIASES  # a file named world-….pt is a file, not an alias
 
 
 def resolve_pretrained(name: str, pretrained: str, cache_dir: Path | None = None) -> str:
