@@ -236,6 +236,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     """The parser and a handler per command."""
+    from .data.commands import add_data_commands
     from .probes import add_probe_commands
 
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
@@ -246,7 +247,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     _report_parser(sub)
     _world_parser(sub)
     handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "world": cmd_world}
-    return parser, {**handlers, **add_probe_commands(sub)}
+    return parser, {**handlers, **add_probe_commands(sub), **add_data_commands(sub)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -295,6 +295,15 @@ class Resources(StrictModel):
     gpu: float = Field(0.0, ge=0, description="fractions (e.g. 0.25) pack several trials on one GPU")
 
 
+class DataSpec(StrictModel):
+    """What a sweep does with a dataset's data before anything is recorded or launched."""
+
+    fetch: bool = Field(False, description="fetch the dataset into every data_root its arms use (one Ray task on "
+                        "a worker node; a complete root is left as it is) before the pre-flight check")
+    mirror: str | None = Field(None, description="base URL serving the official archives under their file names "
+                               "(default: $ABLATE_DATA_MIRROR, else the official addresses)")
+
+
 class SweepSpec(StrictModel):
     """A tune_specs/*.yaml file: a grid and/or Optuna search over TrialConfig fields."""
 
@@ -329,6 +338,18 @@ class SweepSpec(StrictModel):
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
+    data: dict[str, DataSpec] = Field(default_factory=dict, description="per dataset: `fetch: true` to download "
+                                      "it into its data roots first (`ablate data fetch`)")
+
+    @field_validator("data")
+    @classmethod
+    def _fetchable_data(cls, data: dict[str, DataSpec]) -> dict[str, DataSpec]:
+        from .data.manifest import fetchable
+
+        wrong = [name for name, d in data.items() if d.fetch and name not in fetchable()]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: no official archive to fetch; fetchable: {', '.join(fetchable())}")
+        return data
 
     @field_validator("probes")
     @classmethod

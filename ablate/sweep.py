@@ -24,12 +24,13 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .data.manifest import DatasetManifest
 from .errors import AblateError, DataError
 from .spec import (
     ConfigError,
@@ -363,6 +364,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
     on a cluster), all groups in parallel; without, they are built in this process.
     """
     from .data import check_root
+    from .data.check import require_complete
     from .data.features import check_features_mode, feature_group
     from .weights import is_alias, resolve_pretrained
 
@@ -373,6 +375,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
         key = (cfg.dataset, cfg.data_root, cfg.synthetic_images, cfg.cache_dir, cfg.coco_empty_images)
         if key not in seen:
             seen.add(key)
+            require_complete(cfg.dataset, cfg.data_root)  # every problem of a real dataset's root at once
             check_images(cfg, check_root(cfg))
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
     worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
@@ -440,6 +443,70 @@ def _cache_task(config: dict, done_images, cpus: float, plugins: list[str]) -> N
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(plugins)
     prepare_caches(TrialConfig.model_validate(config), progress=False, on_images=done_images.put)
+
+
+def fetch_data(spec: SweepSpec, arms: list[Arm], ray_address: str | None = None,
+               manifests: Mapping[str, DatasetManifest] | None = None) -> None:
+    """`data: {<dataset>: {fetch: true}}`: every data_root the dataset's arms use is fetched (or found
+    complete) before the pre-flight check, each as one 1-CPU Ray task (on a cluster whose head has no CPUs,
+    a worker node: the data lands on shared storage), with its progress bars drawn here."""
+    import ray
+    from ray.util.queue import Queue
+
+    from .data.manifest import MANIFESTS
+    from .data.progress import ProgressBars
+
+    jobs = sorted({(a.config.dataset, a.config.data_root) for a in arms
+                   if (d := spec.data.get(a.config.dataset)) is not None and d.fetch}, key=str)
+    unset = [dataset for dataset, root in jobs if root is None]
+    if unset:
+        raise ConfigError(f"data.{unset[0]}.fetch needs a data_root to fetch into: set "
+                          f"per_dataset.{unset[0]}.data_root")
+    if not jobs:
+        return
+    init_ray(ray_address)
+    events = Queue(actor_options={"num_cpus": 0})  # task -> driver: (label, done, total, unit)
+    task = ray.remote(num_cpus=1, max_retries=0)(_fetch_task)
+    pending = [task.remote((manifests or MANIFESTS)[dataset], str(root), spec.data[dataset].mirror, events)
+               for dataset, root in jobs]
+    bars = ProgressBars()
+    try:
+        while pending:
+            finished, pending = ray.wait(pending, timeout=0.5)
+            if events.qsize():
+                for event in events.get_nowait_batch(events.qsize()):
+                    bars(*event)
+            for line in _task_results(finished):
+                print(line, file=sys.stderr)
+    finally:
+        bars.close()
+        events.shutdown()
+
+
+def _task_results(refs: list) -> list:
+    """ray.get, with an AblateError raised in the task re-raised as itself (one line, not Ray's traceback)."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, AblateError):
+            raise err.cause from None
+        raise
+
+
+def _fetch_task(manifest: DatasetManifest, root: str, mirror: str | None, events) -> str:
+    """Ray task: one dataset fetched into `root`; progress sent to the driver at most twice a second a bar."""
+    from .data.fetch import fetch_dataset
+
+    last: dict[str, float] = {}
+
+    def send(label: str, done: int, total: int, unit: str) -> None:
+        if time.monotonic() - last.get(label, 0.0) >= 0.5 or done >= total:
+            last[label] = time.monotonic()
+            events.put((label, done, total, unit))
+
+    return fetch_dataset(manifest, Path(root), mirror, progress=send).line()
 
 
 def _storage_root(spec: SweepSpec, override: str | None) -> str:
@@ -588,6 +655,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     with Signals().installed() as signals:
         try:
             # a bad data root stops here, before anything is recorded
+            fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
         except KeyboardInterrupt:

@@ -54,7 +54,7 @@ def check_coco_root(root: Path, dataset: str = "coco2014") -> None:
             )
 
 
-def _read(ann: Path, dataset: str) -> COCO:
+def read_instances(ann: Path, dataset: str) -> COCO:
     try:
         with ann.open() as f:
             data = json.load(f)
@@ -79,7 +79,7 @@ def load_coco(
     root = Path(root).expanduser().absolute()
     check_coco_root(root, dataset or "coco")
     ann, image_dir = coco_files(root, split)
-    coco = _read(ann, dataset or "coco")
+    coco = read_instances(ann, dataset or "coco")
 
     cat_ids = sorted(coco.cats)
     names = [coco.cats[c]["name"] for c in cat_ids]

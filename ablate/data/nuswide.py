@@ -40,7 +40,7 @@ def check_nuswide_root(root: Path) -> None:
             raise DataError(f"nuswide root {root} is missing {path.name}; expected layout: {LAYOUT}")
 
 
-def _read_labels(path: Path, n_rows: int) -> np.ndarray:
+def read_labels(path: Path, n_rows: int) -> np.ndarray:
     try:
         labels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -63,7 +63,7 @@ def load_nuswide(root: Path, split: Literal["train", "test"]) -> LabelledImages:
     rel_paths = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
     if not rel_paths:
         raise DataError(f"nuswide: {list_file} lists no images")
-    labels = _read_labels(label_file, len(rel_paths))
+    labels = read_labels(label_file, len(rel_paths))
     paths = [root / "images" / p for p in rel_paths]
     check_images_exist(paths, "nuswide", LAYOUT)
     return LabelledImages(paths, labels, list(NUSWIDE))

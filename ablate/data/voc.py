@@ -49,7 +49,7 @@ def resolve_voc_root(root: Path) -> Path:
     return base
 
 
-def _objects(xml_path: Path) -> list[tuple[str, bool]]:
+def read_objects(xml_path: Path) -> list[tuple[str, bool]]:
     """(class name, difficult) of every object in one annotation file."""
     try:
         tree = ET.parse(xml_path)
@@ -83,7 +83,7 @@ def load_voc(root: Path, split: Literal["train", "test"], difficult: Difficult =
     ids = (base / "ImageSets" / "Main" / f"{_LIST[split]}.txt").read_text().split()
     if not ids:
         raise DataError(f"voc2007: {base}/ImageSets/Main/{_LIST[split]}.txt lists no images")
-    labels = np.stack([_label_row(_objects(base / "Annotations" / f"{i}.xml"), difficult) for i in ids])
+    labels = np.stack([_label_row(read_objects(base / "Annotations" / f"{i}.xml"), difficult) for i in ids])
     paths = [base / "JPEGImages" / f"{i}.jpg" for i in ids]
     check_images_exist(paths, "voc2007", LAYOUT)
     return LabelledImages(paths, labels, list(VOC2007))
