@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from .data.world import STYLES, CaptionStyle
 from .errors import ConfigError
@@ -36,7 +37,7 @@ class PretrainConfig:
 
 DEFAULT_PRETRAIN = PretrainConfig()  # frozen: safe to share
 # the names specs use for ablate's own tiny CLIPs (ablate.weights resolves them) -> caption style
-WORLD_ALIASES = {"world-presence": "presence", "world-negation": "negation"}
+WORLD_ALIASES: dict[str, CaptionStyle] = {"world-presence": "presence", "world-negation": "negation"}
 # fields an alias may set: the model is the trial's backbone and the captions are in the name
 RECIPE_FIELDS = {f.name: type(getattr(DEFAULT_PRETRAIN, f.name)) for f in fields(PretrainConfig)
                  if f.name not in ("model", "captions")}
@@ -67,7 +68,7 @@ def parse_alias(alias: str, model: str = DEFAULT_PRETRAIN.model,
     name, *overrides = alias.split("@")
     if name not in WORLD_ALIASES:
         raise ConfigError(f"unknown world checkpoint {alias!r}; grammar: {GRAMMAR}")
-    values: dict[str, int | float] = {}
+    values: dict[str, Any] = {}  # typed per field by _value
     for item in overrides:
         key, eq, text = item.partition("=")
         key = key.strip()

@@ -32,10 +32,12 @@ from mlflow import MlflowClient  # noqa: E402
 
 from .data.base import current_umask  # noqa: E402
 from .errors import ReportError  # noqa: E402
+from .pretrain_recipe import is_alias  # noqa: E402
 from .probes import probe_columns, probe_markdown  # noqa: E402  (the registry and markdown only: no torch)
 from .spec import SweepSpec, ignored_fields  # noqa: E402
 from .sweep import expand, samples_per_arm  # noqa: E402
 from .tracking import ARM_FIELDS, ROLE_TAG, connect, resolve_tracking_uri  # noqa: E402
+from .world_effect import Observation, effects_html, effects_markdown, pretraining_effects  # noqa: E402
 
 # Fields that split a method into several rows when they vary within the experiment.
 ROW_FIELDS = ("backbone", "pretrained", "n_ctx", "csc")
@@ -436,8 +438,24 @@ def diagnostics_section(ctx: DatasetContext) -> Section:
                    data={"diagnostics": probes})
 
 
+def world_observations(ctx: DatasetContext) -> list[Observation]:
+    """Finished trials on ablate's world checkpoints, labelled by their row without the weights."""
+    return [Observation(" ".join(w for w in ctx.labels[t.run_id].split() if not w.startswith("pretrained=")),
+                        t.tag("pretrained"), t.ratio, t.tag("seed"), t.metrics["test_map"])
+            for t in ctx.trials if t.status == "FINISHED" and t.tag("dataset") == ctx.dataset
+            and is_alias(t.tag("pretrained")) and "test_map" in t.metrics]
+
+
+def pretraining_section(ctx: DatasetContext) -> Section:
+    """Negation- vs presence-captioned world checkpoints, with intervals over checkpoints; empty unless
+    both caption styles were run."""
+    effects = pretraining_effects(world_observations(ctx))
+    return Section(effects_markdown(effects), effects_html(effects), data={"pretraining_effects": effects})
+
+
 # the report of every data set, in this order; `register_section` adds one
-SECTIONS: list[SectionFn] = [table_section, cost_section, paired_section, heatmap_section, diagnostics_section]
+SECTIONS: list[SectionFn] = [table_section, cost_section, paired_section, heatmap_section, diagnostics_section,
+                             pretraining_section]
 
 
 def register_section(section: SectionFn) -> SectionFn:

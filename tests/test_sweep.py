@@ -164,7 +164,8 @@ def test_dry_run_counts_the_full_grid(capsys):
     assert out["trials"] == 3 * 2 * 9 * 3 * 3 + 2 * 9 * 3 + 2
 
 
-@pytest.mark.parametrize("name, trials", [("quickstart", 6 * 3 - 2), ("world_negation", 2 * (5 * 3 * 3 + 1)),
+@pytest.mark.parametrize("name, trials", [("quickstart", 6 * 3 - 2), ("world_negation", 6 * (5 * 3 * 3 + 1)),
+                                          ("world_negation_small", 6 * (5 * 3 + 1)),
                                           ("full_grid", 542), ("paper_reproduction", 4 * 2 * 9),
                                           ("optuna_lr", None)])
 def test_shipped_specs_expand_into_runnable_trials(name, trials):
