@@ -1,6 +1,7 @@
 """Small VOC-2007 and COCO-2014 archives with the official names and inner layouts, their manifests, and
-an HTTP server on 127.0.0.1 that serves them with Range support, counts what it sends and can drop a
-connection part-way or hold every GET until a test lets it go: what `ablate data fetch` meets on the internet, without the internet."""
+an HTTP server on 127.0.0.1 that serves them with Range support, counts what it sends, and can drop a
+connection part-way or hold every GET until a test lets it go: what `ablate data fetch` meets on the
+internet, without the internet."""
 
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ def test_a_corrupted_archive_is_refused_with_both_checksums(archives, tmp_path):
     root = tmp_path / "voc"
     with ArchiveServer(served) as s, pytest.raises(DataError) as err:
         fetch_dataset(voc_manifest(archives), root, s.url)
-    assert f"has MD5 {md5(served / VOC_TRAINVAL)}, the published MD5 is {md5(archives / VOC_TRAINVAL)}" in str(err.value)
+    got, published = md5(served / VOC_TRAINVAL), md5(archives / VOC_TRAINVAL)
+    assert f"has MD5 {got}, the published MD5 is {published}" in str(err.value)
     assert not (root / "VOCdevkit").exists() and not (root / STAGING / VOC_TRAINVAL).exists()  # kept out
 
 
@@ -195,8 +196,8 @@ def _break(dataset: str, root: Path) -> tuple[str, str, str]:
         deleted, annotation, broken = (f"{base}/JPEGImages/000002.jpg", f"{base}/Annotations/000003.xml",
                                        f"{base}/JPEGImages/000004.jpg")
     else:
-        deleted, annotation, broken = ("train2014/COCO_train2014_000000000002.jpg",
-                                       "annotations/instances_val2014.json", "train2014/COCO_train2014_000000000004.jpg")
+        train = "train2014/COCO_train2014_00000000000"
+        deleted, annotation, broken = f"{train}2.jpg", "annotations/instances_val2014.json", f"{train}4.jpg"
     (root / deleted).unlink()
     text = (root / annotation).read_bytes()
     (root / annotation).write_bytes(text[: len(text) // 2])

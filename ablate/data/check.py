@@ -185,7 +185,7 @@ def _voc(manifest: DatasetManifest, root: Path, report: CheckReport) -> ImagesOf
             try:
                 seen.update(cls for cls, _ in read_objects(xml))
             except DataError as err:
-                split.bad_annotations.append(f"{_relative(xml, root)}: {_reason(err)}")
+                split.bad_annotations.append(f"{_relative(xml, root)}: {_reason(err, xml, manifest.dataset)}")
         images_of[name] = _listed(split, [base / "JPEGImages" / f"{i}{manifest.image_suffix}" for i in ids], root)
         _absent(split, class_names(manifest.dataset), seen)
     return images_of
@@ -207,7 +207,7 @@ def _coco(manifest: DatasetManifest, root: Path, report: CheckReport) -> ImagesO
         try:
             coco = read_instances(ann, manifest.dataset)
         except DataError as err:
-            split.bad_annotations.append(f"{_relative(ann, root)}: {_reason(err)}")
+            split.bad_annotations.append(f"{_relative(ann, root)}: {_reason(err, ann, manifest.dataset)}")
             continue
         names = [c["name"] for _, c in sorted(coco.cats.items())]
         if len(names) != len(class_names(manifest.dataset)):
@@ -238,16 +238,17 @@ def _nuswide(manifest: DatasetManifest, root: Path, report: CheckReport) -> Imag
         try:
             labels = read_labels(label_file, len(rel_paths))
         except DataError as err:
-            split.bad_annotations.append(f"{_relative(label_file, root)}: {_reason(err)}")
+            split.bad_annotations.append(f"{_relative(label_file, root)}: {_reason(err, label_file, manifest.dataset)}")
             continue
         images_of[name] = _listed(split, [root / "images" / p for p in rel_paths], root)
         _absent(split, names, (n for n, present in zip(names, (labels == 1).any(axis=0)) if present))
     return images_of
 
 
-def _reason(err: DataError) -> str:
-    """The loader's message without the layout hint (the table is about this tree)."""
-    return str(err).split("; expected layout")[0]
+def _reason(err: DataError, path: Path, dataset: str) -> str:
+    """The loader's message without what the line already says (dataset, file) or the layout hint."""
+    text = str(err).split("; expected layout")[0].removeprefix(f"{dataset}: ")
+    return text.replace(f" {path}", "", 1)
 
 
 # ---- decoding -------------------------------------------------------------------------------------
