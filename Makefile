@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart trial lint test clean
+.PHONY: install quickstart trial lint test rehearse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The cluster rehearsal alone: PostgreSQL-backed MLflow server, a local multi-node Ray, injected faults.
+rehearse: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m rehearsal tests/test_rehearsal.py
 
 clean:
 	rm -rf runs .ablate_cache .ablate_sweeps mlflow.db

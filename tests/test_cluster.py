@@ -26,8 +26,12 @@ def test_gpu_cluster_config_is_valid():
     import ray
 
     assert ray.__version__ in prepared["docker"]["image"]  # the image runs our Ray version
-    assert any("pip install" in c and "ablate" in c for c in prepared["setup_commands"])
-    assert any("mlflow server" in c for c in prepared["head_start_ray_commands"])
+    assert any("pip install" in c and "ablate[cluster]" in c for c in prepared["setup_commands"])
+    # the tracking store: PostgreSQL on the head via `ablate server`, artifacts on the shared storage;
+    # nothing keeps a sqlite file (on NFS, behind several server workers: lock errors, a corrupt store)
+    assert any(c.startswith("ablate server start") and "--artifacts /mnt/shared/" in c
+               for c in prepared["head_start_ray_commands"])
+    assert "sqlite" not in (ROOT / "cluster/gpu.yaml").read_text()
 
 
 def test_run_py_copied_alone_resolves_specs_against_the_project(tmp_path):
