@@ -15,7 +15,7 @@ from .data.world import WorldConfig
 from .errors import AblateError, ConfigError, worker_message
 from .pretrain import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
-from .tracking import trial_table
+from .tracking import trial_table, ui_hint
 
 # flag -> TrialConfig field for the common options; any field can also come from --config.
 TRAIN_FLAGS: dict[str, tuple[str, type]] = {
@@ -148,6 +148,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return stop.exit_code
     print_table(trial_table(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]))
     print(json.dumps(summary, indent=2))
+    print(ui_hint(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]), file=sys.stderr)
     return 0 if summary["errored"] == 0 else 1
 
 
@@ -174,6 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for line in result["incomplete"]:
         print(f"not included: {line}", file=sys.stderr)
     print(f"wrote {out / 'report.html'}", file=sys.stderr)
+    print(ui_hint(result["tracking_uri"], result["experiment_id"], result["parent_run_id"]), file=sys.stderr)
     return 0
 
 
@@ -234,6 +236,43 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="the cluster's tracking store: MLflow on PostgreSQL, proxied artifacts",
+                       description="Start (idempotently: initdb once, reuse after), inspect or stop PostgreSQL and "
+                                   "an MLflow server on it that serves artifacts from --artifacts. Everything "
+                                   "it keeps (database, password, logs) lives in --root, on local disk.")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("--root", type=Path, default=Path(".ablate_server"), help="the server's own folder")
+    from .server import ServerSettings
+
+    defaults = ServerSettings(artifacts="")
+    p.add_argument("--artifacts", help="start: --artifacts-destination, a shared folder or bucket URI "
+                                       "(default: <root>/artifacts)")
+    p.add_argument("--host", default=defaults.host, help="start: address the MLflow server listens on "
+                                                         "(0.0.0.0 for a cluster's nodes)")
+    p.add_argument("--port", type=int, default=defaults.port, help="start: MLflow server port")
+    p.add_argument("--db-port", type=int, default=defaults.db_port, help="start: PostgreSQL port (127.0.0.1 only)")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="start: MLflow server worker processes")
+    p.add_argument("--backend-store-uri", help="start: an external database instead of the local PostgreSQL")
+    p.add_argument("--pg-bin", help="start: PostgreSQL's server binaries (default: found; env ABLATE_PG_BIN)")
+    p.add_argument("--keep-database", action="store_true", help="stop: stop the MLflow server only")
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from .server import ServerSettings, start, status, stop
+
+    if args.action == "start":
+        settings = ServerSettings(host=args.host, port=args.port, db_port=args.db_port, workers=args.workers,
+                                  artifacts=args.artifacts or str((args.root / "artifacts").absolute()),
+                                  backend_store_uri=args.backend_store_uri, pg_bin=args.pg_bin)
+        print(json.dumps(start(args.root, settings), indent=2))
+    elif args.action == "stop":
+        print(json.dumps(stop(args.root, keep_database=args.keep_database), indent=2))
+    else:
+        print(json.dumps(status(args.root), indent=2))
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     """The parser and a handler per command."""
     from .data.commands import add_data_commands
@@ -246,7 +285,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     _sweep_parser(sub)
     _report_parser(sub)
     _world_parser(sub)
-    handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "world": cmd_world}
+    _server_parser(sub)
+    handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "world": cmd_world,
+                "server": cmd_server}
     return parser, {**handlers, **add_probe_commands(sub), **add_data_commands(sub)}
 
 

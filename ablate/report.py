@@ -36,7 +36,15 @@ from .pretrain_recipe import is_alias  # noqa: E402
 from .probes import probe_columns, probe_markdown  # noqa: E402  (the registry and markdown only: no torch)
 from .spec import SweepSpec, ignored_fields  # noqa: E402
 from .sweep import expand, samples_per_arm  # noqa: E402
-from .tracking import ARM_FIELDS, ROLE_TAG, connect, resolve_tracking_uri  # noqa: E402
+from .tracking import (  # noqa: E402
+    ARM_FIELDS,
+    ROLE_TAG,
+    connect,
+    report_link,
+    resolve_tracking_uri,
+    set_sweep_note,
+    sweep_note,
+)
 from .world_effect import Observation, effects_html, effects_markdown, pretraining_effects  # noqa: E402
 
 # Fields that split a method into several rows when they vary within the experiment.
@@ -475,10 +483,24 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
     parent_run_id, trials = load_trials(client, experiment, parent_run_id)
     with _staged(out_dir) as staging:
         result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
     if log_to_mlflow:
         client.log_artifacts(parent_run_id, str(out_dir), "report")
-    result["out_dir"] = str(out_dir)
+        note_report(client, experiment_id, parent_run_id, out_dir)
+    result.update(out_dir=str(out_dir), experiment_id=experiment_id, tracking_uri=client.tracking_uri)
     return result
+
+
+def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, out_dir: Path) -> None:
+    """The sweep's (and experiment's) description in the MLflow UI: the spec's description, the report's
+    tables and a link to the whole report logged under the parent's `report/`."""
+    spec_path = out_dir / "spec.yaml"
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
+    link = f"**[The whole report (report.html)]({report_link(experiment_id, parent_run_id)})**: plots, paired " \
+           "differences, per-class AP, incomplete trials."
+    tables = (out_dir / "table.md").read_text().split("\n", 1)[1]  # without its title: the experiment's name
+    set_sweep_note(client, experiment_id, parent_run_id,
+                   sweep_note(str((spec or {}).get("description") or ""), link, tables))
 
 
 def check_report_folder(out_dir: Path) -> None:

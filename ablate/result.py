@@ -30,6 +30,7 @@ class TrialResult:
     per_class_ap: dict[str, float | None] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     split_sizes: dict[str, int] = field(default_factory=dict)
+    split_digests: dict[str, str] = field(default_factory=dict)  # what each split held (LabelledImages.digest)
     dropped_empty_images: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     backbone: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +58,8 @@ class TrialResult:
         values = {"test_map": self.test_map, "last_test_map": self.last_test_map, "best_val_map": self.best_val_map,
                   "trainable_params": self.trainable_params, "train_time_s": self.train_time_s,
                   "gpu_hours": self.train_time_s * gpus / 3600,
-                  **{f"test_{k}": v for k, v in self.test_metrics.items() if k in THRESHOLD_METRICS}}
+                  # lower case like every other metric name (test_cf1 beside test_map)
+                  **{f"test_{k.lower()}": v for k, v in self.test_metrics.items() if k in THRESHOLD_METRICS}}
         return {k: float(v) for k, v in values.items() if v is not None}
 
     @property

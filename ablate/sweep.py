@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import random
+import re
 import resource
 import shlex
 import shutil
@@ -44,20 +45,30 @@ from .spec import (
     load_sweep_spec,
 )
 from .tracking import (
+    FINAL_STEP,
     TrackingContext,
     TrialRun,
     close_running_children,
     connect,
     end_parent_run,
     ensure_experiment,
+    probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
+    run_name,
+    set_sweep_note,
     start_parent_run,
+    sweep_note,
+    trial_table,
+    trials_markdown,
+    ui_address,
 )
 
 STATE_FILE = "ablate_sweep.json"
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
 TRIAL_DIR_PREFIX = "ablate-trial-"
+# how Ray words an actor that died with its node (ActorDiedError's text)
+NODE_DIED = re.compile(r"node (has )?died|node \S+ (is )?dead|NodeDiedError", re.IGNORECASE)
 # up to this many listed images per split are each checked before a sweep starts; more: a seeded sample
 IMAGE_CHECK_CAP = 20_000
 # One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.
@@ -75,6 +86,12 @@ class Arm:
     @property
     def slug(self) -> str:
         return "-".join(f"{k}={v}" for k, v in self.overrides.items()) or "base"
+
+    def name(self, spec: SweepSpec) -> str:
+        """The MLflow run name: the values of the grid axes that vary in the sweep and that this arm's
+        method reads, labelled (`dualcoop · 50% · ctx16 · s0`); the method alone when none vary."""
+        varying = {k: v for k, v in self.overrides.items() if len(spec.grid.get(k, [])) > 1}
+        return run_name(varying) or self.config.method
 
 
 def expand(spec: SweepSpec) -> list[Arm]:
@@ -131,17 +148,19 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: TrackingContext, gpus: float,
-              cpus: float, workroot: str, probes: Sequence[str] = (), probe_limit: int | None = None,
+def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list[str], tracking: TrackingContext,
+              gpus: float, cpus: float, workroot: str, probes: Sequence[str] = (), probe_limit: int | None = None,
               plugins: Sequence[str] = ()) -> None:
-    """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run.
+    """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run (with MLflow's
+    system metrics while it runs).
 
     `config` holds the grid arm's index ("arm") and any Optuna-sampled fields.
     """
+    started = time.monotonic()
     import torch
     from ray import tune
 
-    from .trainer import TRAINED, run_trial
+    from .trainer import STEP_LOSSES, TRAINED, run_trial
 
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(list(plugins))  # the names the spec's plugins register exist in this process too
@@ -149,7 +168,8 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     sampled = {k: v for k, v in config.items() if k != "arm"}
     cfg = TrialConfig.model_validate({**arms[index], **sampled})
     trial_id = tune.get_context().get_trial_id()
-    run = TrialRun.attach(tracking, cfg, trial_id, {**labels[index], **sampled})
+    run = TrialRun.attach(tracking, cfg, trial_id, {**labels[index], **sampled},
+                          trial_run_name(names[index], sampled, trial_id))
     workdir = trial_workdir(Path(workroot), trial_id)
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -157,22 +177,24 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
             shutil.copytree(src, workdir, dirs_exist_ok=True)
 
     def report(row: dict, ckpt_dir: Path | None) -> None:
-        run.log_epoch(row)
+        run.log_epoch(row, row.pop(STEP_LOSSES, ()))
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
         tune.report(row, checkpoint=checkpoint)
 
     trained = workdir / "trained" / TRAINED
     try:
-        result = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
-        run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
-        if probes:
-            run_trial_probes(run, cfg, probes, trained, workdir / "probes", probe_limit, result.epochs)
+        with run.system_metrics():
+            result = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
+            run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
+            if probes:
+                run_trial_probes(run, cfg, probes, trained, workdir / "probes", probe_limit)
     except Exception as err:
         run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device)}
+    final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device),
+             **device_time(time.monotonic() - started, gpus, cpus)}
     run.log_result(result, final)
     run.finish()
     # the selection metrics again, so Optuna and ASHA read the trial's final standing
@@ -180,13 +202,28 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], tracking: T
     tune.report({**final, **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
 
 
+def device_time(wall_s: float, gpus: float, cpus: float) -> dict[str, float]:
+    """The trial's whole time in its worker (data, training, evaluation, probes) and what it held for it:
+    device-hours count the GPUs it held, else its CPUs, so CPU sweeps have a cost figure too."""
+    return {"wall_time_s": wall_s, "device_hours": wall_s * (gpus if gpus > 0 else cpus) / 3600}
+
+
+def trial_run_name(arm_name: str, sampled: dict, trial_id: str) -> str:
+    """The arm's name, plus (Optuna) the sampled values and the trial's number within its arm's Tuner."""
+    if not sampled:
+        return arm_name
+    number = trial_id.rsplit("_", 1)[-1]
+    return " · ".join([arm_name, run_name(sampled), f"#{int(number) if number.isdigit() else trial_id}"])
+
+
 def run_trial_probes(run: TrialRun, cfg: TrialConfig, probes: Sequence[str], trained: Path, out: Path,
-                     limit: int | None, step: int) -> None:
-    """Diagnostics next to the trial's metrics; a failing probe is recorded, the trial still counts."""
+                     limit: int | None) -> None:
+    """Diagnostics next to the trial's metrics (final figures, at FINAL_STEP); a failing probe is recorded,
+    the trial still counts."""
     from .probes import run_probes_for_trial
 
     try:
-        run.log_metrics(run_probes_for_trial(cfg, probes, trained, out, limit=limit), step=step)
+        run.log_metrics(run_probes_for_trial(cfg, probes, trained, out, limit=limit), step=FINAL_STEP)
         run.log_artifacts(out, "probes")
     except Exception as err:  # diagnostics must not fail a finished trial
         run.set_tag("ablate.probe_error", f"{type(err).__name__}: {err}")
@@ -271,11 +308,36 @@ class SweepState:
         path.write_text(json.dumps(self.__dict__, indent=2))
 
 
+def lost_with_its_node(error: BaseException | None) -> bool:
+    """The trial's process went with its node (spot preemption, a removed node), not because the trial
+    raised or its process died on a live node. Ray says so two ways: the actor is unreachable (its node's
+    raylet is gone before the cluster has declared the node dead) or it died with a dead node."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(error, ActorUnavailableError) or (
+        isinstance(error, RayActorError) and bool(NODE_DIED.search(str(error))))
+
+
 def _tracker_callback(ctx: TrackingContext):
-    """Driver-side: close runs whose trial never got to (trials stopped by ASHA, killed workers)."""
+    """Driver-side: close runs whose trial never got to (trials stopped by ASHA, killed workers), and give
+    back the retry a lost node took (Ray counts only autoscaler-drained nodes as preemptions)."""
+    import cloudpickle
     from ray.tune import Callback
 
     class CloseRuns(Callback):
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            """Tune counted the failure and decided to retry; a node loss is not the trial's failure."""
+            try:
+                with open(trial.pickled_error_file, "rb") as f:
+                    error = cloudpickle.load(f)
+            except (OSError, TypeError, EOFError):  # no error file: Tune saw no exception to pickle
+                return
+            if lost_with_its_node(error) and trial.run_metadata.num_failures > 0:
+                trial.run_metadata.num_failures -= 1
+                run = TrialRun.find(ctx, trial.trial_id)
+                if run is not None:
+                    run.count_node_loss()
+
         def _close(self, trial, status: str, reason: str) -> None:
             run = TrialRun.find(ctx, trial.trial_id)
             if run is not None and run.status() == "RUNNING":
@@ -300,7 +362,8 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     members = arms if arm is None else [arm]
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
-                             labels=[a.overrides for a in members], tracking=ctx, gpus=res.gpu, cpus=res.cpu,
+                             labels=[a.overrides for a in members], names=[a.name(spec) for a in members],
+                             tracking=ctx, gpus=res.gpu, cpus=res.cpu,
                              workroot=str(workroot), probes=list(spec.probes), probe_limit=spec.probe_limit,
                              plugins=list(spec.plugins)),
         {"cpu": res.cpu, "gpu": res.gpu},
@@ -443,6 +506,40 @@ def _cache_task(config: dict, done_images, cpus: float, plugins: list[str]) -> N
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(plugins)
     prepare_caches(TrialConfig.model_validate(config), progress=False, on_images=done_images.put)
+
+
+def check_storage_on_nodes(storage: str, name: str) -> None:
+    """Every live Ray node (the driver's too) writes and removes a file in the sweep's results folder:
+    a storage path that is not shared storage, or that a node cannot write, fails here, before anything
+    is recorded, instead of as failing checkpoints in every trial. Bucket URIs are left to Tune."""
+    if "://" in storage:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder = str(Path(storage) / name)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
+    pending = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote(folder) for n in nodes]
+    failed = [(n, err) for n, err in zip(nodes, ray.get(pending, timeout=300)) if err]
+    if failed:
+        node, err = failed[0]
+        raise ConfigError(f"storage path {folder} is not writable on {len(failed)} of {len(nodes)} Ray node(s) "
+                          f"(node {node['NodeManagerAddress']}: {err}); storage_path (or --storage-path) must be "
+                          "shared storage that every node mounts and can write")
+
+
+def _write_probe(folder: str) -> str | None:
+    """Ray task: None when this node can create `folder` and write a file in it, else why not."""
+    probe = Path(folder) / f".ablate-write-probe-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def fetch_data(spec: SweepSpec, arms: list[Arm], ray_address: str | None = None,
@@ -612,7 +709,7 @@ def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, res
     uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
     client = connect(uri)
     experiment_id = ensure_experiment(client, spec.name)
-    parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text())
+    parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text(), spec.description)
     state = SweepState(uri, experiment_id, parent, _sha(path))
     state.save(state_path)
     return state, client
@@ -654,15 +751,19 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     command = resume_command(path, storage_path, ray_address)
     with Signals().installed() as signals:
         try:
+            # a tracking server or database that is down or refuses the password stops here, before Ray
+            probe_store(SweepState.load(state_path).tracking_uri if resume and state_path.exists()
+                        else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
             # a bad data root stops here, before anything is recorded
             fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
+            init_ray(ray_address)
+            check_storage_on_nodes(storage, spec.name)
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
         except KeyboardInterrupt:
             raise SweepInterrupted(f"sweep '{spec.name}' interrupted before any trial started; run it again "
                                    "(with --resume if it was recorded)", signals.signum) from None
         try:
-            init_ray(ray_address)
             workroot = work_root(storage, spec.name, state.parent_run_id)
             shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
             ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
@@ -678,6 +779,17 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             raise _interrupted(client, state, signals, command)
     end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
                    {"trials": total, "trials_errored": errored})
+    note_finished_sweep(client, state, spec, total, errored)
     return {"tracking_uri": state.tracking_uri, "experiment_id": state.experiment_id,
             "parent_run_id": state.parent_run_id,
-            "trials": total, "errored": errored, "storage": storage}
+            "trials": total, "errored": errored, "storage": storage,
+            "ui": ui_address(state.tracking_uri, state.experiment_id, state.parent_run_id)}
+
+
+def note_finished_sweep(client, state: SweepState, spec: SweepSpec, total: int, errored: int) -> None:
+    """The parent's and experiment's description: the spec's, the trials table, and how to get the report
+    (`ablate report` replaces this table with the report's and links it)."""
+    table = trials_markdown(trial_table(state.tracking_uri, state.experiment_id, state.parent_run_id))
+    set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(
+        spec.description, f"**{total} trials, {errored} errored.**", table,
+        f"Report: `ablate report --experiment {spec.name}` writes it and logs it to this run under `report/`."))

@@ -44,6 +44,8 @@ CHECKPOINT = "checkpoint.pt"
 # the per-epoch metric that picks the reported epoch, by `select_on`
 SELECTION_METRIC = {"val": "val_map", "test": "epoch_test_map"}
 Reporter = Callable[[dict, Path | None], None]
+# the key of the epoch's per-step training losses in what a Reporter gets (not in the history)
+STEP_LOSSES = "step_losses"
 # a parameter whose norm grew this many times its initial one (or 1) is warned about: the lr is far too high
 GROWTH_WARNING = 1e6
 
@@ -191,6 +193,7 @@ class Trial:
         set_lr(self.optimizer, epoch, self.cfg)
         self.method.train()
         total, batches = 0.0, 0
+        self.step_losses: list[float] = []  # the epoch's per-step training loss, reported with its row
         loader = self.loader("train", True, epoch)
         # an iterator, not the loader: tqdm.auto opens one of its own, which starts another set of
         # workers and draws another shuffle from the epoch's generator
@@ -208,7 +211,8 @@ class Trial:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total, batches = total + loss.item(), batches + 1
+            self.step_losses.append(loss.item())
+            total, batches = total + self.step_losses[-1], batches + 1
             bar.set_postfix(loss=f"{total / batches:.4f}")
         return total / max(batches, 1)
 
@@ -309,8 +313,8 @@ class Trial:
                     "trainable": trainable_state(self.method), "optimizer": self.optimizer.state_dict(),
                     "best": best, "history": history,
                 })
-            if report is not None:
-                report(dict(row), ckpt.parent if ckpt is not None else None)
+            if report is not None:  # the step losses go to the reporter only, not into the history
+                report({**row, STEP_LOSSES: self.step_losses}, ckpt.parent if ckpt is not None else None)
         return self.finish(history, best, elapsed)
 
     def finish(self, history: list[dict], best: dict, elapsed: float) -> TrialResult:
@@ -343,6 +347,7 @@ class Trial:
             epochs=len(history),
             history=history,
             split_sizes={k: len(v) for k, v in self.splits.items()},
+            split_digests={k: v.digest() for k, v in self.splits.items() if len(v)},
             dropped_empty_images={k: self.splits[k].dropped_empty for k in ("train", "test")},
             device=str(self.device),
             backbone={"name": info.name, "pretrained": info.pretrained, "weights": info.weights,

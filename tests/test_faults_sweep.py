@@ -80,7 +80,7 @@ def wait_for_logged_epoch(proc: subprocess.Popen, tmp_path: Path, log: Path, tim
             _, children = runs(tmp_path)
         except Exception:  # schema still being created
             continue
-        if any("loss" in c.data.metrics for c in children):
+        if any("train_loss" in c.data.metrics for c in children):
             return
     raise AssertionError("no trial logged an epoch in time:\n" + log.read_text()[-3000:])
 
@@ -125,7 +125,7 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_p
     client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for child in children:
         assert "ablate.stopped" not in child.data.tags
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
         assert sorted(steps) == list(range(1, 7)), (child.data.tags["ablate.arm"], steps)
     # the trials' scratch folders went with the sweep, none were left in the temporary directory
     assert trial_folders(tmp_path) == []
@@ -164,7 +164,7 @@ def test_a_resumed_trial_does_not_log_an_epoch_its_run_has(tmp_path, tiny_cfg):
     assert again.run_id == first.run_id and again.logged_epochs == 2
     for epoch in (2, 3):  # restored from the epoch-1 checkpoint
         again.log_epoch({"epoch": epoch, "loss": 0.1})
-    assert [m.step for m in client.get_metric_history(first.run_id, "loss")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [1, 2, 3]
     run = client.get_run(first.run_id)
     assert run.info.status == "RUNNING" and "ablate.stopped" not in run.data.tags
 
@@ -182,7 +182,7 @@ def test_a_store_locked_by_another_process_delays_the_sweep_but_loses_nothing(tm
         while time.time() < deadline:
             time.sleep(0.5)
             try:
-                if any("loss" in c.data.metrics for c in runs(tmp_path)[1]):
+                if any("train_loss" in c.data.metrics for c in runs(tmp_path)[1]):
                     holders.append(hold_lock(db, 8))
                     return
             except Exception:

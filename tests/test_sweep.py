@@ -70,10 +70,15 @@ def test_grid_times_optuna_gives_every_arm_the_same_budget(tmp_path, cache_dir):
     _, children = runs(tmp_path)
     per_method = {}
     for child in children:
-        per_method.setdefault(child.data.tags["ablate.method"], []).append(float(child.data.params["lr"]))
+        per_method.setdefault(child.data.tags["ablate.method"], []).append(child.data.params["lr"])
     assert sorted(len(v) for v in per_method.values()) == [1, 2, 2]
-    assert all(1e-3 <= lr <= 1e-1 for lr in per_method["baseline"] + per_method["dualembed"])
+    assert per_method["zeroshot"] == ["n/a"]  # a field the method does not read
+    assert all(1e-3 <= float(lr) <= 1e-1 for lr in per_method["baseline"] + per_method["dualembed"])
     assert len(set(per_method["baseline"])) == 2
+    # Optuna trials are told apart by their sampled value and number within the arm
+    names = sorted(c.info.run_name for c in children)
+    assert len(set(names)) == 5 and names[-1] == "zeroshot"
+    assert all(n.startswith(("baseline · lr=", "dualembed · lr=")) and " · #" in n for n in names[:-1])
 
 
 def test_bad_spec_names_the_field_and_records_nothing(tmp_path, cache_dir, capsys):

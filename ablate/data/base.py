@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import sys
@@ -46,6 +47,18 @@ class LabelledImages:
     def subset(self, idx: np.ndarray) -> LabelledImages:
         idx = np.asarray(idx, dtype=np.int64)
         return LabelledImages([self.paths[i] for i in idx], self.labels[idx], list(self.classnames), self.dropped_empty)
+
+    def digest(self) -> str:
+        """What the split holds: image names relative to their common folder (so the same data under another
+        root has the same digest), the label matrix with its unknowns, the classes. 12 hex digits."""
+        h = hashlib.sha256()
+        root = os.path.commonpath([str(p) for p in self.paths]) if len(self.paths) > 1 else ""
+        for path in self.paths:
+            h.update(os.path.relpath(path, root).encode() if root else Path(path).name.encode())
+            h.update(b"\0")
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int8).tobytes())
+        h.update("\0".join(self.classnames).encode())
+        return h.hexdigest()[:12]
 
 
 def required_root(cfg: TrialConfig, layout: str) -> Path:
