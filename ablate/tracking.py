@@ -482,8 +482,11 @@ class TrialRun:
     def system_metrics(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:
         """MLflow's own monitor (system/cpu_utilization_percentage, system/gpu_*, memory, disk, network)
         samples this process's machine into the run while the block runs; a resumed run continues its steps."""
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil (the sweep extra brings it) is missing: train without the monitor
+            yield
+            return
         monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=self.resumed,
                                        tracking_uri=self.client.tracking_uri)
         monitor.start()
