@@ -229,7 +229,8 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
             **source_tags(spec_path)}
     run = _retry(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
     _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
-    set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, "running"))
+    set_sweep_note(client, experiment_id, run.info.run_id,
+                   sweep_note(description, "**Running.** The trials' table follows when the sweep ends."))
     return run.info.run_id
 
 
