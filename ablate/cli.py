@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from .data.world import WorldConfig
 from .errors import AblateError, ConfigError, worker_message
-from .pretrain import PretrainConfig
+from .pretrain_recipe import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table, ui_hint
 
