@@ -46,12 +46,14 @@ from .spec import (
 )
 from .tracking import (
     FINAL_STEP,
+    RUNNING_NOTE,
     TrackingContext,
     TrialRun,
     close_running_children,
     connect,
     end_parent_run,
     ensure_experiment,
+    note_sweep_stopped,
     probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
@@ -702,6 +704,7 @@ def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, res
                               "(restore the file, or start a new sweep under another name)")
         client = connect(state.tracking_uri)
         reopen_parent_run(client, state.parent_run_id)
+        set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(spec.description, RUNNING_NOTE))
         return state, client
     if state_path.exists():
         raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
@@ -734,6 +737,7 @@ def _interrupted(client, state: SweepState, signals: Signals, command: str) -> S
     reason = f"sweep interrupted ({name}); resume with: {command}"
     close_running_children(client, state.experiment_id, state.parent_run_id, reason)
     end_parent_run(client, state.parent_run_id, "KILLED", {}, resume_command=command)
+    note_sweep_stopped(client, state.experiment_id, state.parent_run_id, command)
     return SweepInterrupted(f"sweep interrupted ({name}); finished trials are kept, resume with: {command}",
                             signals.signum)
 

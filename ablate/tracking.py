@@ -229,9 +229,19 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
             **source_tags(spec_path)}
     run = _retry(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
     _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
-    set_sweep_note(client, experiment_id, run.info.run_id,
-                   sweep_note(description, "**Running.** The trials' table follows when the sweep ends."))
+    set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
     return run.info.run_id
+
+
+RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
+
+
+def note_sweep_stopped(client: MlflowClient, experiment_id: str, parent_run_id: str, command: str) -> None:
+    """An interrupted sweep's description stops saying it runs and says how to continue it."""
+    note = _retry(client.get_run, parent_run_id).data.tags.get(NOTE_TAG, "")
+    description = note.split(RUNNING_NOTE)[0]
+    set_sweep_note(client, experiment_id, parent_run_id,
+                   sweep_note(description, f"**Stopped** before every trial finished. Resume with: `{command}`"))
 
 
 def sweep_note(description: str, *sections: str) -> str:

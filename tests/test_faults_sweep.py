@@ -114,6 +114,8 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_p
     assert "Traceback" not in out
     parents, children = runs(tmp_path)
     assert parents[0].info.status == "KILLED" and parents[0].data.tags["ablate.resume"] == resume
+    note = parents[0].data.tags["mlflow.note.content"]
+    assert "**Stopped**" in note and resume in note and "**Running.**" not in note
     assert children and not [c for c in children if c.info.status == "RUNNING"]
     assert sum(c.info.status == "FINISHED" for c in children) < 4
 
@@ -121,6 +123,7 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_p
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     parents, children = runs(tmp_path)
     assert parents[0].info.status == "FINISHED" and "ablate.resume" not in parents[0].data.tags
+    assert "**Stopped**" not in parents[0].data.tags["mlflow.note.content"]
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for child in children:
