@@ -48,7 +48,7 @@ class Effect:
 
     row: str
     scores: dict[CaptionStyle, list[float]]  # caption style -> one score per checkpoint
-    training_seeds: int  # most training seeds behind any checkpoint score
+    training_seeds: tuple[int, int]  # fewest and most training seeds behind a checkpoint score
     interval: Interval
     between_sd: float  # spread of checkpoint scores within a caption style
     within_sd: float  # spread of training seeds (ratio-averaged) within a checkpoint
@@ -92,10 +92,11 @@ def pretraining_effects(observations: Iterable[Observation], level: float = LEVE
     effects = []
     for row, by_style in sorted(groups.items()):
         scores = {s: [float(np.mean(c)) for c in by_style[s]] for s in STYLES}
+        counts = [c for s in STYLES for c in by_style[s]]
         if not all(scores.values()):
             continue  # one caption style only: nothing to compare
         effects.append(Effect(
-            row, scores, max(len(c) for s in STYLES for c in by_style[s]),
+            row, scores, (min(map(len, counts)), max(map(len, counts))),
             welch_interval(scores[STYLES[0]], scores[STYLES[1]], level),
             pooled_sd(list(scores.values())), pooled_sd([c for s in STYLES for c in by_style[s]])))
     return effects
@@ -110,13 +111,17 @@ def _sd(value: float) -> str:
     return "—" if np.isnan(value) else f"{value:.1f}"
 
 
+def _span(counts: tuple[int, int]) -> str:
+    return str(counts[0]) if counts[0] == counts[1] else f"{counts[0]}–{counts[1]}"
+
+
 def _rows(effects: list[Effect]) -> list[list[str]]:
     """Header and one row per effect."""
     head = ["method", "presence", "negation", f"difference [{effects[0].interval.level:.0%} CI]",
             "checkpoints (presence, negation) × training seeds", "sd between checkpoints",
             "sd between training seeds"]
     return [head] + [[e.row, _cell(e.scores["presence"]), _cell(e.scores["negation"]), e.interval.text(),
-                      f"{e.interval.n_a}, {e.interval.n_b} × {e.training_seeds}", _sd(e.between_sd),
+                      f"{e.interval.n_a}, {e.interval.n_b} × {_span(e.training_seeds)}", _sd(e.between_sd),
                       _sd(e.within_sd)] for e in effects]
 
 

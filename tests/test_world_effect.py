@@ -76,11 +76,11 @@ def test_effects_are_two_sample_over_checkpoints():
     assert neg.scores == {"presence": pytest.approx(SCORES["presence"]), "negation": pytest.approx(SCORES["negation"])}
     half = T_975_DF4 * math.sqrt(4 / 3 + 4 / 3)  # sd 2 in each style, 3 checkpoints each
     assert (neg.interval.diff, neg.interval.low, neg.interval.high) == pytest.approx((6.0, 6 - half, 6 + half))
-    assert neg.training_seeds == 2 and neg.between_sd == pytest.approx(2.0)
+    assert neg.training_seeds == (2, 2) and neg.between_sd == pytest.approx(2.0)
     assert neg.within_sd == pytest.approx(math.sqrt(2))  # seed means score-1, score+1 in every checkpoint
     zs = effects["zeroshot"]
     assert zs.interval.diff == pytest.approx(0.0) and not zs.interval.excludes_zero
-    assert zs.training_seeds == 1 and math.isnan(zs.within_sd)
+    assert zs.training_seeds == (1, 1) and math.isnan(zs.within_sd)
 
     text = effects_markdown(list(effects.values()))
     assert "| negativecoop | 22.0 ± 2.0 | 28.0 ± 2.0 | +6.0 [+1.5, +10.5] | 3, 3 × 2 | 2.0 | 1.4 |" in text
@@ -95,6 +95,7 @@ def test_training_seeds_missing_a_ratio_are_left_out_and_recipes_kept_apart():
     scores = checkpoint_scores(obs)
     assert list(scores["negativecoop", "world-presence"]) == ["0"]  # seed 1 lacks ratio 0.5
     assert scores["negativecoop", "world-presence"]["0"] == pytest.approx([20 - 4.0, 20 + 2.0])
+    assert pretraining_effects(obs)[0].training_seeds == (1, 2)  # said as "1–2" in the table
     # a second recipe (other epochs) is its own comparison, never pooled with the default one
     other = [Observation(o.row, o.pretrained.replace("@", "@epochs=2@") if "@" in o.pretrained
                          else o.pretrained + "@epochs=2", o.ratio, o.training_seed, o.test_map + 50) for o in obs]
