@@ -272,6 +272,18 @@ def init_ray(address: str | None = None) -> None:
     print(cluster_line(address), file=sys.stderr)
 
 
+def _ray_is_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
 def cluster_line(address: str) -> str:
     import ray
 
@@ -753,6 +765,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
     arms = expand(spec)
     command = resume_command(path, storage_path, ray_address)
+    ray_was_up = _ray_is_up()
     with Signals().installed() as signals:
         try:
             # a tracking server or database that is down or refuses the password stops here, before Ray
@@ -764,9 +777,13 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             init_ray(ray_address)
             check_storage_on_nodes(storage, spec.name)
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
-        except KeyboardInterrupt:
-            raise SweepInterrupted(f"sweep '{spec.name}' interrupted before any trial started; run it again "
-                                   "(with --resume if it was recorded)", signals.signum) from None
+        except BaseException as err:
+            if not ray_was_up:  # a caller in the same process gets back the Ray it had: none
+                _shutdown_ray()
+            if isinstance(err, KeyboardInterrupt):
+                raise SweepInterrupted(f"sweep '{spec.name}' interrupted before any trial started; run it "
+                                       "again (with --resume if it was recorded)", signals.signum) from None
+            raise
         try:
             workroot = work_root(storage, spec.name, state.parent_run_id)
             shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run

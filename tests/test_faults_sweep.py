@@ -218,6 +218,9 @@ def test_a_lock_that_outlasts_the_retries_is_one_tracking_error_line(tmp_path, c
     err = capsys.readouterr().err
     assert f"error: MLflow tracking store sqlite:///{db} stayed locked by another process" in err
     assert "Traceback" not in err
+    import ray
+
+    assert not ray.is_initialized()  # the Ray the pre-flight started went with the failed launch
 
 
 # ---- item: the pre-flight check finds a missing image before anything is recorded or started ----------
