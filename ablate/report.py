@@ -194,25 +194,40 @@ def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
-def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str], reference: str) -> list[dict]:
-    """Each row vs the reference method on the same (ratio, seed): mean difference and wins.
+WEIGHT_FIELDS = ("backbone", "pretrained")  # trials on other weights are not paired
 
-    When the reference method has several rows (e.g. several n_ctx), the first label is the reference;
-    a ratio-free row (zero-shot) is compared with every reference trial.
+
+def _weights(t: Trial) -> tuple[str, ...]:
+    return tuple(t.tag(f) for f in WEIGHT_FIELDS)
+
+
+def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str], reference: str) -> list[dict]:
+    """Each row vs the reference method on the same weights, label ratio and seed: mean difference and wins.
+
+    The reference row is the reference method's row on the same backbone and pre-trained weights (the first
+    label when it has several, e.g. several n_ctx); a ratio-free row (zero-shot) is compared with every trial
+    of that reference row. Rows on weights the reference method never ran on are left out.
     """
     done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
-    ref_labels = sorted({labels[t.run_id] for t in done if t.tag("method") == reference})
-    if not ref_labels:
-        return []
-    ref = {(t.ratio, t.tag("seed")): t.metrics["test_map"] for t in done if labels[t.run_id] == ref_labels[0]}
+    ref_label: dict[tuple[str, ...], str] = {}
+    for t in sorted((t for t in done if t.tag("method") == reference), key=lambda t: labels[t.run_id]):
+        ref_label.setdefault(_weights(t), labels[t.run_id])
+    ref: dict[str, dict[tuple[float, str], float]] = {}
+    for t in done:
+        if labels[t.run_id] in ref_label.values():
+            ref.setdefault(labels[t.run_id], {})[(t.ratio, t.tag("seed"))] = t.metrics["test_map"]
     out = []
-    for row in sorted({labels[t.run_id] for t in done} - set(ref_labels)):
+    for row in sorted({labels[t.run_id] for t in done} - set(ref)):
+        members = [t for t in done if labels[t.run_id] == row]
+        against = ref_label.get(_weights(members[0]))
+        if against is None:
+            continue
         diffs = []
-        for t in (t for t in done if labels[t.run_id] == row):
-            keys = list(ref) if ratio_free(t.tag("method")) else [(t.ratio, t.tag("seed"))]
-            diffs += [t.metrics["test_map"] - ref[k] for k in keys if k in ref]
+        for t in members:
+            keys = list(ref[against]) if ratio_free(t.tag("method")) else [(t.ratio, t.tag("seed"))]
+            diffs += [t.metrics["test_map"] - ref[against][k] for k in keys if k in ref[against]]
         if diffs:
-            out.append({"row": row, "reference": ref_labels[0], "pairs": len(diffs),
+            out.append({"row": row, "reference": against, "pairs": len(diffs),
                         "mean_diff": float(np.mean(diffs)),
                         "std_diff": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
                         "wins": int(sum(d > 0 for d in diffs))})
@@ -424,10 +439,12 @@ def cost_section(ctx: DatasetContext) -> Section:
 
 def paired_section(ctx: DatasetContext) -> Section:
     paired = paired_differences(ctx.dataset, ctx.trials, ctx.labels, ctx.reference)
-    rows = "".join(f"<tr><td>{html.escape(p['row'])}</td><td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td>"
-                   f"<td>{p['wins']} / {p['pairs']}</td></tr>" for p in paired)
-    text = (f"<h3>Paired difference vs {html.escape(ctx.reference)}</h3><table><thead><tr><th>method</th>"
-            f"<th>mean ΔmAP</th><th>wins / pairs</th></tr></thead><tbody>{rows}</tbody></table>")
+    rows = "".join(f"<tr><td>{html.escape(p['row'])}</td><td>{html.escape(p['reference'])}</td>"
+                   f"<td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td><td>{p['wins']} / {p['pairs']}</td></tr>"
+                   for p in paired)
+    text = (f"<h3>Paired difference vs {html.escape(ctx.reference)} on the same weights</h3><table><thead><tr>"
+            "<th>method</th><th>against</th><th>mean ΔmAP</th><th>wins / pairs</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
     return Section(html=text, data={"paired": paired})
 
 

@@ -162,3 +162,25 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_directory(exp
     location = MlflowClient(experiment).get_experiment_by_name("rep").artifact_location
     assert location == (db.parent / "mlruns" / "rep").as_uri()
     assert not (Path.cwd() / "mlruns" / "rep").exists()
+
+
+def test_paired_differences_compare_each_row_with_the_reference_on_its_own_weights():
+    from ablate.report import Trial, paired_differences, row_labels
+
+    def trial(i: int, method: str, pretrained: str, seed: int, value: float) -> Trial:
+        tags = {"method": method, "dataset": "world", "label_ratio": "0.5", "backbone": "ablate-tiny-vit",
+                "pretrained": pretrained, "n_ctx": "8", "csc": "False", "seed": str(seed)}
+        return Trial(f"r{i}", "FINISHED", {f"ablate.{k}": v for k, v in tags.items()}, {"test_map": value})
+
+    trials = [trial(0, "dualcoop", "world-presence", 0, 40.0), trial(1, "dualcoop", "world-presence", 1, 42.0),
+              trial(2, "dualcoop", "world-negation", 0, 30.0), trial(3, "dualcoop", "world-negation", 1, 34.0),
+              trial(4, "negativecoop", "world-presence", 0, 20.0), trial(5, "negativecoop", "world-presence", 1, 24.0),
+              trial(6, "negativecoop", "world-negation", 0, 31.0), trial(7, "negativecoop", "world-negation", 1, 33.0),
+              trial(8, "baseline", "world-negation@seed=1", 0, 50.0)]  # weights dualcoop never ran on
+    paired = {p["row"]: p for p in paired_differences("world", trials, row_labels(trials), "dualcoop")}
+    assert set(paired) == {"negativecoop pretrained=world-presence", "negativecoop pretrained=world-negation"}
+    presence = paired["negativecoop pretrained=world-presence"]
+    negation = paired["negativecoop pretrained=world-negation"]
+    assert presence["reference"] == "dualcoop pretrained=world-presence" and presence["mean_diff"] == -19.0
+    assert negation["reference"] == "dualcoop pretrained=world-negation" and negation["mean_diff"] == 0.0
+    assert (negation["wins"], negation["pairs"]) == (1, 2)
