@@ -358,6 +358,25 @@ def _retry(fn, *args, **kwargs):
             time.sleep(pause)
 
 
+def is_duplicate(err: BaseException) -> bool:
+    """Another writer inserted the same row between the store's look-up and its insert (sqlite's and
+    PostgreSQL's wording, directly or relayed by a tracking server)."""
+    text = str(err)
+    return "UNIQUE constraint failed" in text or "duplicate key value violates unique constraint" in text
+
+
+def _retry_duplicate(fn, *args, attempts: int = 5, **kwargs):
+    """MLflow stores a dataset once per experiment by looking it up, then inserting it: trials that log the
+    same split at once race, and the loser's insert fails. Asked again, the store finds the winner's row."""
+    for attempt in range(attempts):
+        try:
+            return _retry(fn, *args, **kwargs)
+        except Exception as err:
+            if not is_duplicate(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 def axis_label(field: str, value: object) -> str:
     """One axis of a run name: short and labelled where a bare value would be ambiguous."""
     if field in ("method", "dataset", "backbone", "pretrained"):
@@ -487,7 +506,7 @@ class TrialRun:
                                 [InputTag("mlflow.data.context", split)])
                   for split, digest in result.split_digests.items()]
         if inputs:
-            _retry(self.client.log_inputs, self.run_id, inputs)
+            _retry_duplicate(self.client.log_inputs, self.run_id, inputs)
 
     @contextlib.contextmanager
     def system_metrics(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:

@@ -210,3 +210,38 @@ def test_the_mlflow_ui_shows_names_charts_and_the_report_link(sweep, server, tmp
     shot = tmp_path / "runs.png"
     chromium(tmp_path, address, "--window-size=1600,1000", f"--screenshot={shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def _log_split_at(uri: str, experiment_id: str, parent: str, index: int, start_at: float) -> str:
+    """One trial process: its run, then the shared split logged at the agreed instant."""
+    from ablate.result import TrialResult
+    from ablate.spec import TrialConfig
+    from ablate.tracking import TrackingContext, TrialRun
+
+    run = TrialRun.attach(TrackingContext(uri, experiment_id, parent), TrialConfig(seed=index), f"t{index}",
+                          {"method": "dualcoop", "seed": index})
+    result = TrialResult("dualcoop", "synthetic", 0.5, 0, "val", None, 0, 0.0, 0.0, None, 0.0, 0,
+                         split_sizes={"test": 20}, split_digests={"test": "0123456789ab"})
+    time.sleep(max(0.0, start_at - time.time()))
+    run.log_splits(result)
+    return run.run_id
+
+
+def test_trials_logging_the_same_split_at_once_all_record_it(tmp_path):
+    """MLflow stores a dataset once per experiment (look up, then insert): trials sharing a split race."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ablate.tracking import connect, ensure_experiment, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: race\n")
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, "race")
+    parent = start_parent_run(client, experiment_id, "race", spec, spec.read_text())
+    start_at = time.time() + 8.0  # after every process has imported and created its run
+    with ProcessPoolExecutor(6) as pool:
+        run_ids = list(pool.map(_log_split_at, *zip(*[(uri, experiment_id, parent, i, start_at) for i in range(6)])))
+    for run_id in run_ids:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic", "0123456789ab")]
