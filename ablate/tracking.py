@@ -495,13 +495,11 @@ class TrialRun:
 
     def log_splits(self, result: TrialResult) -> None:
         """Each split the trial read as an MLflow dataset input (the UI's Dataset column and filter): the
-        data set's name, the split's digest (images, partial labels, classes), its size; context = split."""
-        config = result.config
+        data set's name, the split's digest (images, partial labels, classes), its size; context = split.
+        MLflow keeps one record per (name, digest) for every run that reads it, so the source names only the
+        split: the ratio and seed that made its labels are the run's own params."""
         inputs = [DatasetInput(Dataset(name=result.dataset, digest=digest, source_type="ablate",
-                                       source=json.dumps({"dataset": result.dataset, "split": split,
-                                                          "label_ratio": config.get("label_ratio"),
-                                                          "seed": config.get("seed"),
-                                                          "val_fraction": config.get("val_fraction")}),
+                                       source=json.dumps({"dataset": result.dataset, "split": split}),
                                        profile=json.dumps({"num_rows": result.split_sizes.get(split, 0)})),
                                 [InputTag("mlflow.data.context", split)])
                   for split, digest in result.split_digests.items()]
