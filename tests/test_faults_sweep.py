@@ -283,6 +283,23 @@ def test_a_closed_tracking_port_fails_at_once():
     assert time.monotonic() - t0 < 5
 
 
+def test_a_server_gone_past_the_deadline_fails_the_trial_with_how_long(monkeypatch):
+    """A trial's logging waits out a server that went away (retries counted), then gives up with one clear
+    error naming the wait, which Ray Tune answers by retrying the trial from its checkpoint."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setattr(tracking, "SERVER_PATIENCE_S", 2.0)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = TrialRun(MlflowClient(f"http://127.0.0.1:{port}"), "0" * 32, False)
+    before = tracking.retries_done["server"]
+    with pytest.raises(TrackingError, match=r"the MLflow tracking server did not answer for 2 s .*retries it"):
+        run.log_metrics({"test_map": 1.0})
+    assert tracking.retries_done["server"] - before >= 3  # waited (0.2 + 0.4 + 0.8 s ...) before giving up
+
+
 # ---- item: which Ray cluster a sweep uses is asked for, never found by chance ------------------------
 
 def test_ray_address_comes_from_the_flag_then_the_environment_then_local(monkeypatch):
