@@ -1,12 +1,21 @@
-"""What the sweep test modules share: a tiny sweep spec on the synthetic set, and its MLflow runs."""
+"""What the sweep test modules share: a tiny sweep spec on the synthetic set, its MLflow runs, and a free
+port on 127.0.0.1 for the servers they start."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import yaml
 
 from ablate.tracking import connect
+
+
+def free_port() -> int:
+    """A port nothing listens on (closed again at once: for a server to take, or to find nothing there)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_spec(tmp_path: Path, cache_dir: Path, **spec) -> Path:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import runs, write_spec
+from sweep_helpers import free_port, runs, write_spec
 
 from ablate import tracking
 from ablate.cli import main
@@ -274,9 +274,7 @@ def test_a_silent_tracking_server_fails_within_seconds():
 
 
 def test_a_closed_tracking_port_fails_at_once():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     t0 = time.monotonic()
     err = _connect_within(f"http://127.0.0.1:{port}", 15)
     assert isinstance(err, TrackingError) and f"http://127.0.0.1:{port} is not reachable" in str(err)
@@ -290,9 +288,7 @@ def test_a_server_gone_past_the_deadline_fails_the_trial_with_how_long(monkeypat
 
     monkeypatch.setattr(tracking, "SERVER_PATIENCE_S", 2.0)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     run = TrialRun(MlflowClient(f"http://127.0.0.1:{port}"), "0" * 32, False)
     before = tracking.retries_done["server"]
     with pytest.raises(TrackingError, match=r"the MLflow tracking server did not answer for 2 s .*retries it"):

@@ -8,18 +8,17 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from sweep_helpers import write_spec
+from sweep_helpers import free_port, write_spec
 
 from ablate.report import write_report
+from ablate.server import healthy
 from ablate.sweep import run_sweep
 from ablate.tracking import NOT_READ, NOTE_TAG, SOURCE_TAGS, git_commit, report_link, ui_address, ui_hint
 
@@ -151,12 +150,6 @@ def test_the_suite_uses_a_temporary_default_store():
 
 # ---- the UI itself --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(sweep):
     """`mlflow server` on the sweep's store, on 127.0.0.1 and a free port: the UI a user opens."""
@@ -169,14 +162,10 @@ def server(sweep):
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((sweep["tmp"] / "server.log").read_text()[-2000:]) from None
-                time.sleep(1)
+        while not healthy(base):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((sweep["tmp"] / "server.log").read_text()[-2000:])
+            time.sleep(1)
         yield base
     finally:
         os.killpg(proc.pid, 15)

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import free_port
 
 from ablate.cli import main
 from ablate.tracking import EPOCH_METRICS, NODE_LOSSES_TAG, STEP_LOSS, connect
@@ -35,12 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LOSS = EPOCH_METRICS["loss"]
 # the server stays stopped this long; its restart (imports, schema check) adds ~15 s on 2 busy cores
 OUTAGE_S = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
