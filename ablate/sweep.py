@@ -452,8 +452,9 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
         key = (cfg.dataset, cfg.data_root, cfg.synthetic_images, cfg.cache_dir, cfg.coco_empty_images)
         if key not in seen:
             seen.add(key)
-            require_complete(cfg.dataset, cfg.data_root)  # every problem of a real dataset's root at once
-            check_images(cfg, check_root(cfg))
+            # a real dataset's root: every problem at once, every listed image looked up; others: sampled
+            if not require_complete(cfg.dataset, cfg.data_root):
+                check_images(cfg, check_root(cfg))
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
     worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
               if is_alias(a.config.pretrained)}

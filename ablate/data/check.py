@@ -281,17 +281,19 @@ def _decode_all(report: CheckReport, root: Path, images_of: ImagesOf, progress: 
                     progress("decode images", done, total, "img")
 
 
-def require_complete(dataset: str, root: Path | None) -> None:
+def require_complete(dataset: str, root: Path | None) -> bool:
     """A sweep's pre-flight: DataError naming the dataset, the root and what is missing unless the root of
-    a dataset with a manifest is complete (fast: no decoding). Other datasets (generated, plugins'), and
-    an unset root (the loader's own error names the layout), pass through."""
+    a dataset with a manifest is complete (fast: no decoding, but every listed image looked up). Other
+    datasets (generated, plugins'), and an unset root (the loader's own error names the layout), pass
+    through. True when the root was checked."""
     from .manifest import MANIFESTS, fetchable
 
     if dataset not in MANIFESTS or root is None:
-        return
+        return False
     report = check_dataset(MANIFESTS[dataset], root)
     if not report.complete:
         fix = f"`ablate data fetch {dataset} --root {root}` (or `data: {{{dataset}: {{fetch: true}}}}` in the spec)" \
             if dataset in fetchable() else "the README's 'Data sets' section says how to assemble it"
         raise DataError(f"{report.summary()}; `ablate data check {dataset} --root {root}` lists every problem; "
                         f"to complete it: {fix}")
+    return True
