@@ -35,7 +35,7 @@ from .errors import ReportError  # noqa: E402
 from .pretrain_recipe import is_alias  # noqa: E402
 from .probes import probe_columns, probe_markdown  # noqa: E402  (the registry and markdown only: no torch)
 from .spec import SweepSpec, ignored_fields  # noqa: E402
-from .sweep import expand, samples_per_arm  # noqa: E402
+from .sweep.arms import expand, samples_per_arm  # noqa: E402
 from .tracking import (  # noqa: E402
     ARM_FIELDS,
     ROLE_TAG,

@@ -90,12 +90,20 @@ def test_the_model_layer_does_not_know_where_weights_come_from():
 
 
 @pytest.mark.parametrize("module", ["ablate.spec", "ablate.methods", "ablate.data", "ablate.probes", "ablate.report",
-                                    "ablate.cli", "ablate.data.check", "ablate.data.fetch"])
+                                    "ablate.cli", "ablate.data.check", "ablate.data.fetch", "ablate.sweep",
+                                    "ablate.sweep.arms"])
 def test_configs_registries_reports_and_the_cli_import_without_torch(module):
     code = (f"import sys, {module}; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]; "
             "print(heavy[:3]); sys.exit(bool(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, f"{module} imports {out.stdout.strip()} {out.stderr[-500:]}"
+
+
+def test_the_sweep_face_and_its_arms_import_no_ray():
+    code = ("import sys, ablate.sweep, ablate.sweep.arms; ablate.sweep.expand; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] == 'ray']; print(heavy[:3]); sys.exit(bool(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, f"ablate.sweep imports {out.stdout.strip()} {out.stderr[-500:]}"
 
 
 def test_spec_accepts_exactly_the_registered_methods():

@@ -1,0 +1,42 @@
+"""Ray Tune sweeps from a SweepSpec: arms, packs, the Ray trainable, the cluster, pre-flight, state and the driver.
+
+Only this package imports Ray, and only its `trial`, `cluster`, `preflight` and `driver` modules do, inside
+functions. Importing the package is light: the names below are imported from their module on first use.
+
+- `arms`: a spec's arms (grid combinations; no Ray, also serves --dry-run and the report)
+- `trial`: the Ray trainable: one arm, reported every epoch, logged to its MLflow run
+- `cluster`: which Ray, what it offers, addresses and storage every node can reach
+- `preflight`: data fetched and checked, world CLIPs pre-trained, feature caches built
+- `control`: the state `--resume` re-attaches to, and SIGINT / SIGTERM
+- `driver`: the Tuners, the MLflow parent run, `run_sweep`
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Arm": "arms", "expand": "arms", "describe": "arms", "samples_per_arm": "arms", "resolve_spec_path": "arms",
+    "ray_trial": "trial", "device_time": "trial", "trial_run_name": "trial", "trial_workdir": "trial",
+    "work_root": "trial", "WORK_DIR": "trial", "TRIAL_DIR_PREFIX": "trial",
+    "ray_address": "cluster", "init_ray": "cluster", "cluster_line": "cluster",
+    "reachable_from_workers": "cluster", "check_storage_on_nodes": "cluster", "lost_with_its_node": "cluster",
+    "prepare_data": "preflight", "check_images": "preflight", "build_feature_caches": "preflight",
+    "fetch_data": "preflight", "IMAGE_CHECK_CAP": "preflight",
+    "SweepState": "control", "SweepInterrupted": "control", "Signals": "control", "resume_command": "control",
+    "STATE_FILE": "control",
+    "run_sweep": "driver",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

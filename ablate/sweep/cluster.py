@@ -1,0 +1,115 @@
+"""Which Ray a sweep runs on (a private local one, or a running cluster), what it offers, and what every
+node can reach: the tracking server's address and the shared storage."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..spec import ConfigError
+
+# how Ray words an actor that died with its node (ActorDiedError's text)
+NODE_DIED = re.compile(r"node (has )?died|node \S+ (is )?dead|NodeDiedError", re.IGNORECASE)
+
+
+def ray_address(flag: str | None = None) -> str:
+    """--ray-address, else RAY_ADDRESS, else `local`: a sweep never silently joins another job's cluster."""
+    return flag or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def init_ray(address: str | None = None) -> None:
+    """Start a private local Ray (`local`) or join a running cluster (`auto`, `host:port`); one line says which."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(address)
+    if address == "local":
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, ValueError) as err:  # nothing there / not an address
+            raise ConfigError(f"no Ray cluster answers at --ray-address {address} ({err}); start one with "
+                              "`ray start --head`, or use --ray-address local for a private one") from None
+    print(cluster_line(address), file=sys.stderr)
+
+
+def _ray_is_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def cluster_line(address: str) -> str:
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    where = "a private local Ray" if address == "local" else f"the Ray cluster at {address}"
+    return (f"ray: {where} ({ray.get_runtime_context().gcs_address}): {nodes} node(s), "
+            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+
+
+def reachable_from_workers(uri: str) -> str:
+    """On a multi-node cluster, `localhost` in a server URI means the head node: say so explicitly."""
+    import ray
+
+    host = urlparse(uri).hostname
+    if host not in ("localhost", "127.0.0.1") or len(ray.nodes()) < 2:
+        return uri
+    return uri.replace(host, ray.util.get_node_ip_address(), 1)
+
+
+def lost_with_its_node(error: BaseException | None) -> bool:
+    """The trial's process went with its node (spot preemption, a removed node), not because the trial
+    raised or its process died on a live node. Ray says so two ways: the actor is unreachable (its node's
+    raylet is gone before the cluster has declared the node dead) or it died with a dead node."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(error, ActorUnavailableError) or (
+        isinstance(error, RayActorError) and bool(NODE_DIED.search(str(error))))
+
+
+def check_storage_on_nodes(storage: str, name: str) -> None:
+    """Every live Ray node (the driver's too) writes and removes a file in the sweep's results folder:
+    a storage path that is not shared storage, or that a node cannot write, fails here, before anything
+    is recorded, instead of as failing checkpoints in every trial. Bucket URIs are left to Tune."""
+    if "://" in storage:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder = str(Path(storage) / name)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
+    pending = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote(folder) for n in nodes]
+    failed = [(n, err) for n, err in zip(nodes, ray.get(pending, timeout=300)) if err]
+    if failed:
+        node, err = failed[0]
+        raise ConfigError(f"storage path {folder} is not writable on {len(failed)} of {len(nodes)} Ray node(s) "
+                          f"(node {node['NodeManagerAddress']}: {err}); storage_path (or --storage-path) must be "
+                          "shared storage that every node mounts and can write")
+
+
+def _write_probe(folder: str) -> str | None:
+    """Ray task: None when this node can create `folder` and write a file in it, else why not."""
+    probe = Path(folder) / f".ablate-write-probe-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    return None

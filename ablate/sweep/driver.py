@@ -1,0 +1,257 @@
+"""The sweep's driver: one Tuner for the grid (or one per arm with Optuna), the MLflow parent run, and
+the end of a sweep, finished or interrupted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from ..spec import ConfigError, SweepSpec, load_sweep_spec
+from ..tracking import (
+    RUNNING_NOTE,
+    TrackingContext,
+    TrialRun,
+    close_running_children,
+    connect,
+    end_parent_run,
+    ensure_experiment,
+    note_sweep_stopped,
+    probe_store,
+    reopen_parent_run,
+    resolve_tracking_uri,
+    set_sweep_note,
+    start_parent_run,
+    sweep_note,
+    trial_table,
+    trials_markdown,
+    ui_address,
+)
+from .arms import Arm, expand, resolve_spec_path
+from .cluster import (
+    _ray_is_up,
+    _shutdown_ray,
+    check_storage_on_nodes,
+    init_ray,
+    lost_with_its_node,
+    reachable_from_workers,
+)
+from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
+from .preflight import fetch_data, prepare_data
+from .trial import ray_trial, work_root
+
+# One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def _tracker_callback(ctx: TrackingContext):
+    """Driver-side: close runs whose trial never got to (trials stopped by ASHA, killed workers), and give
+    back the retry a lost node took (Ray counts only autoscaler-drained nodes as preemptions)."""
+    import cloudpickle
+    from ray.tune import Callback
+
+    class CloseRuns(Callback):
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            """Tune counted the failure and decided to retry; a node loss is not the trial's failure."""
+            try:
+                with open(trial.pickled_error_file, "rb") as f:
+                    error = cloudpickle.load(f)
+            except (OSError, TypeError, EOFError):  # no error file: Tune saw no exception to pickle
+                return
+            if lost_with_its_node(error) and trial.run_metadata.num_failures > 0:
+                trial.run_metadata.num_failures -= 1
+                run = TrialRun.find(ctx, trial.trial_id)
+                if run is not None:
+                    run.count_node_loss()
+
+        def _close(self, trial, status: str, reason: str) -> None:
+            run = TrialRun.find(ctx, trial.trial_id)
+            if run is not None and run.status() == "RUNNING":
+                run.close(status, reason)
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._close(trial, "KILLED", "stopped early by the scheduler")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._close(trial, "FAILED", f"trial errored; see {trial.local_path}")
+
+    return CloseRuns()
+
+
+def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingContext, storage: str,
+           resume: bool, workroot: Path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    res = spec.resources
+    members = arms if arm is None else [arm]
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
+                             labels=[a.overrides for a in members], names=[a.name(spec) for a in members],
+                             tracking=ctx, gpus=res.gpu, cpus=res.cpu,
+                             workroot=str(workroot), probes=list(spec.probes), probe_limit=spec.probe_limit,
+                             plugins=list(spec.plugins)),
+        {"cpu": res.cpu, "gpu": res.gpu},
+    )
+    name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
+    path = os.path.join(storage, name)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    search = arm.search if arm is not None else {}
+    opt = spec.optuna if search else None
+    metric: str | None = None  # None: TuneConfig's defaults
+    mode: str | None = None
+    if opt is not None:
+        space = {k: _domain(p) for k, p in search.items()}
+        metric, mode = opt.metric, opt.mode
+        search_alg, samples = OptunaSearch(seed=opt.seed), opt.num_samples
+    else:
+        space = {"arm": tune.grid_search(list(range(len(arms))))} if arm is None else {}
+        if spec.asha:
+            metric, mode = spec.asha.metric, spec.asha.mode
+        search_alg, samples = None, 1
+    scheduler = None
+    if spec.asha:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(max(a.config.epochs for a in members), 1),
+                                  grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=samples, max_concurrent_trials=spec.max_concurrent_trials,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx)],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _domain(p):
+    from ray import tune
+
+    if p.type == "categorical":
+        return tune.choice(p.choices)
+    if p.type == "int":
+        return (tune.lograndint if p.log else tune.randint)(int(p.low), int(p.high) + 1)
+    return (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
+
+
+def _storage_root(spec: SweepSpec, override: str | None) -> str:
+    root = override or spec.storage_path
+    return root if "://" in root else str(Path(root).expanduser().absolute())
+
+
+def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, resume: bool,
+                tracking_uri: str | None):
+    """The sweep's MLflow parent run: created (and its state saved), or re-opened for --resume."""
+    if resume:
+        if not state_path.exists():
+            raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
+        state = SweepState.load(state_path)
+        if state.spec_sha256 != _sha(path):
+            raise ConfigError(f"{path} changed since sweep '{spec.name}' started; resume needs the same spec "
+                              "(restore the file, or start a new sweep under another name)")
+        client = connect(state.tracking_uri)
+        reopen_parent_run(client, state.parent_run_id)
+        set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(spec.description, RUNNING_NOTE))
+        return state, client
+    if state_path.exists():
+        raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
+                          "it, or change `name` / --storage-path for a new sweep")
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, spec.name)
+    parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text(), spec.description)
+    state = SweepState(uri, experiment_id, parent, _sha(path))
+    state.save(state_path)
+    return state, client
+
+
+def _fit(tuners: list, signals: Signals) -> tuple[int, int]:
+    """(trials, errored) over the tuners, stopping after the one a signal interrupted."""
+    errored = total = 0
+    for tuner in tuners:
+        with signals.tune():
+            results = tuner.fit()
+        total += len(results)
+        errored += len(results.errors)
+        if signals.received:
+            break
+    return total, errored
+
+
+def _interrupted(client, state: SweepState, signals: Signals, command: str) -> SweepInterrupted:
+    """Record an interrupted sweep: the parent and the trials it cut off as KILLED, with how to resume."""
+    name = signal.Signals(signals.signum).name
+    reason = f"sweep interrupted ({name}); resume with: {command}"
+    close_running_children(client, state.experiment_id, state.parent_run_id, reason)
+    end_parent_run(client, state.parent_run_id, "KILLED", {}, resume_command=command)
+    note_sweep_stopped(client, state.experiment_id, state.parent_run_id, command)
+    return SweepInterrupted(f"sweep interrupted ({name}); finished trials are kept, resume with: {command}",
+                            signals.signum)
+
+
+def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str | None = None,
+              storage_path: str | None = None, ray_address: str | None = None) -> dict:
+    """Launch (or continue) every trial of a spec; returns counts and the MLflow ids. SIGINT / SIGTERM
+    raise SweepInterrupted once the state for --resume is saved."""
+    path = resolve_spec_path(spec_path)
+    spec = load_sweep_spec(path)  # validated before anything starts or is recorded
+    storage = _storage_root(spec, storage_path)
+    # beside the Tune results; for bucket storage in the launching directory
+    state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
+    arms = expand(spec)
+    command = resume_command(path, storage_path, ray_address)
+    ray_was_up = _ray_is_up()
+    with Signals().installed() as signals:
+        try:
+            # a tracking server or database that is down or refuses the password stops here, before Ray
+            probe_store(SweepState.load(state_path).tracking_uri if resume and state_path.exists()
+                        else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+            # a bad data root stops here, before anything is recorded
+            fetch_data(spec, arms, ray_address)
+            prepare_data(arms, spec.resources, spec.plugins, ray_address)
+            init_ray(ray_address)
+            check_storage_on_nodes(storage, spec.name)
+            state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
+        except BaseException as err:
+            if not ray_was_up:  # a caller in the same process gets back the Ray it had: none
+                _shutdown_ray()
+            if isinstance(err, KeyboardInterrupt):
+                raise SweepInterrupted(f"sweep '{spec.name}' interrupted before any trial started; run it "
+                                       "again (with --resume if it was recorded)", signals.signum) from None
+            raise
+        try:
+            workroot = work_root(storage, spec.name, state.parent_run_id)
+            shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
+            ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
+                                  state.parent_run_id)
+            tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot) for arm in arms] if spec.optuna \
+                else [_tuner(spec, None, arms, ctx, storage, resume, workroot)]
+            total, errored = _fit(tuners, signals)
+        except KeyboardInterrupt:
+            signals.received = signals.received or [signal.SIGINT]
+        finally:
+            shutil.rmtree(work_root(storage, spec.name, state.parent_run_id), ignore_errors=True)
+        if signals.received:
+            raise _interrupted(client, state, signals, command)
+    end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
+                   {"trials": total, "trials_errored": errored})
+    note_finished_sweep(client, state, spec, total, errored)
+    return {"tracking_uri": state.tracking_uri, "experiment_id": state.experiment_id,
+            "parent_run_id": state.parent_run_id,
+            "trials": total, "errored": errored, "storage": storage,
+            "ui": ui_address(state.tracking_uri, state.experiment_id, state.parent_run_id)}
+
+
+def note_finished_sweep(client, state: SweepState, spec: SweepSpec, total: int, errored: int) -> None:
+    """The parent's and experiment's description: the spec's, the trials table, and how to get the report
+    (`ablate report` replaces this table with the report's and links it)."""
+    table = trials_markdown(trial_table(state.tracking_uri, state.experiment_id, state.parent_run_id))
+    set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(
+        spec.description, f"**{total} trials, {errored} errored.**", table,
+        f"Report: `ablate report --experiment {spec.name}` writes it and logs it to this run under `report/`."))
