@@ -14,7 +14,22 @@ functions. Importing the package is light: the names below are imported from the
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers see the real names
+    from .arms import Arm, describe, expand, resolve_spec_path, samples_per_arm  # noqa: F401
+    from .cluster import (  # noqa: F401
+        check_storage_on_nodes,
+        cluster_line,
+        init_ray,
+        lost_with_its_node,
+        ray_address,
+        reachable_from_workers,
+    )
+    from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, resume_command  # noqa: F401
+    from .driver import run_sweep  # noqa: F401
+    from .preflight import IMAGE_CHECK_CAP, build_feature_caches, check_images, fetch_data, prepare_data  # noqa: F401
+    from .trial import TRIAL_DIR_PREFIX, WORK_DIR, device_time, ray_trial, trial_run_name, trial_workdir, work_root  # noqa: F401
 
 _LAZY = {
     "Arm": "arms", "expand": "arms", "describe": "arms", "samples_per_arm": "arms", "resolve_spec_path": "arms",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import ConfigError, SweepSpec, TrialConfig, arm_config, canonical, ignored_fields
-from ..tracking import run_name
+from ..tracking.names import run_name
 
 
 @dataclass

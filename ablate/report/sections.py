@@ -1,0 +1,111 @@
+"""The report's sections: each a function of one data set's context returning markdown, HTML and files;
+`register_section` adds one to every report."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+
+from ..pretrain_recipe import is_alias
+from ..probes import probe_markdown  # the registry and markdown only: no torch
+from ..world_effect import Observation, effects_html, effects_markdown, pretraining_effects
+from .plots import _img, cost_plot, per_class_heatmap
+from .tables import _diagnostics_html, _html_table, diagnostics, paired_differences, table_markdown
+from .trials import TEST_SELECTED_NOTE, Table, Trial
+
+# ---- sections ---------------------------------------------------------------------------------------
+
+@dataclass
+class DatasetContext:
+    """What a report section sees for one data set."""
+
+    dataset: str
+    trials: list[Trial]
+    labels: dict[str, str]  # run id -> row label
+    table: Table
+    client: MlflowClient
+    reference: str  # the method paired differences compare against
+    heatmap_ratio: float
+
+
+@dataclass
+class Section:
+    """A section's share of the report: markdown (table.md), HTML (report.html), files written beside
+    them, and numbers returned by `write_report` under `data`'s keys (per data set)."""
+
+    markdown: str = ""
+    html: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
+
+
+SectionFn = Callable[[DatasetContext], Section]
+
+
+def table_section(ctx: DatasetContext) -> Section:
+    note = f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
+    return Section(table_markdown(ctx.table), _html_table(ctx.table) + note, data={"tables": ctx.table})
+
+
+def cost_section(ctx: DatasetContext) -> Section:
+    plot, fronts = cost_plot(ctx.table)
+    text = (f"<p>Cells: test mAP at the selected epoch, mean ± std over seeds (n seeds); bold: best in its column. "
+            f"Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
+            f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ctx.dataset)}")
+    return Section(html=text, files={f"cost_vs_map_{ctx.dataset}.png": plot}, data={"pareto": fronts})
+
+
+def paired_section(ctx: DatasetContext) -> Section:
+    paired = paired_differences(ctx.dataset, ctx.trials, ctx.labels, ctx.reference)
+    rows = "".join(f"<tr><td>{html.escape(p['row'])}</td><td>{html.escape(p['reference'])}</td>"
+                   f"<td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td><td>{p['wins']} / {p['pairs']}</td></tr>"
+                   for p in paired)
+    text = (f"<h3>Paired difference vs {html.escape(ctx.reference)} on the same weights</h3><table><thead><tr>"
+            "<th>method</th><th>against</th><th>mean ΔmAP</th><th>wins / pairs</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+    return Section(html=text, data={"paired": paired})
+
+
+def heatmap_section(ctx: DatasetContext) -> Section:
+    heat = per_class_heatmap(ctx.client, ctx.dataset, ctx.trials, ctx.labels, ctx.heatmap_ratio)
+    if heat is None:
+        return Section()
+    return Section(html=_img(heat, "per-class AP " + ctx.dataset), files={f"per_class_ap_{ctx.dataset}.png": heat})
+
+
+def diagnostics_section(ctx: DatasetContext) -> Section:
+    probes = diagnostics(ctx.dataset, ctx.trials, ctx.labels)
+    if not probes:
+        return Section(data={"diagnostics": probes})
+    return Section("#### Diagnostics\n\n" + probe_markdown(probes), _diagnostics_html(probes),
+                   data={"diagnostics": probes})
+
+
+def world_observations(ctx: DatasetContext) -> list[Observation]:
+    """Finished trials on ablate's world checkpoints, labelled by their row without the weights."""
+    return [Observation(" ".join(w for w in ctx.labels[t.run_id].split() if not w.startswith("pretrained=")),
+                        t.tag("pretrained"), t.ratio, t.tag("seed"), t.metrics["test_map"])
+            for t in ctx.trials if t.status == "FINISHED" and t.tag("dataset") == ctx.dataset
+            and is_alias(t.tag("pretrained")) and "test_map" in t.metrics]
+
+
+def pretraining_section(ctx: DatasetContext) -> Section:
+    """Negation- vs presence-captioned world checkpoints, with intervals over checkpoints; empty unless
+    both caption styles were run."""
+    effects = pretraining_effects(world_observations(ctx))
+    return Section(effects_markdown(effects), effects_html(effects), data={"pretraining_effects": effects})
+
+
+# the report of every data set, in this order; `register_section` adds one
+SECTIONS: list[SectionFn] = [table_section, cost_section, paired_section, heatmap_section, diagnostics_section,
+                             pretraining_section]
+
+
+def register_section(section: SectionFn) -> SectionFn:
+    """Append a section (a function of DatasetContext returning a Section) to every report."""
+    if section not in SECTIONS:
+        SECTIONS.append(section)
+    return section

@@ -1,0 +1,108 @@
+"""What the report reads: the sweep's FINISHED trial runs from MLflow, as typed rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+
+from ..errors import ReportError
+from ..spec import ignored_fields
+from ..tracking import (
+    ROLE_TAG,
+)
+
+# Fields that split a method into several rows when they vary within the experiment.
+ROW_FIELDS = ("backbone", "pretrained", "n_ctx", "csc")
+
+
+@dataclass
+class Trial:
+    run_id: str
+    status: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    error: str | None = None
+
+    def tag(self, name: str) -> str:
+        return self.tags.get(f"ablate.{name}", "")
+
+    @property
+    def ratio(self) -> float:
+        return float(self.tag("label_ratio"))
+
+    @property
+    def test_selected(self) -> bool:
+        return self.tag("selected_on") == "test"
+
+
+TEST_SELECTED = "†"  # marks numbers whose epoch was picked on the test split itself
+TEST_SELECTED_NOTE = (f"{TEST_SELECTED} epoch selected on the test set (the reference's protocol, `select_on: test`): "
+                      "optimistic, not comparable with numbers selected on a validation split.")
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    test_selected: bool = False
+
+    def text(self) -> str:
+        std = f" ± {self.std:.2f}" if self.n > 1 else ""
+        return f"{self.mean:.2f}{std} (n={self.n})" + (f" {TEST_SELECTED}" if self.test_selected else "")
+
+
+@dataclass
+class Table:
+    """One data set: rows x (label ratios + Avg), plus cost columns."""
+
+    dataset: str
+    ratios: list[float]
+    cells: dict[str, dict[str, Cell]]  # row -> column -> cell
+    cost: dict[str, dict[str, float]]  # row -> params / train_time_s / gpu_hours (means per trial)
+    best: dict[str, str] = field(default_factory=dict)  # column -> best row
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"{r:g}" for r in self.ratios] + ["Avg"]
+
+    @property
+    def test_selected(self) -> bool:
+        return any(c.test_selected for cells in self.cells.values() for c in cells.values())
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> tuple[str, list[Trial]]:
+    """(parent run id, trial runs of that sweep); the newest sweep of the experiment by default."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"no MLflow experiment named '{experiment}'; experiments: {', '.join(names) or 'none'}")
+    if parent_run_id is None:
+        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if not parents:
+            raise ReportError(f"experiment '{experiment}' has no sweep run (was it made by `ablate sweep`?)")
+        parent_run_id = parents[0].info.run_id
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=50000)
+    trials = [Trial(r.info.run_id, r.info.status, r.data.tags, r.data.metrics, r.data.tags.get("ablate.error"))
+              for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    return parent_run_id, trials
+
+
+def row_labels(trials: list[Trial]) -> dict[str, str]:
+    """run id -> row label: the method, plus each ROW_FIELD that varies among methods reading it."""
+    varying = [f for f in ROW_FIELDS if len({t.tag(f) for t in trials
+                                            if f not in ignored_fields(t.tag("method"))}) > 1]
+    labels = {}
+    for t in trials:
+        extra = [f"{f}={t.tag(f)}" for f in varying if f not in ignored_fields(t.tag("method"))]
+        labels[t.run_id] = " ".join([t.tag("method"), *extra])
+    return labels
+
+
+def ratio_free(method: str) -> bool:
+    return "label_ratio" in ignored_fields(method)

@@ -1,0 +1,167 @@
+"""Writing a report: the folder (staged, then swapped in), the self-contained page, MLflow's copy."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+
+from ..data.base import current_umask
+from ..errors import ReportError
+from ..tracking import (
+    connect,
+    report_link,
+    resolve_tracking_uri,
+    set_sweep_note,
+    sweep_note,
+)
+from .sections import SECTIONS, DatasetContext
+from .tables import build_table, expected_missing, table_frame
+from .trials import Trial, load_trials, row_labels
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.best{font-weight:bold;background:#e8f5e9}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;padding:1em;overflow:auto}
+.warn{color:#b00020}"""
+
+
+def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
+                 reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True) -> dict:
+    """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...). The
+    report is built beside it and renamed into place, so a failure leaves no partial folder behind."""
+    out_dir = Path(os.path.abspath(out_dir))
+    check_report_folder(out_dir)
+    client = connect(resolve_tracking_uri(tracking_uri))
+    parent_run_id, trials = load_trials(client, experiment, parent_run_id)
+    with _staged(out_dir) as staging:
+        result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    if log_to_mlflow:
+        client.log_artifacts(parent_run_id, str(out_dir), "report")
+        note_report(client, experiment_id, parent_run_id, out_dir)
+    result.update(out_dir=str(out_dir), experiment_id=experiment_id, tracking_uri=client.tracking_uri)
+    return result
+
+
+def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, out_dir: Path) -> None:
+    """The sweep's (and experiment's) description in the MLflow UI: the spec's description, the report's
+    tables and a link to the whole report logged under the parent's `report/`."""
+    spec_path = out_dir / "spec.yaml"
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else {}
+    link = f"**[The whole report (report.html)]({report_link(experiment_id, parent_run_id)})**: plots, paired " \
+           "differences, per-class AP, incomplete trials."
+    tables = (out_dir / "table.md").read_text().split("\n", 1)[1]  # without its title: the experiment's name
+    set_sweep_note(client, experiment_id, parent_run_id,
+                   sweep_note(str((spec or {}).get("description") or ""), link, tables))
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """ReportError, before anything is written, when `out_dir` cannot become (or be replaced by) a report:
+    a file, a folder of other files (they would be lost), or a place that cannot be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"report folder {out_dir} is a file; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.html").is_file():
+        raise ReportError(f"{out_dir} holds files that are not a report (they would be replaced); choose "
+                          "another --out or empty it")
+    parent = out_dir.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (
+            out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK)):
+        raise ReportError(f"report folder {out_dir} cannot be written (no write permission on it or {parent}); "
+                          "choose another --out")
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside `out_dir`; when the block completes it replaces `out_dir`, else it is removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only
+        _replace_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Rename `new` to `target`; an existing `target` is moved aside first and deleted once `new` is in."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old)  # onto the empty folder just made
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: list[Trial], out_dir: Path,
+           reference: str, heatmap_ratio: float | None) -> dict:
+    """Every output of the report, written into `out_dir`; returns its numbers."""
+    spec_text = _spec_text(client, parent_run_id, out_dir)
+    labels = row_labels(trials)
+    incomplete = [f"{labels[t.run_id]} dataset={t.tag('dataset')} ratio={t.tag('label_ratio')} seed={t.tag('seed')}: "
+                  f"{t.status}" + (f" — {t.error.splitlines()[0]}" if t.error else "")
+                  for t in trials if t.status != "FINISHED"]
+    incomplete += expected_missing(spec_text, trials)
+    datasets = sorted({t.tag("dataset") for t in trials if t.status == "FINISHED"})
+    if not datasets:
+        raise ReportError(f"experiment '{experiment}' has no finished trial yet; not finished: {len(incomplete)}")
+    markdown, frames, pages = [f"# {experiment}\n"], [], []
+    result: dict = {"tables": {}, "pareto": {}, "paired": {}}
+    for ds in datasets:
+        table = build_table(ds, trials, labels)
+        ratio = heatmap_ratio if heatmap_ratio is not None else table.ratios[len(table.ratios) // 2]
+        ctx = DatasetContext(ds, trials, labels, table, client, reference, ratio)
+        frames.append(table_frame(table))
+        pages.append(f"<h2>{html.escape(ds)}</h2>")
+        for make in SECTIONS:
+            section = make(ctx)
+            markdown += [section.markdown] if section.markdown else []
+            pages.append(section.html)
+            for name, content in section.files.items():
+                (out_dir / name).write_bytes(content)
+            for key, value in section.data.items():
+                result.setdefault(key, {})[ds] = value
+    pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
+    (out_dir / "table.md").write_text("\n".join(markdown))
+    (out_dir / "report.html").write_text(_page(experiment, parent_run_id, trials, incomplete, pages, spec_text))
+    (out_dir / "incomplete.json").write_text(json.dumps(incomplete, indent=2))
+    result.update(parent_run_id=parent_run_id, incomplete=incomplete)
+    return result
+
+
+def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str | None:
+    """The sweep's spec as logged on its parent run (None for runs made without one)."""
+    try:
+        return Path(client.download_artifacts(parent_run_id, "spec.yaml", str(out_dir))).read_text()
+    except Exception:  # MLflow raises several types for a missing artifact
+        return None
+
+
+def _page(experiment: str, parent_run_id: str, trials: list[Trial], incomplete: list[str], pages: list[str],
+          spec_text: str | None) -> str:
+    listing = "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) or "<li>none</li>"
+    spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
+            f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
+            f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "
+            f"<code>{parent_run_id}</code>; only finished trials enter the numbers.</p>"
+            f"<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>{listing}</ul>"
+            f"{''.join(pages)}{spec_html}</body></html>")

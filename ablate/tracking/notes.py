@@ -1,0 +1,86 @@
+"""Descriptions and UI links: the sweep's note, the trials' table, the MLflow UI address."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from mlflow import MlflowClient
+
+RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
+from .names import NOTE_TAG, UI_DEFAULT
+from .store import _retry, open_client
+
+
+def note_sweep_stopped(client: MlflowClient, experiment_id: str, parent_run_id: str, command: str) -> None:
+    """An interrupted sweep's description stops saying it runs and says how to continue it."""
+    note = _retry(client.get_run, parent_run_id).data.tags.get(NOTE_TAG, "")
+    description = note.split(RUNNING_NOTE)[0]
+    set_sweep_note(client, experiment_id, parent_run_id,
+                   sweep_note(description, f"**Stopped** before every trial finished. Resume with: `{command}`"))
+
+
+def sweep_note(description: str, *sections: str) -> str:
+    """The markdown the UI shows as the sweep's (and its experiment's) description."""
+    return "\n\n".join(part for part in (description.strip(), *sections) if part)
+
+
+def set_sweep_note(client: MlflowClient, experiment_id: str, parent_run_id: str, text: str) -> None:
+    """The description of the parent run and of the experiment (which shows its newest sweep's)."""
+    _retry(client.set_tag, parent_run_id, NOTE_TAG, text)
+    _retry(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
+
+
+def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """The MLflow UI page of a sweep's trial runs in the training view (the UI opens on its GenAI view),
+    flat and best test mAP first (MLflow nests, and so folds, child runs only when sorted by start time).
+    A server URI is the UI's own address; for a store file, `mlflow ui` serves it at the default port."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
+    query = urllib.parse.urlencode({"workflowType": "machine_learning",
+                                    "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                    "orderByKey": "metrics.`test_map`", "orderByAsc": "false"},
+                                   quote_via=urllib.parse.quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """What `ablate sweep` and `ablate report` print: the address, and for a store file how to serve it."""
+    line = f"MLflow UI: {ui_address(tracking_uri, experiment_id, parent_run_id)}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return line
+    return f"{line}\n  (serve it first: mlflow ui --backend-store-uri {tracking_uri})"
+
+
+def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One row per child run of a sweep: arm, status and the headline numbers."""
+    client = open_client(uri)
+    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                  max_results=10000)
+    rows = []
+    for run in runs:
+        tags, m = run.data.tags, run.data.metrics
+        rows.append({"method": tags.get("ablate.method"), "dataset": tags.get("ablate.dataset"),
+                     "label_ratio": tags.get("ablate.label_ratio"), "seed": tags.get("ablate.seed"),
+                     "status": run.info.status, "test_map": m.get("test_map"),
+                     "trainable_params": m.get("trainable_params"), "train_time_s": m.get("train_time_s"),
+                     "device_hours": m.get("device_hours"), "run_name": run.info.run_name})
+    return sorted(rows, key=lambda r: tuple(str(r[k]) for k in ("dataset", "method", "label_ratio", "seed")))
+
+
+def trials_markdown(rows: list[dict]) -> str:
+    """trial_table's rows as the markdown table of a sweep's description, best test mAP first."""
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    lines = ["| run | status | test mAP | trainable params | train s | device-h |", "|---|---|--:|--:|--:|--:|"]
+    for r in sorted(rows, key=lambda r: -(r["test_map"] if r["test_map"] is not None else -1.0)):
+        lines.append(f"| {r['run_name']} | {r['status']} | {fmt(r['test_map'], '.2f')} | "
+                     f"{fmt(r['trainable_params'], ',.0f')} | {fmt(r['train_time_s'], '.1f')} | "
+                     f"{fmt(r['device_hours'], '.4f')} |")
+    return "\n".join(lines)
+
+
+def report_link(experiment_id: str, parent_run_id: str) -> str:
+    """The report's page in the MLflow UI, relative to the UI (works on any host serving it)."""
+    return f"#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts/report/report.html"

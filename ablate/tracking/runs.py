@@ -1,0 +1,240 @@
+"""Run lifecycle: the sweep's parent run and each trial's child run (re-attached, never duplicated)."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+from ..result import TrialResult
+from ..spec import TrialConfig
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+from .names import (
+    ARM_FIELDS,
+    BATCH_LIMIT,
+    EPOCH_METRICS,
+    ERROR_TAG,
+    FINAL_STEP,
+    NODE_LOSSES_TAG,
+    RESUME_TAG,
+    ROLE_TAG,
+    SOURCE_TAGS,
+    STEP_LOSS,
+    STOPPED_TAG,
+    SWEEP_TAG,
+    SYSTEM_METRICS_INTERVAL_S,
+    TRIAL_KEY,
+    flatten_config,
+    parent_run_name,
+    run_name,
+    trial_key,
+)
+from .notes import RUNNING_NOTE, set_sweep_note, sweep_note
+from .store import TrackingContext, _retry, _retry_duplicate, open_client
+
+
+def source_tags(spec_path: Path) -> dict[str, str]:
+    """MLflow's user / source / version tags (its fluent API sets them; the client API does not): the
+    source is the spec, the commit that of ablate's own code, else of the folder holding the spec."""
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": str(spec_path), "mlflow.source.type": "LOCAL"}
+    commit = git_commit(Path(__file__).parent) or git_commit(spec_path.parent)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, spec_path: Path,
+                     spec_text: str, description: str = "") -> str:
+    tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, "ablate.spec_sha256":
+            hashlib.sha256(spec_text.encode()).hexdigest(), "ablate.spec_path": str(spec_path),
+            **source_tags(spec_path)}
+    run = _retry(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
+    _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
+    set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
+    return run.info.run_id
+
+
+def end_parent_run(client: MlflowClient, parent_run_id: str, status: str, metrics: dict[str, float],
+                   resume_command: str | None = None) -> None:
+    """Counts and final status of a sweep; an interrupted one says how to continue it."""
+    for key, value in metrics.items():
+        _retry(client.log_metric, parent_run_id, key, value)
+    if resume_command:
+        _retry(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
+    _retry(client.set_terminated, parent_run_id, status)
+
+
+def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:
+    """A resumed sweep runs again; the note on how to resume it goes."""
+    if RESUME_TAG in _retry(client.get_run, parent_run_id).data.tags:
+        _retry(client.delete_tag, parent_run_id, RESUME_TAG)
+    _retry(client.update_run, parent_run_id, status="RUNNING")
+
+
+def close_running_children(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
+    """A killed trial cannot close its own run: the driver marks what is still RUNNING as KILLED."""
+    found = _retry(client.search_runs, [experiment_id], max_results=10000,
+                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    for run in found:
+        TrialRun(client, run.info.run_id, True).close("KILLED", reason)
+    return len(found)
+
+
+class TrialRun:
+    """The child run of one trial: found by its key, or created once."""
+
+    def __init__(self, client: MlflowClient, run_id: str, resumed: bool, logged_epochs: int = 0) -> None:
+        self.client, self.run_id, self.resumed = client, run_id, resumed
+        self.logged_epochs = logged_epochs  # epochs already in the run: a resumed trial never logs them twice
+        self.logged_steps = 0  # the same for the per-step training loss
+
+    @classmethod
+    def find(cls, ctx: TrackingContext, trial_id: str) -> TrialRun | None:
+        client = open_client(ctx.uri)
+        key = trial_key(ctx.parent_run_id, trial_id)
+        found = _retry(client.search_runs, [ctx.experiment_id],
+                       filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1)
+        return cls(client, found[0].info.run_id, True) if found else None
+
+    @classmethod
+    def attach(cls, ctx: TrackingContext, cfg: TrialConfig, trial_id: str, arm: dict,
+               name: str | None = None) -> TrialRun:
+        """Re-attach to this trial's run (retry, resume) or create it, named `name` (default: every arm
+        value, labelled), with params, arm tags and the sweep's source tags."""
+        run = cls.find(ctx, trial_id)
+        if run is not None:
+            run.reopen()
+            return run
+        client = open_client(ctx.uri)
+        parent_tags = _retry(client.get_run, ctx.parent_run_id).data.tags
+        tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: trial_key(ctx.parent_run_id, trial_id),
+                ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
+                "ablate.selected_on": cfg.select_on,
+                **{f"ablate.{k}": str(getattr(cfg, k)) for k in ARM_FIELDS},
+                **{k: parent_tags[k] for k in SOURCE_TAGS if k in parent_tags}}
+        run_id = _retry(client.create_run, ctx.experiment_id, tags=tags,
+                        run_name=name or run_name(arm) or cfg.method).info.run_id
+        params = [Param(k, v) for k, v in flatten_config(cfg).items()]
+        for i in range(0, len(params), 100):
+            _retry(client.log_batch, run_id, params=params[i : i + 100])
+        return cls(client, run_id, False)
+
+    def status(self) -> str:
+        return _retry(self.client.get_run, self.run_id).info.status
+
+    def reopen(self) -> None:
+        """Running again (retry, resume): the old stop reason goes, the epochs it logged stay counted."""
+        tags = _retry(self.client.get_run, self.run_id).data.tags
+        for key in (ERROR_TAG, STOPPED_TAG):
+            if key in tags:
+                _retry(self.client.delete_tag, self.run_id, key)
+        _retry(self.client.update_run, self.run_id, status="RUNNING")
+        self.logged_epochs = self.last_step(EPOCH_METRICS["loss"])
+        self.logged_steps = self.last_step(STEP_LOSS)
+
+    def last_step(self, key: str) -> int:
+        history = _retry(self.client.get_metric_history, self.run_id, key)
+        return max((m.step for m in history), default=0)
+
+    def log_epoch(self, row: dict, step_losses: Sequence[float] = ()) -> None:
+        """One epoch's row at step `epoch` and its per-step training losses (STEP_LOSS at the global
+        step), in as few log_batch calls as MLflow's 1000-metric limit allows, the row last: an epoch
+        whose row is in the run is complete. Skipped when the run has it already (the trial was killed
+        after logging it but before Tune kept that epoch's checkpoint, and ran it again)."""
+        epoch = row["epoch"]
+        if epoch <= self.logged_epochs:
+            return
+        now = int(time.time() * 1000)
+        first = (epoch - 1) * len(step_losses)  # global step before this epoch's first step
+        metrics = [Metric(STEP_LOSS, float(v), now, first + i + 1) for i, v in enumerate(step_losses)
+                   if first + i + 1 > self.logged_steps]
+        metrics += [Metric(EPOCH_METRICS.get(k, k), float(v), now, epoch) for k, v in row.items()
+                    if k != "epoch" and v is not None]
+        for i in range(0, len(metrics), BATCH_LIMIT):
+            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
+        self.logged_epochs, self.logged_steps = epoch, first + len(step_losses)
+
+    def count_node_loss(self) -> None:
+        """The trial lost its node and continues elsewhere: how often is a tag on its run."""
+        tags = _retry(self.client.get_run, self.run_id).data.tags
+        self.set_tag(NODE_LOSSES_TAG, str(int(tags.get(NODE_LOSSES_TAG, 0)) + 1))
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
+        _retry(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_result(self, result: TrialResult, final: dict[str, float]) -> None:
+        """The end of a trial: `final` metrics at FINAL_STEP, the splits it read as dataset inputs, per-class
+        AP and the whole result (without per-class AP) as artifacts."""
+        self.log_metrics(final, step=FINAL_STEP)
+        self.log_splits(result)
+        self.log_dict(result.per_class_ap, "per_class_ap.json")
+        self.log_dict({k: v for k, v in result.to_dict().items() if k != "per_class_ap"}, "metrics.json")
+
+    def log_splits(self, result: TrialResult) -> None:
+        """Each split the trial read as an MLflow dataset input (the UI's Dataset column and filter): the
+        data set's name, the split's digest (images, partial labels, classes), its size; context = split.
+        MLflow keeps one record per (name, digest) for every run that reads it, so the source names only the
+        split: the ratio and seed that made its labels are the run's own params."""
+        inputs = [DatasetInput(Dataset(name=result.dataset, digest=digest, source_type="ablate",
+                                       source=json.dumps({"dataset": result.dataset, "split": split}),
+                                       profile=json.dumps({"num_rows": result.split_sizes.get(split, 0)})),
+                                [InputTag("mlflow.data.context", split)])
+                  for split, digest in result.split_digests.items()]
+        if inputs:
+            _retry_duplicate(self.client.log_inputs, self.run_id, inputs)
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:
+        """MLflow's own monitor (system/cpu_utilization_percentage, system/gpu_*, memory, disk, network)
+        samples this process's machine into the run while the block runs; a resumed run continues its steps."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil (the sweep extra brings it) is missing: train without the monitor
+            yield
+            return
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=self.resumed,
+                                       tracking_uri=self.client.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_dict(self, data: dict, name: str) -> None:
+        _retry(self.client.log_dict, self.run_id, data, name)
+
+    def log_artifact(self, path: Path) -> None:
+        _retry(self.client.log_artifact, self.run_id, str(path))
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        _retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        _retry(self.client.set_tag, self.run_id, key, value[:5000])
+
+    def finish(self) -> None:
+        _retry(self.client.set_terminated, self.run_id, "FINISHED")
+
+    def close(self, status: str, reason: str) -> None:
+        _retry(self.client.set_tag, self.run_id, ERROR_TAG if status == "FAILED" else STOPPED_TAG, reason[:5000])
+        _retry(self.client.set_terminated, self.run_id, status)
+
+    def fail(self, reason: str) -> None:
+        self.close("FAILED", reason)
