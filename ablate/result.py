@@ -26,6 +26,9 @@ class TrialResult:
     last_val_map: float | None
     train_time_s: float  # training + validation passes, not the test-selection passes
     epochs: int
+    # the part of train_time_s spent on the image stream (loading, augmentation, frozen encoder): in a pack
+    # it is shared with the other arms, and counted for each as if it ran alone
+    shared_time_s: float = 0.0
     test_metrics: dict[str, Any] = field(default_factory=dict)  # mAP, CP ... OF1, classes scored
     per_class_ap: dict[str, float | None] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch

@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 from bench_methods import prompt_sides
 
+from ablate.arm import build_optimizer
 from ablate.backbone import Backbone, create_backbone
 from ablate.data import load_splits
 from ablate.data.classnames import class_names
@@ -48,7 +49,6 @@ from ablate.methods import Method, create_method
 from ablate.prompts import PLACEHOLDER
 from ablate.spec import TrialConfig, load_sweep_spec
 from ablate.sweep import expand, resolve_spec_path, samples_per_arm
-from ablate.trainer import build_optimizer
 
 # (train split, test split) images: COCO train2014 / val2014, VOC2007 trainval / test
 OFFICIAL_SIZES = {"coco2014": (82_783, 40_504), "voc2007": (5_011, 4_952)}

@@ -74,7 +74,7 @@ def breakdown(trial: Trial, steps: int, warmup: int = 2) -> dict[str, float]:
             clock.times.clear()
         clock.start()
         inputs, targets = next(data)
-        dense, targets = trial.dense(inputs), targets.to(trial.device)
+        dense, targets = trial.dense(inputs), trial.arm.targets("train", targets)  # batches carry row indices
         clock.lap("data")
         with trial.autocast():
             embeddings = method.class_embeddings()

@@ -9,12 +9,13 @@ import yaml
 from torch import Tensor, nn
 
 from ablate.aggregation import aggregate
+from ablate.arm import build_optimizer
 from ablate.methods import FREE, FREE_FIELDS, METHODS, TRAINING_FIELDS, Method, MethodInfo, register_method
 from ablate.report import SECTIONS, DatasetContext, Section, register_section, write_report
 from ablate.spec import SweepSpec, TrialConfig
 from ablate.sweep import expand
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
-from ablate.trainer import build_optimizer, run_trial
+from ablate.trainer import run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from ablate.arm import build_optimizer, set_lr
 from ablate.cli import build_parser, resolve_config
 from ablate.data import load_splits
 from ablate.data.classnames import class_names
@@ -34,7 +35,7 @@ from ablate.runtime import backbone_from_config
 from ablate.spec import ConfigError, SweepSpec, TrialConfig, load_sweep_spec
 from ablate.sweep import expand
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
-from ablate.trainer import Trial, build_optimizer, run_trial, set_lr
+from ablate.trainer import Trial, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,7 +276,7 @@ def test_schedule_equals_the_reference_at_every_epoch(method, overrides, mults):
 
 
 def test_default_schedule_spans_the_epochs_after_warmup_and_scales_warmup():
-    from ablate.trainer import lr_at
+    from ablate.arm import lr_at
 
     cfg = TrialConfig(epochs=11, warmup_epochs=1, lr=0.1, warmup_lr=1e-3)
     assert lr_at(0, cfg) == 1e-3 and lr_at(1, cfg) == pytest.approx(0.1)

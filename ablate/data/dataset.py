@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +23,14 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path = self.images.paths[i]
-        try:
-            with Image.open(path) as img:
-                x = self.transform(img.convert("RGB"))
-        except (OSError, SyntaxError) as err:  # PIL: unreadable, truncated, not an image
-            raise DataError(f"cannot read image {path} ({err}); replace or remove it") from None
+        x = read_image(self.images.paths[i], self.transform)
         return x, torch.from_numpy(self.images.labels[i].astype(np.float32))
+
+
+def read_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """One image as RGB through `transform`; a DataError naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return transform(img.convert("RGB"))
+    except (OSError, SyntaxError) as err:  # PIL: unreadable, truncated, not an image
+        raise DataError(f"cannot read image {path} ({err}); replace or remove it") from None

@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
@@ -123,7 +122,7 @@ def cache_inputs(info: BackboneInfo, weights: str, dataset: str, data_root: Path
 
 
 class FeatureCache:
-    """One split's features under `root`: `ensure` makes it valid, `CachedFeatures` serves its rows."""
+    """One split's features under `root`: `ensure` makes it valid, `ablate.stream.CachedRows` serves its rows."""
 
     def __init__(self, root: Path, inputs: CacheInputs, paths: Sequence[str | Path]) -> None:
         self.inputs, self.paths = inputs, [str(p) for p in paths]
@@ -276,22 +275,3 @@ def cached_images(cfg: TrialConfig) -> int:
     """Images in the caches of `cfg` (full train split + test split), without loading a model."""
     splits = load_splits(cfg)
     return sum(len(s) for s in splits.values())
-
-
-class CachedFeatures(Dataset):
-    """Cached rows with their labels. Indexed by a whole batch of positions: one read per batch."""
-
-    def __init__(self, cache: FeatureCache, images: LabelledImages) -> None:
-        self.path, self.shape, self.dtype = cache.data_path, cache.shape, cache.dtype
-        self.rows = cache.rows(images.paths)
-        self.labels = images.labels
-        self._data: np.memmap | None = None  # opened on first read, in the worker: never pickled
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, batch: list[int]) -> tuple[Tensor, Tensor]:
-        if self._data is None:
-            self._data = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
-        features = np.asarray(self._data[self.rows[batch]])
-        return torch.from_numpy(features), torch.from_numpy(self.labels[batch].astype(np.float32))
