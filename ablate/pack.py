@@ -13,7 +13,9 @@ changes it cannot be missing here without a test failing. Torch-free: the sweep 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,3 +51,28 @@ def pack_id(cfg: TrialConfig) -> str:
     """A short stable name for `cfg`'s pack key (MLflow's `ablate.pack` tag carries it with the arm count)."""
     text = json.dumps(pack_key(cfg), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def feature_bytes(cfg: TrialConfig) -> int:
+    """One batch of the shared dense features [B, HW+1, D] in float32: what a pack holds besides one arm's
+    graph at a time and each arm's parameters; read from the model's config file (no torch), 0 if none."""
+    model = _model_config(cfg.backbone)
+    if model is None:
+        return 0
+    vision = model["vision_cfg"]
+    size = cfg.image_size or vision["image_size"]
+    stride = 32 if isinstance(vision.get("layers"), list | tuple) else vision.get("patch_size", 32)  # ResNet: 32
+    return cfg.batch_size * ((size // stride) ** 2 + 1) * model["embed_dim"] * 4
+
+
+def _model_config(name: str) -> dict | None:
+    """An open_clip model config by name, from ablate's own configs or open_clip's, without importing it."""
+    folders = [Path(__file__).parent / "model_configs"]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) / "model_configs" for p in spec.submodule_search_locations]
+    for folder in folders:
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None

@@ -335,6 +335,13 @@ class SweepSpec(StrictModel):
         "(registered probes: `ablate.probes.probe_names()`)")
     probe_limit: int | None = Field(200, ge=1, description="images per image-grounded probe")
     max_concurrent_trials: int | None = Field(None, ge=1)
+    pack: Literal["auto", "off"] | None = Field(
+        None, description="auto (the default for grid sweeps): arms that read the same images (ablate.pack) train "
+        "together in one Ray trial, sharing each batch's loading, augmentation and frozen-encoder pass; off: one "
+        "arm per trial. Optuna and ASHA sweeps keep one arm per trial")
+    max_pack_arms: int = Field(
+        32, ge=1, description="most arms in one pack: a pack's step saves the shared pass K-1 times, so beyond "
+        "a few dozen arms it saves little more, while a retry reruns every arm of the pack")
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
@@ -366,7 +373,15 @@ class SweepSpec(StrictModel):
         self._check_optuna()
         if self.asha and self.optuna and (self.asha.metric, self.asha.mode) != (self.optuna.metric, self.optuna.mode):
             raise ValueError("asha and optuna must use the same metric and mode")
+        if self.pack == "auto" and (self.optuna or self.asha):
+            raise ValueError(f"pack: auto cannot be combined with {'optuna' if self.optuna else 'asha'}: its samples "
+                             "are sequential and its early stopping is per trial; drop `pack` (or set pack: off)")
         return self
+
+    @property
+    def packing(self) -> bool:
+        """Whether arms are grouped into packs: a grid sweep, unless `pack: off`."""
+        return self.pack != "off" and self.optuna is None and self.asha is None
 
     def _check_value(self, where: str, key: str, value: Any) -> None:
         """`value` must be valid for TrialConfig field `key` (on top of the base); `where` names it."""

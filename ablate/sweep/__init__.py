@@ -4,6 +4,7 @@ Only this package imports Ray, and only its `trial`, `cluster`, `preflight` and 
 functions. Importing the package is light: the names below are imported from their module on first use.
 
 - `arms`: a spec's arms (grid combinations; no Ray, also serves --dry-run and the report)
+- `packs`: which arms train together in one Ray trial (no Ray)
 - `trial`: the Ray trainable: one arm, reported every epoch, logged to its MLflow run
 - `cluster`: which Ray, what it offers, addresses and storage every node can reach
 - `preflight`: data fetched and checked, world CLIPs pre-trained, feature caches built
@@ -17,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # type checkers see the real names
-    from .arms import Arm, describe, expand, resolve_spec_path, samples_per_arm  # noqa: F401
+    from .arms import Arm, expand, resolve_spec_path, samples_per_arm  # noqa: F401
     from .cluster import (  # noqa: F401
         check_storage_on_nodes,
         cluster_line,
@@ -28,11 +29,13 @@ if TYPE_CHECKING:  # type checkers see the real names
     )
     from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, resume_command  # noqa: F401
     from .driver import run_sweep  # noqa: F401
+    from .packs import describe, plan_packs  # noqa: F401
     from .preflight import IMAGE_CHECK_CAP, build_feature_caches, check_images, fetch_data, prepare_data  # noqa: F401
     from .trial import TRIAL_DIR_PREFIX, WORK_DIR, device_time, ray_trial, trial_run_name, trial_workdir, work_root  # noqa: F401
 
 _LAZY = {
-    "Arm": "arms", "expand": "arms", "describe": "arms", "samples_per_arm": "arms", "resolve_spec_path": "arms",
+    "Arm": "arms", "expand": "arms", "samples_per_arm": "arms", "resolve_spec_path": "arms",
+    "describe": "packs", "plan_packs": "packs",
     "ray_trial": "trial", "device_time": "trial", "trial_run_name": "trial", "trial_workdir": "trial",
     "work_root": "trial", "WORK_DIR": "trial", "TRIAL_DIR_PREFIX": "trial",
     "ray_address": "cluster", "init_ray": "cluster", "cluster_line": "cluster",

@@ -57,12 +57,6 @@ def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
     return spec.optuna.num_samples if spec.optuna and arm.search else 1
 
 
-def describe(spec: SweepSpec) -> dict:
-    arms = expand(spec)
-    rows = [{"arm": a.slug, "trials": samples_per_arm(spec, a), "search": sorted(a.search)} for a in arms]
-    return {"name": spec.name, "arms": len(arms), "trials": sum(r["trials"] for r in rows), "arm_list": rows}
-
-
 def resolve_spec_path(path: str | Path) -> Path:
     """As given (relative to the working directory), else relative to the installed project."""
     candidates = [Path(path).expanduser()]
