@@ -315,12 +315,12 @@ def run_trial(
 
 
 def run_pack(cfgs: Sequence[TrialConfig], workdir: Path, *, report: PackReporter | None = None,
-             progress: bool = False) -> tuple[Pack, list[TrialResult | None]]:
+             progress: bool = False, strict: bool = False) -> tuple[Pack, list[TrialResult | None]]:
     """Train a pack of arms in `workdir` (each arm's checkpoint in its own folder; a pack of one keeps the
     plain trial's layout); each arm's selected parameters are saved as `trained_path(workdir, i)`. An arm
-    that diverges gets None, its error in `pack.arms[i].error`; the others go on."""
+    that diverges gets None, its error in `pack.arms[i].error`, and the others go on (`strict`: it raises)."""
     checkpoints = [arm_folder(workdir, i, len(cfgs)) / CHECKPOINT for i in range(len(cfgs))]
-    pack = Pack(cfgs, checkpoints, progress, strict=False)
+    pack = Pack(cfgs, checkpoints, progress, strict=strict)
     check_space(sum(a.state_bytes() for a in pack.arms), workdir)
     results = pack.run(report, workdir)
     for i, (arm, result) in enumerate(zip(pack.arms, results)):

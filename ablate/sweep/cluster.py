@@ -113,3 +113,15 @@ def _write_probe(folder: str) -> str | None:
     except OSError as err:
         return f"{type(err).__name__}: {err}"
     return None
+
+
+def cluster_slots(spec) -> tuple[int, str]:
+    """How many of the spec's trials the Ray this driver runs on holds at once (max_concurrent_trials
+    wins), and from what; an autoscaling cluster's nodes to come are not counted: set
+    max_concurrent_trials for it."""
+    import ray
+
+    from .packs import local_slots
+
+    res = ray.cluster_resources()
+    return local_slots(spec, float(res.get("CPU", 0)), float(res.get("GPU", 0)), "in the Ray cluster now")

@@ -28,6 +28,7 @@ class SweepState:
     experiment_id: str
     parent_run_id: str
     spec_sha256: str
+    packs: list[list[int]] | None = None  # arm indices per Ray trial of a packed grid (None: one arm a trial)
 
     @classmethod
     def load(cls, path: Path) -> SweepState:

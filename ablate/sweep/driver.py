@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 from ..spec import ConfigError, SweepSpec, load_sweep_spec
@@ -33,11 +34,13 @@ from .cluster import (
     _ray_is_up,
     _shutdown_ray,
     check_storage_on_nodes,
+    cluster_slots,
     init_ray,
     lost_with_its_node,
     reachable_from_workers,
 )
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
+from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
 from .trial import ray_trial, work_root
 
@@ -61,14 +64,13 @@ def _tracker_callback(ctx: TrackingContext):
                 return
             if lost_with_its_node(error) and trial.run_metadata.num_failures > 0:
                 trial.run_metadata.num_failures -= 1
-                run = TrialRun.find(ctx, trial.trial_id)
-                if run is not None:
+                for run in TrialRun.find_all(ctx, trial.trial_id):
                     run.count_node_loss()
 
         def _close(self, trial, status: str, reason: str) -> None:
-            run = TrialRun.find(ctx, trial.trial_id)
-            if run is not None and run.status() == "RUNNING":
-                run.close(status, reason)
+            for run in TrialRun.find_all(ctx, trial.trial_id):  # its own run, or each arm's of its pack
+                if run.status() == "RUNNING":
+                    run.close(status, reason)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self._close(trial, "KILLED", "stopped early by the scheduler")
@@ -80,7 +82,7 @@ def _tracker_callback(ctx: TrackingContext):
 
 
 def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingContext, storage: str,
-           resume: bool, workroot: Path):
+           resume: bool, workroot: Path, packs: list[list[int]] | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -90,7 +92,7 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     trainable = tune.with_resources(
         tune.with_parameters(ray_trial, arms=[a.config.model_dump(mode="json") for a in members],
                              labels=[a.overrides for a in members], names=[a.name(spec) for a in members],
-                             tracking=ctx, gpus=res.gpu, cpus=res.cpu,
+                             tracking=ctx, gpus=res.gpu, cpus=res.cpu, packs=packs or [],
                              workroot=str(workroot), probes=list(spec.probes), probe_limit=spec.probe_limit,
                              plugins=list(spec.plugins)),
         {"cpu": res.cpu, "gpu": res.gpu},
@@ -108,7 +110,8 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
         metric, mode = opt.metric, opt.mode
         search_alg, samples = OptunaSearch(seed=opt.seed), opt.num_samples
     else:
-        space = {"arm": tune.grid_search(list(range(len(arms))))} if arm is None else {}
+        space = {} if arm is not None else {"pack": tune.grid_search(list(range(len(packs))))} if packs \
+            else {"arm": tune.grid_search(list(range(len(arms))))}
         if spec.asha:
             metric, mode = spec.asha.metric, spec.asha.mode
         search_alg, samples = None, 1
@@ -146,8 +149,9 @@ def _storage_root(spec: SweepSpec, override: str | None) -> str:
 
 
 def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, resume: bool,
-                tracking_uri: str | None):
-    """The sweep's MLflow parent run: created (and its state saved), or re-opened for --resume."""
+                tracking_uri: str | None, packs: list[list[int]] | None = None):
+    """The sweep's MLflow parent run: created (and its state saved, with its packs), or re-opened for
+    --resume (the packs it was launched with: Tune restores trials by pack index)."""
     if resume:
         if not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
@@ -166,19 +170,22 @@ def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, res
     client = connect(uri)
     experiment_id = ensure_experiment(client, spec.name)
     parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text(), spec.description)
-    state = SweepState(uri, experiment_id, parent, _sha(path))
+    state = SweepState(uri, experiment_id, parent, _sha(path), packs)
     state.save(state_path)
     return state, client
 
 
-def _fit(tuners: list, signals: Signals) -> tuple[int, int]:
-    """(trials, errored) over the tuners, stopping after the one a signal interrupted."""
+def _fit(tuners: list, signals: Signals, packs: list[list[int]] | None) -> tuple[int, int]:
+    """(trainings, errored) over the tuners, stopping after the one a signal interrupted: a Ray trial that
+    trains a pack counts each of its arms, errored when the trial errored or the arm failed in it."""
     errored = total = 0
     for tuner in tuners:
         with signals.tune():
             results = tuner.fit()
-        total += len(results)
-        errored += len(results.errors)
+        for result in results:
+            arms = len(packs[result.config["pack"]]) if packs and "pack" in (result.config or {}) else 1
+            total += arms
+            errored += arms if result.error else int((result.metrics or {}).get("arms_failed", 0))
         if signals.received:
             break
     return total, errored
@@ -217,7 +224,12 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
             init_ray(ray_address)
             check_storage_on_nodes(storage, spec.name)
-            state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
+            plan = plan_packs(spec, arms, *cluster_slots(spec))
+            state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
+                                        plan.packs if spec.packing else None)
+            if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
+                print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)),
+                      file=sys.stderr)
         except BaseException as err:
             if not ray_was_up:  # a caller in the same process gets back the Ray it had: none
                 _shutdown_ray()
@@ -231,8 +243,8 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
                                   state.parent_run_id)
             tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot) for arm in arms] if spec.optuna \
-                else [_tuner(spec, None, arms, ctx, storage, resume, workroot)]
-            total, errored = _fit(tuners, signals)
+                else [_tuner(spec, None, arms, ctx, storage, resume, workroot, state.packs)]
+            total, errored = _fit(tuners, signals, state.packs)
         except KeyboardInterrupt:
             signals.received = signals.received or [signal.SIGINT]
         finally:

@@ -1,5 +1,6 @@
-"""The trial as Ray runs it: one grid arm (or Optuna sample), reported every epoch, logged to its own
-MLflow child run; `run_trial` is the same function `ablate train` uses."""
+"""The trial as Ray runs it: one grid arm (or Optuna sample) or a pack of arms sharing one image stream,
+reported every epoch, each arm logged to its own MLflow child run; the trainer is the one `ablate train`
+uses."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..pack import pack_id
 from ..spec import TrialConfig, import_plugins
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
 
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
 TRIAL_DIR_PREFIX = "ablate-trial-"
+PACK_TAG = "ablate.pack"  # on each arm's run: the Ray trial (pack) that trained it, and its size
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -27,57 +30,101 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list[str], tracking: TrackingContext,
-              gpus: float, cpus: float, workroot: str, probes: Sequence[str] = (), probe_limit: int | None = None,
-              plugins: Sequence[str] = ()) -> None:
-    """Ray Tune function trainable: one trial, reported every epoch, logged to its MLflow run (with MLflow's
-    system metrics while it runs).
+              gpus: float, cpus: float, workroot: str, packs: Sequence[Sequence[int]] = (), probes: Sequence[str] = (),
+              probe_limit: int | None = None, plugins: Sequence[str] = ()) -> None:
+    """Ray Tune function trainable: one arm, or a pack of arms sharing one image stream, reported every
+    epoch, each arm logged to its own MLflow run (MLflow's system metrics on the first arm's while it runs).
 
-    `config` holds the grid arm's index ("arm") and any Optuna-sampled fields.
+    `config` holds the grid arm's index ("arm") and any Optuna-sampled fields, or a pack's index ("pack")
+    into `packs`, the arms of each pack.
     """
     started = time.monotonic()
     import torch
     from ray import tune
 
-    from ..trainer import STEP_LOSSES, TRAINED, run_trial
-
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(list(plugins))  # the names the spec's plugins register exist in this process too
-    index = config.get("arm", 0)
-    sampled = {k: v for k, v in config.items() if k != "arm"}
-    cfg = TrialConfig.model_validate({**arms[index], **sampled})
+    members = list(packs[config["pack"]]) if "pack" in config else [config.get("arm", 0)]
+    sampled = {k: v for k, v in config.items() if k not in ("arm", "pack")}
+    cfgs = [TrialConfig.model_validate({**arms[i], **sampled}) for i in members]
     trial_id = tune.get_context().get_trial_id()
-    run = TrialRun.attach(tracking, cfg, trial_id, {**labels[index], **sampled},
-                          trial_run_name(names[index], sampled, trial_id))
+    packed = len(members) > 1
+    runs = [TrialRun.attach(tracking, cfg, trial_id, {**labels[i], **sampled},
+                            trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None)
+            for cfg, i in zip(cfgs, members)]
+    if packed:
+        for run in runs:  # which Ray trial trained this arm, and with how many others
+            run.set_tag(PACK_TAG, f"{pack_id(cfgs[0])}-{config['pack']} ({len(members)} arms)")
     workdir = trial_workdir(Path(workroot), trial_id)
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as src:
             shutil.copytree(src, workdir, dirs_exist_ok=True)
+    pack, results = _train(cfgs, runs, workdir, probes, probe_limit)
+    wall = time.monotonic() - started
+    own = [arm.elapsed - arm.shared_s for arm in pack.arms]  # each arm's own compute, the stream's time aside
+    finals: list[dict] = []
+    for i, (run, result) in enumerate(zip(runs, results)):
+        if result is None:
+            continue
+        # what the arm would cost alone: the pack's time less the other arms' own compute
+        alone = wall - sum(t for j, t in enumerate(own) if j != i)
+        final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device),
+                 **device_time(alone, gpus, cpus)}
+        if packed:
+            final |= {f"pack_{k}": v for k, v in device_time(wall, gpus, cpus).items()}
+        run.log_result(result, final)
+        run.finish()
+        finals.append(final)
+    failed = sum(r is None for r in results)
+    if not packed:  # the selection metrics again, so Optuna and ASHA read the trial's final standing
+        result = results[0]
+        assert result is not None, "a trial of one arm raises when it fails"
+        selection = {"val_map": result.best_val_map} if result.best_val_map is not None else {}
+        tune.report({**finals[0], **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
+    else:
+        tune.report({"arms": len(members), "arms_failed": failed, **device_time(wall, gpus, cpus), "done": True})
 
-    def report(row: dict, ckpt_dir: Path | None) -> None:
-        run.log_epoch(row, row.pop(STEP_LOSSES, ()))
+
+def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, probes: Sequence[str],
+           probe_limit: int | None):
+    """Train the arms in `workdir`, logging each epoch to each arm's run and reporting it to Tune with the
+    pack's checkpoint; an arm that diverged is marked FAILED, the others go on. Any other error fails
+    every arm's run and the Ray trial (Tune retries it from its last checkpoint)."""
+    from ray import tune
+
+    from ..trainer import STEP_LOSSES, run_pack, trained_path
+
+    def report(rows: list[dict | None], ckpt_dir: Path | None) -> None:
+        for run, row in zip(runs, rows):
+            if row is not None:
+                run.log_epoch(row, row.pop(STEP_LOSSES, ()))
         checkpoint = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
-        tune.report(row, checkpoint=checkpoint)
+        if len(rows) == 1 and rows[0] is not None:  # one arm: its row, for Optuna and ASHA
+            tune.report(rows[0], checkpoint=checkpoint)
+        else:
+            tune.report({"epoch": max(r["epoch"] for r in rows if r is not None), "arms": len(rows)},
+                        checkpoint=checkpoint)
 
-    trained = workdir / "trained" / TRAINED
     try:
-        with run.system_metrics():
-            result = run_trial(cfg, checkpoint_dir=workdir, report=report, progress=False, trained_path=trained)
-            run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
-            if probes:
-                run_trial_probes(run, cfg, probes, trained, workdir / "probes", probe_limit)
+        with runs[0].system_metrics():
+            pack, results = run_pack(cfgs, workdir, report=report, strict=len(cfgs) == 1)
+            for i, (run, cfg, result, arm) in enumerate(zip(runs, cfgs, results, pack.arms)):
+                if result is None:
+                    run.fail(f"{type(arm.error).__name__}: {arm.error}")
+                    continue
+                trained = trained_path(workdir, i, len(cfgs))
+                run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
+                if probes:
+                    run_trial_probes(run, cfg, probes, trained, trained.parent.parent / "probes", probe_limit)
     except Exception as err:
-        run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+        for run in runs:
+            if run.status() == "RUNNING":
+                run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device),
-             **device_time(time.monotonic() - started, gpus, cpus)}
-    run.log_result(result, final)
-    run.finish()
-    # the selection metrics again, so Optuna and ASHA read the trial's final standing
-    selection = {"val_map": result.best_val_map} if result.best_val_map is not None else {}
-    tune.report({**final, **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
+    return pack, results
 
 
 def device_time(wall_s: float, gpus: float, cpus: float) -> dict[str, float]:

@@ -104,25 +104,37 @@ class TrialRun:
         self.logged_steps = 0  # the same for the per-step training loss
 
     @classmethod
-    def find(cls, ctx: TrackingContext, trial_id: str) -> TrialRun | None:
+    def find(cls, ctx: TrackingContext, trial_id: str, member: str | None = None) -> TrialRun | None:
+        """The run of a Ray trial, or of one arm (`member`) of a Ray trial that trains a pack of arms."""
         client = open_client(ctx.uri)
-        key = trial_key(ctx.parent_run_id, trial_id)
+        key = trial_key(ctx.parent_run_id, trial_id if member is None else f"{trial_id}/{member}")
         found = _retry(client.search_runs, [ctx.experiment_id],
                        filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1)
         return cls(client, found[0].info.run_id, True) if found else None
 
     @classmethod
+    def find_all(cls, ctx: TrackingContext, trial_id: str) -> list[TrialRun]:
+        """Every run a Ray trial holds: its own, or each arm's of its pack."""
+        client = open_client(ctx.uri)
+        found = _retry(client.search_runs, [ctx.experiment_id], max_results=10_000,
+                       filter_string=f"tags.`ablate.trial_id` = '{trial_id}' and "
+                                     f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")
+        return [cls(client, r.info.run_id, True) for r in found]
+
+    @classmethod
     def attach(cls, ctx: TrackingContext, cfg: TrialConfig, trial_id: str, arm: dict,
-               name: str | None = None) -> TrialRun:
+               name: str | None = None, member: str | None = None) -> TrialRun:
         """Re-attach to this trial's run (retry, resume) or create it, named `name` (default: every arm
-        value, labelled), with params, arm tags and the sweep's source tags."""
-        run = cls.find(ctx, trial_id)
+        value, labelled), with params, arm tags and the sweep's source tags. `member` names the arm within
+        a Ray trial that trains a pack."""
+        run = cls.find(ctx, trial_id, member)
         if run is not None:
             run.reopen()
             return run
         client = open_client(ctx.uri)
         parent_tags = _retry(client.get_run, ctx.parent_run_id).data.tags
-        tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: trial_key(ctx.parent_run_id, trial_id),
+        key = trial_key(ctx.parent_run_id, trial_id if member is None else f"{trial_id}/{member}")
+        tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: key,
                 ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
                 "ablate.selected_on": cfg.select_on,
                 **{f"ablate.{k}": str(getattr(cfg, k)) for k in ARM_FIELDS},
