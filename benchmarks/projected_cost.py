@@ -10,17 +10,21 @@ depend on their values), all in one process:
 Extrapolated: text cost is linear in the number of sequences (K = N per prompt side, 2N for DualCoOp),
 so K x text(L) from the measured per-sequence cost; on a GPU pass --text-batch 160 to measure the
 largest K directly. Assumed: official split sizes (the data is not read) for COCO-2014 / VOC-2007.
-Not counted: data loading and augmentation (CPU workers), host-device copies, Ray/MLflow overhead,
-and the gain of packing two trials per GPU (device-hours here are busy time). Zero-shot trials
+Not counted: data loading and augmentation (CPU workers; a pack does them once for all its arms too),
+host-device copies, Ray/MLflow overhead, and fractional GPUs (device-hours here are busy time). Zero-shot trials
 count their image encoding only (their text is encoded once per pass).
 
 A trial of E epochs, B images a step, S = ceil(train / B) steps, evaluating val every epoch and test
-twice at the end (best and last epoch), K prompt sequences, L tokens:
-  reference (online features, 77 tokens, text encoder per batch also at evaluation):
+at the end, K prompt sequences, L tokens:
+  reference (online features, 77 tokens, text encoder per batch also at evaluation, test twice):
     E * (S * (B*img + K*text_fb(77) + head_fb) + Bv * (B*img + K*text_f(77) + head_f)) + 2 * Bt * (same eval batch)
-  ablate (cached features, truncated prompts, class embeddings once per evaluation pass):
-    E * (S * (K*text_fb(L) + head_fb) + Bv * head_f + K*text_f(L)) + 2 * (Bt * head_f + K*text_f(L))
-    + once per dataset, shared by every trial: (train + test images) * img to build the caches
+  ablate, split into the image stream and the arm's own compute (truncated prompts, class embeddings once per
+  evaluation pass, one test pass scoring the selected and the last epoch):
+    stream = (E * (S + Bv) + Bt) * B*img   (online features, as every augmenting spec runs; 0 when cached)
+    own    = E * (S * (K*text_fb(L) + head_fb) + Bv * head_f + K*text_f(L)) + Bt * 2*head_f + 2*K*text_f(L)
+  unpacked: every trial pays stream + own; packed: each pack pays its stream once, every arm its own
+  (packs as the sweep plans them for --slots concurrent trials); cached specs add one cache build per
+  dataset: (train + test images) * img.
 with Bv, Bt the val and test batches. Each group's line prints this with its numbers.
 
     python benchmarks/projected_cost.py [--spec tune_specs/full_grid.yaml] [--device cpu|cuda] [--reps 5] [--threads 1]
@@ -48,7 +52,7 @@ from ablate.loss import AsymmetricLoss
 from ablate.methods import Method, create_method
 from ablate.prompts import PLACEHOLDER
 from ablate.spec import TrialConfig, load_sweep_spec
-from ablate.sweep import expand, resolve_spec_path, samples_per_arm
+from ablate.sweep import expand, plan_packs, resolve_spec_path, samples_per_arm
 
 # (train split, test split) images: COCO train2014 / val2014, VOC2007 trainval / test
 OFFICIAL_SIZES = {"coco2014": (82_783, 40_504), "voc2007": (5_011, 4_952)}
@@ -136,31 +140,40 @@ def split_sizes(cfg: TrialConfig) -> tuple[int, int, int, str]:
 
 def trial_cost(cfg: TrialConfig, sizes: tuple[int, int, int], k: int, length: int, img: float,
                text: dict[int, dict[str, float]], head: dict[str, float]) -> dict:
-    """Device-seconds of one trial, reference vs ablate, with the arithmetic as text."""
+    """Device-seconds of one trial: the reference's, and ablate's split into the image stream (what a pack
+    shares: the frozen encoder on every train, val and test batch; 0 on cached features) and the arm's own
+    compute, with the arithmetic as text."""
     n_train, n_val, n_test = sizes
     b, e = cfg.batch_size, cfg.epochs
     steps, val_b, test_b = (math.ceil(n / b) for n in (n_train, n_val, n_test))
     t77, tl = text[FULL_TOKENS], text[length]
+    online = cfg.features == "online"
+    g = lambda x: f"{x:.4g}"  # noqa: E731 - a short number format for the arithmetic lines
     if cfg.method == "zeroshot":  # one pass over val and test, nothing trained
         ref = (n_val + n_test) * img + (val_b + test_b) * head["fwd"]
-        ours = (val_b + test_b) * head["fwd"]
-        return {"reference_s": ref, "ablate_s": ours,
-                "reference_arithmetic": f"({n_val} + {n_test}) * {img:.4g} + {val_b + test_b} * {head['fwd']:.4g}",
-                "ablate_arithmetic": f"{val_b + test_b} * {head['fwd']:.4g}"}
+        stream = (n_val + n_test) * img if online else 0.0
+        own = (val_b + test_b) * head["fwd"]
+        return {"reference_s": ref, "stream_s": stream, "own_s": own,
+                "reference_arithmetic": f"({n_val} + {n_test}) * {g(img)} + {val_b + test_b} * {g(head['fwd'])}",
+                "ablate_arithmetic": f"stream {stream and f'({n_val} + {n_test}) * {g(img)}'} + own "
+                                     f"{val_b + test_b} * {g(head['fwd'])}"}
     ref_train = b * img + k * t77["fwd_bwd"] + head["step"]
     ref_eval = b * img + k * t77["fwd"] + head["fwd"]
     ref = e * (steps * ref_train + val_b * ref_eval) + 2 * test_b * ref_eval
     ours_train = k * tl["fwd_bwd"] + head["step"]
-    ours = e * (steps * ours_train + val_b * head["fwd"] + k * tl["fwd"]) + 2 * (test_b * head["fwd"] + k * tl["fwd"])
-    g = lambda x: f"{x:.4g}"  # noqa: E731 - a short number format for the arithmetic lines
+    # one test pass scores both the selected and the last epoch's parameters
+    own = e * (steps * ours_train + val_b * head["fwd"] + k * tl["fwd"]) + test_b * 2 * head["fwd"] + 2 * k * tl["fwd"]
+    stream = (e * (steps + val_b) + test_b) * b * img if online else 0.0
     return {
-        "reference_step_s": ref_train, "ablate_step_s": ours_train, "reference_s": ref, "ablate_s": ours,
+        "reference_step_s": ref_train, "ablate_step_s": ours_train + (b * img if online else 0.0),
+        "reference_s": ref, "stream_s": stream, "own_s": own,
         "reference_arithmetic": (
             f"{e} * ({steps} * ({b}*{g(img)} + {k}*{g(t77['fwd_bwd'])} + {g(head['step'])}) + {val_b} * "
             f"({b}*{g(img)} + {k}*{g(t77['fwd'])} + {g(head['fwd'])})) + 2 * {test_b} * ({g(ref_eval)}) = {g(ref)} s"),
         "ablate_arithmetic": (
+            f"stream ({e} * ({steps} + {val_b}) + {test_b}) * {b}*{g(img) if online else 0} = {g(stream)} s; own "
             f"{e} * ({steps} * ({k}*{g(tl['fwd_bwd'])} + {g(head['step'])}) + {val_b} * {g(head['fwd'])} + "
-            f"{k}*{g(tl['fwd'])}) + 2 * ({test_b} * {g(head['fwd'])} + {k}*{g(tl['fwd'])}) = {g(ours)} s"),
+            f"{k}*{g(tl['fwd'])}) + {test_b} * 2*{g(head['fwd'])} + 2*{k}*{g(tl['fwd'])} = {g(own)} s"),
     }
 
 
@@ -172,6 +185,8 @@ def main() -> None:
     parser.add_argument("--image-batch", type=int, default=None, help="default: 2 on CPU, the spec's batch on GPU")
     parser.add_argument("--text-batch", type=int, default=8, help="sequences per text measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
+    parser.add_argument("--slots", type=int, default=1,
+                        help="concurrent trial slots the packs are planned for (1: the fewest, largest packs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = load_sweep_spec(resolve_spec_path(args.spec))
@@ -219,7 +234,7 @@ def main() -> None:
         "head_s_per_step": {f"{m}/{d}": {p: round(v, 6) for p, v in c.items()} for (m, d), c in heads.items()},
     }), flush=True)
 
-    totals = {"reference_s": 0.0, "ablate_s": 0.0}
+    costs: dict[tuple, dict] = {}
     sizes = {}
     for key, trials in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         method, dataset, n_ctx = key
@@ -228,34 +243,56 @@ def main() -> None:
         sizes[dataset] = (n_train, n_val, n_test)
         k = prompt_sides(method) * len(class_names(dataset))
         length = prompt_length(backbone, dataset, n_ctx) if n_ctx else FULL_TOKENS
-        cost = trial_cost(cfg, sizes[dataset], k, length, img, text, heads[method, dataset])
-        totals["reference_s"] += trials * cost["reference_s"]
-        totals["ablate_s"] += trials * cost["ablate_s"]
+        cost = costs[key] = trial_cost(cfg, sizes[dataset], k, length, img, text, heads[method, dataset])
         print(json.dumps({
             "bench": "projected_cost", "line": "group", "method": method, "dataset": dataset, "n_ctx": n_ctx,
             "trials": trials, "epochs": cfg.epochs if method != "zeroshot" else 0, "batch_size": cfg.batch_size,
-            "train_val_test": sizes[dataset], "sizes": source, "sequences": k,
+            "features": cfg.features, "train_val_test": sizes[dataset], "sizes": source, "sequences": k,
             "tokens": {"reference": FULL_TOKENS, "ablate": length} if k else None,
             **{name: round(v, 4) for name, v in cost.items() if name.endswith("_s")},
             "reference_trial_h": round(cost["reference_s"] / 3600, 3),
-            "ablate_trial_h": round(cost["ablate_s"] / 3600, 3),
+            "ablate_trial_h": round((cost["stream_s"] + cost["own_s"]) / 3600, 3),
             "reference_arithmetic": cost["reference_arithmetic"], "ablate_arithmetic": cost["ablate_arithmetic"],
         }), flush=True)
-    build = {d: sum(s) * img for d, s in sizes.items()}
+    cached = {a.config.dataset for a in arms if a.config.features == "cached"}
+    build = {d: sum(sizes[d]) * img for d in cached}
     for dataset, seconds in build.items():
         n = sum(sizes[dataset])
         print(json.dumps({"bench": "projected_cost", "line": "cache_build", "dataset": dataset, "images": n,
                           "arithmetic": f"{n} * {img:.4g} = {seconds:.4g} s", "hours": round(seconds / 3600, 3)}))
-    ours = totals["ablate_s"] + sum(build.values())
+    print_totals(args, spec, arms, costs, sum(build.values()), device)
+
+
+def arm_cost(spec, arm, costs: dict[tuple, dict]) -> dict:
+    c = arm.config
+    return costs[(c.method, c.dataset, c.n_ctx if prompt_sides(c.method) else None)]
+
+
+def print_totals(args, spec, arms, costs: dict[tuple, dict], build_s: float, device: torch.device) -> None:
+    """Reference, ablate one arm a trial, and ablate packed (each pack's image stream once, every arm's own
+    compute), each summed over the spec's trials."""
+    samples = [samples_per_arm(spec, a) for a in arms]
+    reference = sum(n * arm_cost(spec, a, costs)["reference_s"] for a, n in zip(arms, samples))
+    own = sum(n * arm_cost(spec, a, costs)["own_s"] for a, n in zip(arms, samples))
+    streams = sum(n * arm_cost(spec, a, costs)["stream_s"] for a, n in zip(arms, samples))
+    plan = plan_packs(spec, arms, args.slots, "--slots")
+    packed_streams = sum(arm_cost(spec, arms[p[0]], costs)["stream_s"] for p in plan.packs)
+    unpacked, packed = streams + own + build_s, packed_streams + own + build_s
+    h = lambda x: round(x / 3600, 1)  # noqa: E731
     print(json.dumps({
-        "bench": "projected_cost", "line": "total", "spec": str(args.spec), "trials": sum(groups.values()),
+        "bench": "projected_cost", "line": "total", "spec": str(args.spec), "trials": sum(samples),
         "device": str(device), "unit": f"{device.type}-hours of busy time on this machine",
-        "reference_h": round(totals["reference_s"] / 3600, 1),
-        "ablate_h": round(ours / 3600, 1), "ablate_training_h": round(totals["ablate_s"] / 3600, 1),
-        "ablate_cache_build_h": round(sum(build.values()) / 3600, 2),
-        "reference_over_ablate": round(totals["reference_s"] / ours, 2),
-        "arithmetic": f"sum over groups of trials x trial cost; ablate adds the cache builds: "
-                      f"{totals['reference_s']:.4g} s vs {totals['ablate_s']:.4g} + {sum(build.values()):.4g} s",
+        "reference_h": h(reference), "ablate_unpacked_h": h(unpacked), "ablate_packed_h": h(packed),
+        "packs": plan.line(len(arms)),
+        "reference_over_unpacked": round(reference / unpacked, 2),
+        "reference_over_packed": round(reference / packed, 2),
+        "unpacked_over_packed": round(unpacked / packed, 2),
+        "arithmetic": {
+            "reference": f"sum over trials of the reference's trial cost = {reference:.4g} s",
+            "ablate_unpacked": f"every trial's image stream {streams:.4g} + own compute {own:.4g} + cache builds "
+                               f"{build_s:.4g} = {unpacked:.4g} s",
+            "ablate_packed": f"each of {len(plan.packs)} packs' image stream once {packed_streams:.4g} + own "
+                             f"compute {own:.4g} + cache builds {build_s:.4g} = {packed:.4g} s"},
     }), flush=True)
 
 
