@@ -71,7 +71,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device),
+    final = {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(result.device),
              **device_time(time.monotonic() - started, gpus, cpus)}
     run.log_result(result, final)
     run.finish()
