@@ -42,7 +42,8 @@ class Metric:
 
     @property
     def heading(self) -> str:
-        return f"{self.title} ({self.unit})" if self.unit and self.unit not in ("count", "%") else self.title
+        plain = not self.unit or self.unit in ("count", "%") or self.unit in self.title.split()
+        return self.title if plain else f"{self.title} ({self.unit})"
 
 
 def significant(value: float, figures: int = 2) -> str:
