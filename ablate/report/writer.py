@@ -21,6 +21,7 @@ from ..tracking import (
     connect,
     report_link,
     resolve_tracking_uri,
+    save_view,
     set_sweep_note,
     sweep_note,
 )
@@ -63,6 +64,7 @@ def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, ou
     tables = (out_dir / "table.md").read_text().split("\n", 1)[1]  # without its title: the experiment's name
     set_sweep_note(client, experiment_id, parent_run_id,
                    sweep_note(str((spec or {}).get("description") or ""), link, tables))
+    save_view(client, experiment_id, parent_run_id)  # sweeps recorded before the view existed get it too
 
 
 def check_report_folder(out_dir: Path) -> None:

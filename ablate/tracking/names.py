@@ -6,13 +6,14 @@ import hashlib
 import time
 
 from ..catalogue import epoch_names
-from ..spec import TrialConfig, ignored_fields
+from ..spec import METHODS, TrialConfig, ignored_fields
 
 TRIAL_KEY = "ablate.trial_key"
 SWEEP_TAG = "ablate.sweep"
 ROLE_TAG = "ablate.role"
 ERROR_TAG = "ablate.error"
 STOPPED_TAG = "ablate.stopped"
+SWEPT_AXES = ("method", "label_ratio", "n_ctx", "seed")  # the prepared UI view's columns and parallel axes
 ARM_FIELDS = ("method", "dataset", "label_ratio", "backbone", "pretrained", "n_ctx", "csc", "seed")
 DEFAULT_DB = "mlflow.db"
 RESUME_TAG = "ablate.resume"
@@ -52,6 +53,16 @@ def arm_tags(cfg: TrialConfig) -> dict[str, str]:
     method ignores the axis), so a tag never states a value the params deny."""
     params = flatten_config(cfg)
     return {f"ablate.{k}": params[k] for k in ARM_FIELDS}
+
+
+RUN_COLOR_TAG = "mlflow.runColor"  # the UI draws a run (table dot, chart points and lines) in this colour
+# one colour per method (matplotlib's tab10), so the UI's charts read by method, not by run
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def method_colour(method: str) -> str:
+    names = sorted(METHODS)
+    return COLOURS[names.index(method) % len(COLOURS)] if method in names else COLOURS[-1]
 
 
 def trial_key(parent_run_id: str, trial_id: str) -> str:

@@ -17,6 +17,7 @@ from .names import NOTE_TAG, UI_DEFAULT
 
 RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
 from .store import _retry, open_client
+from .view import view_key
 
 
 def note_sweep_stopped(client: MlflowClient, experiment_id: str, parent_run_id: str, command: str) -> None:
@@ -38,21 +39,21 @@ def set_sweep_note(client: MlflowClient, experiment_id: str, parent_run_id: str,
     _retry(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
 
 
-def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
+def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts: bool = False) -> str:
     """The MLflow UI page of a sweep's trial runs in the training view (the UI opens on its GenAI view),
-    flat and best test mAP first (MLflow nests, and so folds, child runs only when sorted by start time).
-    A server URI is the UI's own address; for a store file, `mlflow ui` serves it at the default port."""
+    opening the sweep's prepared view (`view.save_view`: columns, all runs, best test mAP first by label
+    ratio, charts); `charts` opens its chart view. A server URI is the UI's own address; for a store file,
+    `mlflow ui` serves it at the default port."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
-    query = urllib.parse.urlencode({"workflowType": "machine_learning",
-                                    "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                    "orderByKey": "metrics.`test_map`", "orderByAsc": "false"},
-                                   quote_via=urllib.parse.quote)
+    query = urllib.parse.urlencode({"viewStateShareKey": view_key(parent_run_id), "workflowType": "machine_learning",
+                                    **({"compareRunsMode": "CHART"} if charts else {})})
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
     """What `ablate sweep` and `ablate report` print: the address, and for a store file how to serve it."""
-    line = f"MLflow UI: {ui_address(tracking_uri, experiment_id, parent_run_id)}"
+    line = (f"MLflow UI: {ui_address(tracking_uri, experiment_id, parent_run_id)}\n"
+            f"  charts: {ui_address(tracking_uri, experiment_id, parent_run_id, charts=True)}")
     if tracking_uri.startswith(("http://", "https://")):
         return line
     return f"{line}\n  (serve it first: mlflow ui --backend-store-uri {tracking_uri})"

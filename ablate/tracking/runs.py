@@ -28,6 +28,7 @@ from .names import (
     REPO_URL_TAG,
     RESUME_TAG,
     ROLE_TAG,
+    RUN_COLOR_TAG,
     SOURCE_TAGS,
     SPEC_TAGS,
     STEP_LOSS,
@@ -37,12 +38,14 @@ from .names import (
     TRIAL_KEY,
     arm_tags,
     flatten_config,
+    method_colour,
     parent_run_name,
     run_name,
     trial_key,
 )
 from .notes import RUNNING_NOTE, set_sweep_note, split_input, sweep_note, trial_note
 from .store import TrackingContext, _retry, _retry_duplicate, open_client
+from .view import save_view
 
 
 def _git(cwd: Path | None, *args: str) -> str | None:
@@ -90,6 +93,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
     run = _retry(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
     _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
     set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
+    save_view(client, experiment_id, run.info.run_id)
     return run.info.run_id
 
 
@@ -147,7 +151,8 @@ class TrialRun:
         client = open_client(ctx.uri)
         parent_tags = _retry(client.get_run, ctx.parent_run_id).data.tags
         tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: trial_key(ctx.parent_run_id, trial_id),
-                ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
+                ROLE_TAG: "trial", "ablate.trial_id": trial_id, RUN_COLOR_TAG: method_colour(cfg.method),
+                "ablate.arm": json.dumps(arm, sort_keys=True),
                 "ablate.selected_on": cfg.select_on,
                 **arm_tags(cfg), **{k: parent_tags[k] for k in (*SOURCE_TAGS, *SPEC_TAGS) if k in parent_tags}}
         run_id = _retry(client.create_run, ctx.experiment_id, tags=tags,
