@@ -59,19 +59,22 @@ def view_state(parent_run_id: str, axes: list[str] | None = None) -> dict:
               _line("ablate-val-map", "val_map", "val mAP per epoch"),
               _chart("ablate-parallel", "PARALLEL", "swept axes → test mAP", selectedParams=swept,
                      selectedMetrics=["test_map"], showAllRuns=True)]
-    sections = [{"uuid": SECTION, "name": SECTION, "display": True, "isReordered": False, "deleted": False,
-                 "isGenerated": False}]
+    # ours first; the UI files every other metric's generated chart under its own two sections
+    sections = [{"uuid": name, "name": name, "display": True, "isReordered": False, "deleted": False,
+                 "isGenerated": name != SECTION} for name in (SECTION, "Model metrics", "System metrics")]
+    columns = [*(_column("params", a) for a in swept), *(_column("metrics", c) for c in costs)]
     return {
         "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
         "orderByKey": _column("metrics", "test_map"), "orderByAsc": False,
-        "selectedColumns": [*(_column("params", a) for a in swept), *(_column("metrics", c) for c in costs)],
+        "selectedColumns": columns,
+        "columnOrder": columns,
         "runsHiddenMode": "SHOW_ALL",
         "groupBy": {"aggregateFunction": "max", "groupByKeys": [{"mode": "param", "groupByData": "label_ratio"}]},
         "useGroupedValuesInCharts": False,
         "hideEmptyCharts": True,
         "compareRunCharts": charts,
         "compareRunSections": sections,
-        "isAccordionReordered": True,
+        "isAccordionReordered": False,
     }
 
 
