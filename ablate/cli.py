@@ -164,7 +164,8 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>)")
     p.add_argument("--parent-run", help="sweep run id (default: the experiment's newest sweep)")
     p.add_argument("--reference", default="dualcoop", help="method the paired differences compare against")
-    p.add_argument("--heatmap-ratio", type=float, help="label ratio of the per-class AP heatmap (default: middle)")
+    p.add_argument("--heatmap-ratio", type=float,
+                   help="label ratio of the per-class AP heatmap (default: one panel per ratio)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
 
 
