@@ -345,4 +345,4 @@ def test_trials_logging_the_same_split_at_once_all_record_it(tmp_path):
         run_ids = list(pool.map(_log_split_at, *zip(*[(uri, experiment_id, parent, i, start_at) for i in range(6)])))
     for run_id in run_ids:
         inputs = client.get_run(run_id).inputs.dataset_inputs
-        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic", "0123456789ab")]
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic · test", "0123456789ab")]
