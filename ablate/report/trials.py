@@ -10,6 +10,7 @@ from ..errors import ReportError
 from ..spec import ignored_fields
 from ..tracking import (
     ROLE_TAG,
+    children_filter,
 )
 
 # Fields that split a method into several rows when they vary within the experiment.
@@ -103,7 +104,7 @@ def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None
         if not parents:
             raise ReportError(f"experiment '{experiment}' has no sweep run (was it made by `ablate sweep`?)")
         parent_run_id = parents[0].info.run_id
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    runs = client.search_runs([exp.experiment_id], filter_string=children_filter(parent_run_id),
                               max_results=50000)
     trials = [Trial(r.info.run_id, r.info.status, r.data.tags, r.data.metrics, r.data.tags.get("ablate.error"))
               for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]

@@ -65,6 +65,11 @@ def method_colour(method: str) -> str:
     return COLOURS[names.index(method) % len(COLOURS)] if method in names else COLOURS[-1]
 
 
+def children_filter(parent_run_id: str) -> str:
+    """The MLflow search filter for a sweep's trial runs (and the prepared view's search)."""
+    return f"tags.mlflow.parentRunId = '{parent_run_id}'"
+
+
 def trial_key(parent_run_id: str, trial_id: str) -> str:
     """A Ray trial keeps its id across retries and `Tuner.restore`, so this finds its run again."""
     return hashlib.sha256(f"{parent_run_id}/{trial_id}".encode()).hexdigest()[:24]

@@ -13,7 +13,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from ..catalogue import metrics
 from ..result import TrialResult
 from ..spec import ignored_fields
-from .names import NOTE_TAG, UI_DEFAULT
+from .names import NOTE_TAG, UI_DEFAULT, children_filter
 
 RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
 from .store import _retry, open_client
@@ -62,7 +62,7 @@ def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
 def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
     """One row per child run of a sweep: arm, status and the catalogue's "trials" columns."""
     client = open_client(uri)
-    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    runs = _retry(client.search_runs, [experiment_id], filter_string=children_filter(parent_run_id),
                   max_results=10000)
     rows = []
     for run in runs:

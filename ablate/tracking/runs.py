@@ -37,6 +37,7 @@ from .names import (
     SYSTEM_METRICS_INTERVAL_S,
     TRIAL_KEY,
     arm_tags,
+    children_filter,
     flatten_config,
     method_colour,
     parent_run_name,
@@ -117,7 +118,7 @@ def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:
 def close_running_children(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
     """A killed trial cannot close its own run: the driver marks what is still RUNNING as KILLED."""
     found = _retry(client.search_runs, [experiment_id], max_results=10000,
-                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+                   filter_string=f"{children_filter(parent_run_id)} and attributes.status = 'RUNNING'")
     for run in found:
         TrialRun(client, run.info.run_id, True).close("KILLED", reason)
     return len(found)

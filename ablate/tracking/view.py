@@ -18,7 +18,7 @@ import zlib
 from mlflow import MlflowClient
 
 from ..catalogue import metrics
-from .names import SWEPT_AXES
+from .names import SWEPT_AXES, children_filter
 from .store import _retry
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's own tag for shared views
@@ -64,7 +64,7 @@ def view_state(parent_run_id: str, axes: list[str] | None = None) -> dict:
                  "isGenerated": name != SECTION} for name in (SECTION, "Model metrics", "System metrics")]
     columns = [*(_column("params", a) for a in swept), *(_column("metrics", c) for c in costs)]
     return {
-        "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        "searchFilter": children_filter(parent_run_id),
         "orderByKey": _column("metrics", "test_map"), "orderByAsc": False,
         "selectedColumns": columns,
         "columnOrder": columns,
