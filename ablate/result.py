@@ -1,5 +1,5 @@
 """The one record of a finished trial: produced by the trainer, written by the CLI as metrics.json,
-logged by the sweep through tracking, and (as MLflow metrics named here) read by the report.
+logged by the sweep through tracking, and (as the MLflow metrics `catalogue` names) read by the report.
 mAPs are percentages (x 100)."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from ..catalogue import significant
+from ..tracking.names import method_colour
 from .tables import COST_TOLERANCE, near_ties, pareto
 from .trials import Table, Trial
 
@@ -69,10 +72,11 @@ def _cost_panel(ax, table: Table, col: str, key: str) -> list[str]:
     points = {r: (table.cost[r][key], table.cells[r][col].mean) for r in rows}
     front = pareto(points)
     ties = near_ties(points, front)
-    for k, r in enumerate(rows):
+    for r in rows:
         x, y = points[r]
         cell = table.cells[r][col]
-        ax.errorbar(x, y, yerr=cell.std if cell.n > 1 else None, fmt="o", capsize=3, color=f"C{k % 10}")
+        ax.errorbar(x, y, yerr=cell.std if cell.n > 1 else None, fmt="o", capsize=3,
+                    color=method_colour(r.split()[0]))  # the method's colour in the MLflow UI too
         if r in front:
             ax.plot(x, y, "o", mfc="none", mec="C3", ms=12, mew=1.5)
         tag = (" ‡" if r in table.ratio_free_rows else "") + (" ≈" if r in ties else "")
@@ -81,11 +85,24 @@ def _cost_panel(ax, table: Table, col: str, key: str) -> list[str]:
     ax.step([points[r][0] for r in front], [points[r][1] for r in front], where="post", color="C3", alpha=0.6)
     positive = [c for c, _ in points.values() if c > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0, linscale=0.5)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    ax.set_xticks(_cost_ticks(positive))
+    ax.set_xlim(-0.05 * max(positive, default=1.0), 1.6 * max(positive, default=1.0))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: significant(v) if v else "0"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.tick_params(axis="x", labelsize=7, rotation=30)
     ax.grid(alpha=0.3)
     return front
+
+
+def _cost_ticks(costs: list[float]) -> list[float]:
+    """0 (zero-shot's cost) and 1-2-5 steps across the positive costs; the costs themselves when the range is
+    too short for two such steps."""
+    if not costs:
+        return [0.0]
+    low, high = min(costs), max(costs)
+    steps = [m * 10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5) if low / 1.3 <= m * 10.0**e <= high * 1.3]
+    return [0.0, *(steps if len(steps) >= 2 else sorted({float(significant(c).replace(",", "")) for c in costs}))]
 
 
 def per_class_heatmap(client: MlflowClient, dataset: str, trials: list[Trial], labels: dict[str, str],
