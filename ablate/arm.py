@@ -227,6 +227,7 @@ class Arm:
             history=history,
             split_sizes={k: len(v) for k, v in self.splits.items()},
             split_digests={k: v.digest() for k, v in self.splits.items() if len(v)},
+            split_labels={k: [int((v.labels >= 0).sum()), int(v.labels.size)] for k, v in self.splits.items()},
             dropped_empty_images={k: self.splits[k].dropped_empty for k in ("train", "test")},
             device=str(self.stream.device),
             backbone={"name": info.name, "pretrained": info.pretrained, "weights": info.weights,

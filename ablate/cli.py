@@ -122,15 +122,18 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    """A plain aligned table of the trials, sorted by data set, method, ratio and seed."""
-    head = f"{'dataset':<10} {'method':<13} {'ratio':>5} {'seed':>4} {'status':<9} {'test mAP':>8} " \
-           f"{'params':>9} {'train s':>8}"
-    print(head)
+    """A plain aligned table of the trials, sorted by data set, method, ratio and seed; the catalogue's
+    "trials" columns, rounded as a person reads them."""
+    from .catalogue import metrics
+
+    columns = metrics(column="trials")
+    widths = [max(9, len(c.heading)) for c in columns]
+    print(f"{'dataset':<10} {'method':<13} {'ratio':>5} {'seed':>4} {'status':<9} "
+          + " ".join(f"{c.heading:>{w}}" for c, w in zip(columns, widths)))
     for r in rows:
-        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
         print(f"{r['dataset'] or '-':<10} {r['method'] or '-':<13} {r['label_ratio'] or '-':>5} "
-              f"{r['seed'] or '-':>4} {r['status']:<9} {fmt(r['test_map'], '8.2f'):>8} "
-              f"{fmt(r['trainable_params'], '9,.0f'):>9} {fmt(r['train_time_s'], '8.1f'):>8}")
+              f"{r['seed'] or '-':>4} {r['status']:<9} "
+              + " ".join(f"{c.text(r[c.name]):>{w}}" for c, w in zip(columns, widths)))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -161,7 +164,8 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>)")
     p.add_argument("--parent-run", help="sweep run id (default: the experiment's newest sweep)")
     p.add_argument("--reference", default="dualcoop", help="method the paired differences compare against")
-    p.add_argument("--heatmap-ratio", type=float, help="label ratio of the per-class AP heatmap (default: middle)")
+    p.add_argument("--heatmap-ratio", type=float,
+                   help="label ratio of the per-class AP heatmap (default: one panel per ratio)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
 
 

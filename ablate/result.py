@@ -1,5 +1,5 @@
 """The one record of a finished trial: produced by the trainer, written by the CLI as metrics.json,
-logged by the sweep through tracking, and (as MLflow metrics named here) read by the report.
+logged by the sweep through tracking, and (as the MLflow metrics `catalogue` names) read by the report.
 mAPs are percentages (x 100)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-THRESHOLD_METRICS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+from .catalogue import final_values
 
 
 @dataclass
@@ -34,6 +34,7 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     split_sizes: dict[str, int] = field(default_factory=dict)
     split_digests: dict[str, str] = field(default_factory=dict)  # what each split held (LabelledImages.digest)
+    split_labels: dict[str, list[int]] = field(default_factory=dict)  # split -> [known labels, image x class pairs]
     dropped_empty_images: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     backbone: dict[str, Any] = field(default_factory=dict)
@@ -56,14 +57,9 @@ class TrialResult:
                 "last_test_map", "train_time_s")
         return {k: getattr(self, k) for k in keys}
 
-    def final_metrics(self, gpus: float = 0.0) -> dict[str, float]:
-        """The end-of-trial metrics a tracking run records (None values left out)."""
-        values = {"test_map": self.test_map, "last_test_map": self.last_test_map, "best_val_map": self.best_val_map,
-                  "trainable_params": self.trainable_params, "train_time_s": self.train_time_s,
-                  "gpu_hours": self.train_time_s * gpus / 3600,
-                  # lower case like every other metric name (test_cf1 beside test_map)
-                  **{f"test_{k.lower()}": v for k, v in self.test_metrics.items() if k in THRESHOLD_METRICS}}
-        return {k: float(v) for k, v in values.items() if v is not None}
+    def final_metrics(self) -> dict[str, float]:
+        """The end-of-trial metrics a tracking run records: every catalogue entry the result carries."""
+        return final_values(self)
 
     @property
     def last_loss(self) -> float:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from .catalogue import searchable
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
@@ -242,8 +252,15 @@ def ignored_fields(method: str) -> frozenset[str]:
     differing only in these are the same trial."""
     return METHODS.get(method).ignores if method in METHODS else frozenset()
 
-MetricName = Literal["val_map", "loss"]  # reported every epoch, so usable by Optuna and ASHA
-METRICS: tuple[str, ...] = get_args(MetricName)
+def _searchable(name: str) -> str:
+    if name not in searchable():
+        raise ValueError(f"metric '{name}' is not reported to Ray Tune every epoch; use one of "
+                         f"{', '.join(sorted(searchable()))}")
+    return name
+
+
+# what Optuna and ASHA may optimise: the catalogue's metrics reported to Ray Tune every epoch
+MetricName = Annotated[str, AfterValidator(_searchable)]
 
 
 def canonical(cfg: TrialConfig) -> TrialConfig:

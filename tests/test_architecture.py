@@ -91,7 +91,7 @@ def test_the_model_layer_does_not_know_where_weights_come_from():
 
 @pytest.mark.parametrize("module", ["ablate.spec", "ablate.methods", "ablate.data", "ablate.probes", "ablate.report",
                                     "ablate.cli", "ablate.data.check", "ablate.data.fetch", "ablate.sweep",
-                                    "ablate.sweep.arms"])
+                                    "ablate.sweep.arms", "ablate.catalogue"])
 def test_configs_registries_reports_and_the_cli_import_without_torch(module):
     code = (f"import sys, {module}; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]; "
             "print(heavy[:3]); sys.exit(bool(heavy))")

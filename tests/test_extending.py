@@ -80,7 +80,7 @@ def test_a_report_section_registered_from_outside_appears(tmp_path):
     exp = ensure_experiment(client, "sec")
     ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "sec", spec_path, spec_path.read_text()))
     run = TrialRun.attach(ctx, TrialConfig(method="dualcoop", dataset="synthetic"), "t0", {"method": "dualcoop"})
-    run.log_metrics({"test_map": 42.0, "trainable_params": 1, "train_time_s": 1.0, "gpu_hours": 0.0})
+    run.log_metrics({"test_map": 42.0, "trainable_params": 1, "train_time_s": 1.0, "device_hours": 0.0})
     run.finish()
     register_section(ratios)
     try:

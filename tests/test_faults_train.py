@@ -262,7 +262,7 @@ def one_trial_experiment(tmp_path) -> str:
     ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "rep", spec, spec.read_text()))
     cfg = TrialConfig(method="dualcoop", dataset="synthetic")
     run = TrialRun.attach(ctx, cfg, "trial0", {"method": "dualcoop"})
-    run.log_metrics({"test_map": 70.0, "trainable_params": 10, "train_time_s": 1.0, "gpu_hours": 0.0})
+    run.log_metrics({"test_map": 70.0, "trainable_params": 10, "train_time_s": 1.0, "device_hours": 0.0})
     run.finish()
     return uri
 

@@ -17,10 +17,13 @@ import pytest
 from mlflow import MlflowClient
 from sweep_helpers import free_port, write_spec
 
+from ablate.catalogue import significant
 from ablate.report import write_report
 from ablate.server import healthy
 from ablate.sweep import run_sweep
 from ablate.tracking import NOT_READ, NOTE_TAG, SOURCE_TAGS, git_commit, report_link, ui_address, ui_hint
+from ablate.tracking.names import ARM_FIELDS, GIT_DIRTY_TAG, REPO_URL_TAG, SPEC_TAGS
+from ablate.tracking.view import SECTION, VIEW_TAG_PREFIX, decode, view_key
 
 DESCRIPTION = "Baseline vs DualCoOp vs zero-shot on the synthetic set, two label ratios"
 NAMES = {"baseline · 30%", "baseline · 70%", "dualcoop · 30%", "dualcoop · 70%", "zeroshot"}
@@ -93,9 +96,65 @@ def test_final_figures_are_bars_and_names_do_not_clash(sweep):
 def test_system_metrics_and_device_hours_on_cpu(sweep):
     metrics = trials(sweep)["dualcoop · 30%"].data.metrics
     assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
-    assert metrics["gpu_hours"] == 0  # resources.gpu: 0; the trial held 1 CPU
+    assert "gpu_hours" not in metrics  # identically 0 on CPU: not logged
     assert metrics["device_hours"] == pytest.approx(metrics["wall_time_s"] / 3600) and metrics["device_hours"] > 0
     assert metrics["wall_time_s"] >= metrics["train_time_s"]
+
+
+def test_cost_is_device_hours_rounded_where_a_person_reads_it(sweep):
+    md = (sweep["tmp"] / "report" / "table.md").read_text()
+    assert "device-h / trial" in md and "GPU-h" not in md and "0.0000" not in md
+    runs = trials(sweep)
+    hours = sum(runs[f"dualcoop · {r}"].data.metrics["device_hours"] for r in ("30%", "70%")) / 2
+    assert md.split("| dualcoop |")[1].splitlines()[0].endswith(f" {significant(hours)} |")  # mean per trial, 2 digits
+
+
+def test_tags_never_state_a_value_the_params_deny(sweep):
+    for name, run in trials(sweep).items():
+        tags, params = run.data.tags, run.data.params
+        for field in ARM_FIELDS:
+            assert tags[f"ablate.{field}"] == params[field], (name, field)
+        assert "" not in params.values()  # one sentinel for "does not apply" (n/a), "none" for unset
+    zeroshot, baseline = trials(sweep)["zeroshot"].data, trials(sweep)["baseline · 30%"].data
+    assert {zeroshot.tags[f"ablate.{k}"] for k in ("label_ratio", "seed", "n_ctx")} == {NOT_READ}
+    assert baseline.tags["ablate.n_ctx"] == baseline.tags["ablate.csc"] == NOT_READ
+    assert baseline.params["ctx_init"] == NOT_READ and trials(sweep)["dualcoop · 30%"].data.params["ctx_init"] == "none"
+
+
+def test_each_trial_describes_itself_and_carries_the_spec_and_code_state(sweep):
+    runs, parent = trials(sweep), sweep["client"].get_run(sweep["parent_run_id"]).data.tags
+    note = runs["dualcoop · 30%"].data.tags[NOTE_TAG]
+    metrics = runs["dualcoop · 30%"].data.metrics
+    assert re.match(rf"\*\*dualcoop, synthetic, 30 % labels, seed 0\*\*: test mAP {metrics['test_map']:.2f} at the "
+                    rf"epoch val picked \({int(metrics['best_epoch'])} of 2\)", note)
+    assert "step = epoch" in note and "`last_test_map`: test mAP in percent (0-100) after the last epoch" in note
+    assert runs["zeroshot"].data.tags[NOTE_TAG].startswith("**zeroshot, synthetic**: test mAP ")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                           capture_output=True, text=True).stdout.strip() != ""
+    for run in runs.values():
+        tags = run.data.tags
+        assert tags[SPEC_TAGS[0]] == parent[SPEC_TAGS[0]] and tags[SPEC_TAGS[1]].endswith("spec.yaml")
+        assert tags[GIT_DIRTY_TAG] == str(dirty).lower()
+        assert tags.get(REPO_URL_TAG) == parent.get(REPO_URL_TAG)
+
+
+def test_a_trial_shorter_than_one_sampling_interval_still_logs_finite_system_metrics(tmp_path):
+    import math
+
+    from ablate.spec import TrialConfig
+    from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: short\n")
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, "short")
+    ctx = TrackingContext(uri, experiment_id, start_parent_run(client, experiment_id, "short", spec, spec.read_text()))
+    run = TrialRun.attach(ctx, TrialConfig(), "t0", {"method": "dualcoop"})
+    with run.system_metrics(interval_s=60):  # the trial ends long before the first sample is due
+        pass
+    logged = {k: v for k, v in client.get_run(run.run_id).data.metrics.items() if k.startswith("system/")}
+    assert "system/cpu_utilization_percentage" in logged and all(math.isfinite(v) for v in logged.values())
 
 
 def test_each_split_is_a_dataset_input_and_source_tags_are_set(sweep):
@@ -104,12 +163,23 @@ def test_each_split_is_a_dataset_input_and_source_tags_are_set(sweep):
     for name, run in runs.items():
         inputs = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i.dataset
                   for i in run.inputs.dataset_inputs}
-        assert set(inputs) == {"train", "val", "test"} and {d.name for d in inputs.values()} == {"synthetic"}
+        zeroshot = name == "zeroshot"
+        assert set(inputs) == ({"val", "test"} if zeroshot else {"train", "val", "test"})  # zero-shot trains on nothing
         dst = sweep["tmp"] / run.info.run_id
         dst.mkdir(exist_ok=True)
-        sizes = json.loads(Path(sweep["client"].download_artifacts(run.info.run_id, "metrics.json", str(dst)))
-                           .read_text())["split_sizes"]
-        assert {k: json.loads(d.profile)["num_rows"] for k, d in inputs.items()} == sizes
+        result = json.loads(Path(sweep["client"].download_artifacts(run.info.run_id, "metrics.json", str(dst)))
+                            .read_text())
+        profiles = {k: json.loads(d.profile) for k, d in inputs.items()}
+        assert {k: p["num_rows"] for k, p in profiles.items()} == {k: result["split_sizes"][k] for k in inputs}
+        assert {k: [p["labels_known"], p["labels_total"]] for k, p in profiles.items()} == \
+            {k: result["split_labels"][k] for k in inputs}
+        ratio = "" if zeroshot else f" · {name.split(' · ')[1]} labels"
+        assert inputs["test"].name == "synthetic · test" and inputs["val"].name == f"synthetic · val{ratio}"
+        if not zeroshot:
+            assert inputs["train"].name == f"synthetic · train{ratio}"
+            assert "the mask is drawn from the ratio and seed" in json.loads(inputs["val"].source)["labels"]
+            known, total = profiles["train"]["labels_known"], profiles["train"]["labels_total"]
+            assert 0 < known < total  # partial labels: the labelled count tells the ratios apart
         digests[name] = {k: d.digest for k, d in inputs.items()}
     assert len({d["test"] for d in digests.values()}) == 1  # one test split, fully labelled
     # the partial labels differ with the ratio; the methods of one ratio read the same training split
@@ -118,16 +188,22 @@ def test_each_split_is_a_dataset_input_and_source_tags_are_set(sweep):
     commit = git_commit(Path(__file__).parent)
     for run in [*runs.values(), sweep["client"].get_run(sweep["parent_run_id"])]:
         tags = run.data.tags
-        assert set(SOURCE_TAGS) - {"mlflow.source.git.commit"} <= set(tags)
+        assert set(SOURCE_TAGS) - {"mlflow.source.git.commit", REPO_URL_TAG} <= set(tags)  # (those: in a checkout)
         assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"].endswith("spec.yaml")
         assert tags.get("mlflow.source.git.commit") == commit
+
+
+def test_the_report_of_a_complete_sweep_has_no_not_included_heading(sweep):
+    page = (sweep["tmp"] / "report" / "report.html").read_text()
+    assert "Not included" not in page and "<th colspan='3'>label ratio</th>" in page
+    assert "zeroshot ‡" in page and "wins count label ratios" in page  # one seed: wins over ratios, said so
 
 
 def test_descriptions_carry_the_spec_description_results_and_report_link(sweep):
     client = sweep["client"]
     note = client.get_run(sweep["parent_run_id"]).data.tags[NOTE_TAG]
     assert note.startswith(DESCRIPTION) and report_link(sweep["experiment_id"], sweep["parent_run_id"]) in note
-    assert "| dualcoop |" in note and "| zeroshot |" in note  # the report's table
+    assert "| dualcoop |" in note and "| zeroshot ‡ |" in note  # the report's table
     assert client.get_experiment(sweep["experiment_id"]).tags[NOTE_TAG] == note
     assert any(a.path == "report/report.html" for a in client.list_artifacts(sweep["parent_run_id"], "report"))
 
@@ -135,10 +211,12 @@ def test_descriptions_carry_the_spec_description_results_and_report_link(sweep):
 def test_the_ui_address_opens_the_sweeps_runs_in_the_training_view(sweep):
     address = sweep["ui"]
     assert address.startswith(f"http://127.0.0.1:5000/#/experiments/{sweep['experiment_id']}/runs?")
-    assert "workflowType=machine_learning" in address and sweep["parent_run_id"] in address
+    assert "workflowType=machine_learning" in address
+    assert f"viewStateShareKey=ablate-{sweep['parent_run_id']}" in address
     assert ui_address("http://head:5000/", "3", "abc").startswith("http://head:5000/#/experiments/3/runs?")
     assert "mlflow ui --backend-store-uri" in ui_hint(sweep["tracking_uri"], "1", "abc")
-    assert "\n" not in ui_hint("http://head:5000", "1", "abc")
+    assert "mlflow ui" not in ui_hint("http://head:5000", "1", "abc")
+    assert ui_address("http://head:5000", "3", "abc", charts=True).endswith("compareRunsMode=CHART")
 
 
 def test_the_suite_uses_a_temporary_default_store():
@@ -184,11 +262,11 @@ def chromium(tmp: Path, url: str, *args: str) -> str:
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_the_mlflow_ui_shows_names_charts_and_the_report_link(sweep, server, tmp_path):
     address = sweep["ui"].replace("http://127.0.0.1:5000", server)
-    table = chromium(tmp_path, address, "--window-size=1600,1000", "--dump-dom")
+    table = chromium(tmp_path, address, "--window-size=2400,1000", "--dump-dom")
     parent_name = sweep["client"].get_run(sweep["parent_run_id"]).info.run_name
     assert all(name in table for name in NAMES) and parent_name not in table  # the trials, flat
     assert DESCRIPTION in table  # the experiment's description heads the page
-    charts = chromium(tmp_path, f"{address}&compareRunsMode=CHART", "--window-size=1600,3000", "--dump-dom")
+    charts = chromium(tmp_path, address + "&compareRunsMode=CHART", "--window-size=1600,3000", "--dump-dom")
     assert charts.count('class="barlayer') >= 6  # final figures (step 0) are drawn as per-run bars
     assert all(f">{key}<" in charts for key in ("test_map", "device_hours", "trainable_params"))
     parent = chromium(tmp_path, f"{server}/#/experiments/{sweep['experiment_id']}/runs/{sweep['parent_run_id']}",
@@ -201,6 +279,40 @@ def test_the_mlflow_ui_shows_names_charts_and_the_report_link(sweep, server, tmp
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
+def test_the_sweep_has_a_prepared_view_the_ui_reads(sweep):
+    tags = sweep["client"].get_experiment(sweep["experiment_id"]).tags
+    state = decode(tags[VIEW_TAG_PREFIX + view_key(sweep["parent_run_id"])])
+    assert state["searchFilter"] == f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'"
+    assert state["runsHiddenMode"] == "SHOW_ALL" and state["orderByKey"] == "metrics.`test_map`"
+    assert state["selectedColumns"][:4] == [f"params.`{a}`" for a in ("method", "label_ratio", "n_ctx", "seed")]
+    assert {"metrics.`device_hours`", "metrics.`trainable_params`", "metrics.`train_time_s`"} <= \
+        set(state["selectedColumns"])
+    kinds = {(c["type"], c.get("metricKey") or c.get("xaxis", {}).get("key")) for c in state["compareRunCharts"]}
+    assert {("SCATTER", "trainable_params"), ("SCATTER", "device_hours"), ("LINE", "train_loss"), ("LINE", "val_map"),
+            ("PARALLEL", None)} == kinds
+    colours = {r.data.tags["ablate.method"]: r.data.tags["mlflow.runColor"] for r in trials(sweep).values()}
+    assert len(set(colours.values())) == 3  # one colour per method, so charts read by method
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_the_printed_address_opens_the_prepared_view(sweep, server, tmp_path):
+    """No clicks: the columns, all runs grouped by label ratio with the best first, and the charts."""
+    address = sweep["ui"].replace("http://127.0.0.1:5000", server)
+    table = chromium(tmp_path, address, "--window-size=2400,1000", "--dump-dom")
+    assert "viewing a shared view" in table and "share key" not in table  # found and applied
+    for column in ("method", "label_ratio", "n_ctx", "seed", "test_map", "trainable_params", "train_time_s",
+                   "device_hours"):
+        assert f">{column}<" in table, column
+    assert ">Group: 0.3<" in table and ">Group: 0.7<" in table
+    best_first = [name for name in re.findall(r">((?:baseline|dualcoop) · [37]0%)<", table)]
+    runs = trials(sweep)
+    for ratio in ("30%", "70%"):  # within its ratio's group, the higher test mAP comes first
+        order = [n for n in best_first if n.endswith(ratio)]
+        assert order == sorted(order, key=lambda n: -runs[n].data.metrics["test_map"])
+    charts = chromium(tmp_path, address.replace("workflowType", "compareRunsMode=CHART&workflowType"),
+                      "--window-size=1600,3000", "--dump-dom")
+    assert SECTION in charts and charts.count('class="scatterlayer') >= 4 and 'class="parcoords' in charts
+    assert all(f">{key}<" in charts for key in ("train_loss", "val_map"))
 def _log_split_at(uri: str, experiment_id: str, parent: str, index: int, start_at: float) -> str:
     """One trial process: its run, then the shared split logged at the agreed instant."""
     from ablate.result import TrialResult
@@ -233,4 +345,4 @@ def test_trials_logging_the_same_split_at_once_all_record_it(tmp_path):
         run_ids = list(pool.map(_log_split_at, *zip(*[(uri, experiment_id, parent, i, start_at) for i in range(6)])))
     for run_id in run_ids:
         inputs = client.get_run(run_id).inputs.dataset_inputs
-        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic", "0123456789ab")]
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic · test", "0123456789ab")]

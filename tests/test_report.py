@@ -47,7 +47,7 @@ def experiment(tmp_path_factory) -> str:
         run = attach(i, method, ratio, seed)
         params, secs = COST[method]
         run.log_metrics({"test_map": value, "trainable_params": params, "train_time_s": secs,
-                         "gpu_hours": secs / 3600})
+                         "device_hours": secs / 3600})
         run.log_dict({c: value + k for k, c in enumerate(CLASSES)}, "per_class_ap.json")
         if method == "dualcoop" and ratio == 0.1:  # diagnostics logged next to the trial metrics
             run.log_metrics({"probe_negation_farther_pct": 40.0 + 20.0 * seed})
@@ -94,10 +94,12 @@ def test_pareto_sets(report):
 def test_paired_differences_against_dualcoop(report):
     result, _ = report
     paired = {p["row"]: p for p in result["paired"]["synthetic"]}
-    assert (paired["baseline"]["pairs"], paired["baseline"]["wins"]) == (3, 2)
-    assert paired["baseline"]["mean_diff"] == pytest.approx(0.0)
-    assert (paired["positivecoop"]["pairs"], paired["positivecoop"]["wins"]) == (4, 0)
-    assert paired["positivecoop"]["mean_diff"] == pytest.approx(-4.0)
+    # per seed, the mean over the ratios both ran; then mean ± std and wins over seeds
+    baseline = paired["baseline"]  # seed 0: (71-70, 78-80) -> -0.5; seed 1: (73-72) -> +1
+    assert (baseline["over"], baseline["pairs"], baseline["wins"], baseline["ratio_pairs"]) == ("seeds", 2, 1, 3)
+    assert baseline["mean_diff"] == pytest.approx(0.25) and baseline["std_diff"] == pytest.approx(math.sqrt(1.125))
+    assert (paired["positivecoop"]["pairs"], paired["positivecoop"]["wins"]) == (2, 0)
+    assert paired["positivecoop"]["mean_diff"] == pytest.approx(-4.0)  # seeds: -2.5 and -5.5
     assert paired["zeroshot"]["mean_diff"] == pytest.approx(60 - 76.5)
 
 
@@ -116,12 +118,35 @@ def test_outputs_written_and_logged(report, experiment):
     for name in ("table.md", "table.csv", "report.html", "cost_vs_map_synthetic.png", "per_class_ap_synthetic.png"):
         assert (out / name).stat().st_size > 0, name
     md = (out / "table.md").read_text()
-    assert "**76.50 ± 2.12 (n=2)**" in md and "78.00 (n=1)" in md
+    # n said once (most cells have 2 seeds), and in the cells that differ
+    assert "**76.50 ± 2.12**" in md and "78.00 (n=1)" in md and "n = 2 seeds per cell" in md
+    assert "| label ratio 0.1 | label ratio 0.5 | avg over ratios |" in md and "device-h" in md
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "label_ratio" in page  # plots and the spec inline
     client = connect(experiment)
     logged = [a.path for a in client.list_artifacts(result["parent_run_id"], "report")]
     assert "report/report.html" in logged
+
+
+def test_the_table_marks_ratio_independent_rows_and_heads_the_ratio_columns(report):
+    result, out = report
+    md, page = (out / "table.md").read_text(), (out / "report.html").read_text()
+    assert "| zeroshot ‡ | 60.00 (n=1) ‡ | 60.00 (n=1) ‡ |" in md and "‡ ratio-independent" in md
+    assert "<th colspan='3'>label ratio</th>" in page and "<th>0.1</th><th>0.5</th><th>avg</th>" in page
+    assert result["tables"]["synthetic"].ratio_free_rows == {"zeroshot"}
+    assert "std over seeds and wins count seeds" in page  # what ± and wins are taken over
+    assert "Not included" in page  # this sweep has a failed, a running and never-started trials
+
+
+def test_the_frontier_does_not_let_a_near_tie_win_outright():
+    from ablate.report import pareto
+    from ablate.report.tables import near_ties
+
+    # b is 32 parameters (3 %) cheaper with the same score: a tie, both stay; c is dominated by a
+    points = {"a": (1000.0, 40.0), "b": (968.0, 40.0), "c": (2000.0, 39.0), "d": (0.0, 10.0)}
+    front = pareto(points)
+    assert front == ["d", "b", "a"] and near_ties(points, front) == {"a", "b"}
+    assert pareto({"a": (1000.0, 40.0), "b": (500.0, 40.0)}) == ["b"]  # half the cost: a real win
 
 
 def test_diagnostics_are_averaged_per_row(report):

@@ -43,7 +43,7 @@ def test_grid_lands_one_child_run_per_trial(tmp_path, cache_dir):
     for child in children:
         assert child.info.status == "FINISHED"
         m = child.data.metrics
-        assert {"test_map", "last_test_map", "best_val_map", "trainable_params", "train_time_s", "gpu_hours",
+        assert {"test_map", "last_test_map", "best_val_map", "trainable_params", "train_time_s", "device_hours",
                 "peak_memory_mb"} <= m.keys()
         assert m["trainable_params"] > 0 and m["train_time_s"] > 0
         assert child.data.params["method"] == child.data.tags["ablate.method"]

@@ -129,7 +129,7 @@ def world_store(tmp_path_factory) -> str:
                           seed=int(o.training_seed))
         run = TrialRun.attach(ctx, cfg, f"trial{i}", {"method": method, "pretrained": o.pretrained,
                                                       "label_ratio": o.ratio, "seed": int(o.training_seed)})
-        run.log_metrics({"test_map": o.test_map, "trainable_params": 10.0, "train_time_s": 1.0, "gpu_hours": 0.0})
+        run.log_metrics({"test_map": o.test_map, "trainable_params": 10.0, "train_time_s": 1.0, "device_hours": 0.0})
         run.finish()
     return uri
 

@@ -32,7 +32,7 @@ from ablate.methods import method_info
 from ablate.methods.base import Method
 from ablate.methods.two_sided import PromptSide, TwoSided
 from ablate.spec import TrialConfig
-from ablate.tracking import TrialRun, connect, resolve_tracking_uri
+from ablate.tracking import TrialRun, children_filter, connect, resolve_tracking_uri
 from ablate.trainer import TRAINED, load_trained
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
@@ -196,7 +196,7 @@ def _seed_siblings(client: MlflowClient, run: Run) -> list[Run]:
     if not parent:
         return []
     mine = {k: v for k, v in run.data.params.items() if k != "seed"}
-    runs = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+    runs = client.search_runs([run.info.experiment_id], filter_string=children_filter(parent),
                               max_results=10000)
     return [r for r in runs if r.info.run_id != run.info.run_id and r.info.status == "FINISHED"
             and r.data.params.get("seed") != run.data.params.get("seed")

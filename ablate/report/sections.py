@@ -13,7 +13,15 @@ from ..pretrain_recipe import is_alias
 from ..probes import probe_markdown  # the registry and markdown only: no torch
 from ..world_effect import Observation, effects_html, effects_markdown, pretraining_effects
 from .plots import _img, cost_plot, per_class_heatmap
-from .tables import _diagnostics_html, _html_table, diagnostics, paired_differences, table_markdown
+from .tables import (
+    COST_TOLERANCE,
+    SCORE_TOLERANCE,
+    _diagnostics_html,
+    _html_table,
+    diagnostics,
+    paired_differences,
+    table_markdown,
+)
 from .trials import TEST_SELECTED_NOTE, Table, Trial
 
 # ---- sections ---------------------------------------------------------------------------------------
@@ -28,7 +36,7 @@ class DatasetContext:
     table: Table
     client: MlflowClient
     reference: str  # the method paired differences compare against
-    heatmap_ratio: float
+    heatmap_ratio: float | None  # the per-class heatmap's label ratio; None: every ratio
 
 
 @dataclass
@@ -52,25 +60,38 @@ def table_section(ctx: DatasetContext) -> Section:
 
 def cost_section(ctx: DatasetContext) -> Section:
     plot, fronts = cost_plot(ctx.table)
-    text = (f"<p>Cells: test mAP at the selected epoch, mean ± std over seeds (n seeds); bold: best in its column. "
-            f"Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
-            f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ctx.dataset)}")
+    per_ratio = "; ".join(f"{r}: {', '.join(f['trainable_params'])}" for r, f in fronts["per_ratio"].items())
+    text = (f"<p>Pareto frontier by trainable parameters, averaged over ratios: "
+            f"{html.escape(', '.join(fronts['trainable_params']))}; by train time: "
+            f"{html.escape(', '.join(fronts['train_time_s']))}. Per label ratio (parameters): {html.escape(per_ratio)}."
+            f" Costs within {COST_TOLERANCE:.0%} and mAP within {SCORE_TOLERANCE} of each other are ties, so a "
+            f"method a few parameters cheaper does not push another off the frontier.</p>"
+            f"{_img(plot, 'cost vs mAP ' + ctx.dataset)}")
     return Section(html=text, files={f"cost_vs_map_{ctx.dataset}.png": plot}, data={"pareto": fronts})
 
 
 def paired_section(ctx: DatasetContext) -> Section:
     paired = paired_differences(ctx.dataset, ctx.trials, ctx.labels, ctx.reference)
     rows = "".join(f"<tr><td>{html.escape(p['row'])}</td><td>{html.escape(p['reference'])}</td>"
-                   f"<td>{p['mean_diff']:+.2f} ± {p['std_diff']:.2f}</td><td>{p['wins']} / {p['pairs']}</td></tr>"
-                   for p in paired)
-    text = (f"<h3>Paired difference vs {html.escape(ctx.reference)} on the same weights</h3><table><thead><tr>"
-            "<th>method</th><th>against</th><th>mean ΔmAP</th><th>wins / pairs</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+                   f"<td>{_diff_text(p)}</td><td>{p['wins']} of {p['pairs']} {p['over']}</td></tr>" for p in paired)
+    text = (f"<h3>Paired difference vs {html.escape(ctx.reference)} on the same weights</h3>"
+            f"<p>{html.escape(PAIRED_NOTE)}</p><table><thead><tr><th>method</th><th>against</th><th>mean ΔmAP</th>"
+            f"<th>wins</th></tr></thead><tbody>{rows}</tbody></table>")
     return Section(html=text, data={"paired": paired})
 
 
+PAIRED_NOTE = ("Each seed's difference is the mean, over the label ratios both ran, of (method − reference) on the "
+               "same ratio and seed. With several seeds, ± is the std over seeds and wins count seeds whose "
+               "difference is above 0; with one seed there is no ±, and wins count label ratios.")
+
+
+def _diff_text(p: dict) -> str:
+    return f"{p['mean_diff']:+.2f}" + (f" ± {p['std_diff']:.2f}" if p["std_diff"] is not None else "")
+
+
 def heatmap_section(ctx: DatasetContext) -> Section:
-    heat = per_class_heatmap(ctx.client, ctx.dataset, ctx.trials, ctx.labels, ctx.heatmap_ratio)
+    ratios = [ctx.heatmap_ratio] if ctx.heatmap_ratio is not None else ctx.table.ratios
+    heat = per_class_heatmap(ctx.client, ctx.dataset, ctx.trials, ctx.labels, ratios)
     if heat is None:
         return Section()
     return Section(html=_img(heat, "per-class AP " + ctx.dataset), files={f"per_class_ap_{ctx.dataset}.png": heat})
@@ -87,7 +108,8 @@ def diagnostics_section(ctx: DatasetContext) -> Section:
 def world_observations(ctx: DatasetContext) -> list[Observation]:
     """Finished trials on ablate's world checkpoints, labelled by their row without the weights."""
     return [Observation(" ".join(w for w in ctx.labels[t.run_id].split() if not w.startswith("pretrained=")),
-                        t.tag("pretrained"), t.ratio, t.tag("seed"), t.metrics["test_map"])
+                        t.tag("pretrained"), t.ratio if t.ratio is not None else 0.0,  # ratio-free: one key
+                        t.tag("seed"), t.metrics["test_map"])
             for t in ctx.trials if t.status == "FINISHED" and t.tag("dataset") == ctx.dataset
             and is_alias(t.tag("pretrained")) and "test_map" in t.metrics]
 

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..catalogue import metrics
 from ..probes import probe_columns  # the registry and markdown only: no torch
-from ..spec import SweepSpec
+from ..spec import SweepSpec, ignored_fields
 from ..sweep.arms import expand, samples_per_arm
-from ..tracking import (
-    ARM_FIELDS,
-)
-from .trials import TEST_SELECTED_NOTE, Cell, Table, Trial, ratio_free
+from ..tracking.names import ARM_FIELDS, NOT_READ, arm_tags
+from .trials import RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, Cell, Table, Trial
 
 # ---- numbers ---------------------------------------------------------------------------------------
 
@@ -26,17 +25,19 @@ def _cell(values: list[float], test_selected: bool = False) -> Cell:
 
 def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Table:
     done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
-    ratios = sorted({t.ratio for t in done if not ratio_free(t.tag("method"))}) or sorted({t.ratio for t in done})
+    ratios = sorted({t.ratio for t in done if t.ratio is not None})
     by_row: dict[str, list[Trial]] = {}
     for t in done:
         by_row.setdefault(labels[t.run_id], []).append(t)
-    cells, cost = {}, {}
+    cells, cost, free = {}, {}, set()
     for row, members in sorted(by_row.items()):
         # seed -> ratio -> test mAP; ratio-free rows (zero-shot) count for every ratio column
         per_seed: dict[str, dict[float, float]] = {}
         for t in members:
-            for r in (ratios if ratio_free(t.tag("method")) else [t.ratio]):
+            for r in (ratios if t.ratio is None else [t.ratio]):
                 per_seed.setdefault(t.tag("seed"), {})[r] = t.metrics["test_map"]
+        if all(t.ratio is None for t in members):
+            free.add(row)
         row_cells = {}
         on_test = any(t.test_selected for t in members)
         for r in ratios:
@@ -44,12 +45,14 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Ta
             if values:
                 row_cells[f"{r:g}"] = _cell(values, on_test)
         complete = [float(np.mean([s[r] for r in ratios])) for s in per_seed.values() if all(r in s for r in ratios)]
+        if row in free and not ratios:  # only ratio-free trials in the data set: their own numbers
+            complete = [t.metrics["test_map"] for t in members]
         if complete:
             row_cells["Avg"] = _cell(complete, on_test)
         cells[row] = row_cells
-        cost[row] = {k: float(np.mean([t.metrics.get(k, float("nan")) for t in members]))
-                     for k in ("trainable_params", "train_time_s", "gpu_hours")}
-    table = Table(dataset, ratios, cells, cost)
+        cost[row] = {m.name: float(np.mean([t.metrics.get(m.name, float("nan")) for t in members]))
+                     for m in metrics(column="report")}
+    table = Table(dataset, ratios, cells, cost, ratio_free_rows=free)
     for col in table.columns:
         scored = {row: c[col].mean for row, c in cells.items() if col in c}
         if scored:
@@ -57,15 +60,29 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Ta
     return table
 
 
+COST_TOLERANCE = 0.05  # costs within 5 % of each other are a tie on the frontier
+SCORE_TOLERANCE = 0.1  # mAP points: scores this close are a tie
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """a beats b: no meaningfully higher cost, no meaningfully lower score, and meaningfully better in one."""
+    (ca, sa), (cb, sb) = a, b
+    no_worse = ca <= cb * (1 + COST_TOLERANCE) and sa >= sb - SCORE_TOLERANCE
+    return no_worse and (ca < cb * (1 - COST_TOLERANCE) or sa > sb + SCORE_TOLERANCE)
+
+
 def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Rows not dominated in (lower cost, higher mAP), ordered by cost."""
-    front = []
-    for name, (cost, score) in points.items():
-        dominated = any(c <= cost and s >= score and (c < cost or s > score)
-                        for other, (c, s) in points.items() if other != name)
-        if not dominated:
-            front.append(name)
-    return sorted(front, key=lambda n: points[n][0])
+    """Rows not dominated in (lower cost, higher mAP), ordered by cost; a row a few percent cheaper with
+    about the same score (COST_TOLERANCE, SCORE_TOLERANCE) does not push another off the frontier."""
+    front = [name for name, p in points.items()
+             if not any(_dominates(q, p) for other, q in points.items() if other != name)]
+    return sorted(front, key=lambda n: points[n])
+
+
+def near_ties(points: dict[str, tuple[float, float]], names: list[str]) -> set[str]:
+    """Those of `names` whose cost is within COST_TOLERANCE of another's: the frontier cannot tell them apart."""
+    return {a for a in names for b in names if a != b
+            and abs(points[a][0] - points[b][0]) <= COST_TOLERANCE * max(points[a][0], points[b][0])}
 
 
 WEIGHT_FIELDS = ("backbone", "pretrained")  # trials on other weights are not paired
@@ -76,8 +93,11 @@ def _weights(t: Trial) -> tuple[str, ...]:
 
 
 def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str], reference: str) -> list[dict]:
-    """Each row vs the reference method on the same weights, label ratio and seed: mean difference and wins.
+    """Each row vs the reference method on the same weights, label ratio and seed.
 
+    Per seed, the row's difference is its mean over the label ratios both ran; `mean_diff` ± `std_diff` and
+    `wins` are taken over seeds (`over: "seeds"`). With one seed there is nothing to spread: `mean_diff` is
+    that seed's mean over ratios, `std_diff` is None and `wins` counts ratios (`over: "ratios"`).
     The reference row is the reference method's row on the same backbone and pre-trained weights (the first
     label when it has several, e.g. several n_ctx); a ratio-free row (zero-shot) is compared with every trial
     of that reference row. Rows on weights the reference method never ran on are left out.
@@ -86,7 +106,7 @@ def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str]
     ref_label: dict[tuple[str, ...], str] = {}
     for t in sorted((t for t in done if t.tag("method") == reference), key=lambda t: labels[t.run_id]):
         ref_label.setdefault(_weights(t), labels[t.run_id])
-    ref: dict[str, dict[tuple[float, str], float]] = {}
+    ref: dict[str, dict[tuple[float | None, str], float]] = {}
     for t in done:
         if labels[t.run_id] in ref_label.values():
             ref.setdefault(labels[t.run_id], {})[(t.ratio, t.tag("seed"))] = t.metrics["test_map"]
@@ -96,34 +116,62 @@ def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str]
         against = ref_label.get(_weights(members[0]))
         if against is None:
             continue
-        diffs = []
+        diffs: dict[str, list[float]] = {}  # the reference's seed -> differences over ratios
         for t in members:
-            keys = list(ref[against]) if ratio_free(t.tag("method")) else [(t.ratio, t.tag("seed"))]
-            diffs += [t.metrics["test_map"] - ref[against][k] for k in keys if k in ref[against]]
+            keys = list(ref[against]) if t.ratio is None else [(t.ratio, t.tag("seed"))]
+            for k in keys:
+                if k in ref[against]:
+                    diffs.setdefault(k[1], []).append(t.metrics["test_map"] - ref[against][k])
         if diffs:
-            out.append({"row": row, "reference": against, "pairs": len(diffs),
-                        "mean_diff": float(np.mean(diffs)),
-                        "std_diff": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
-                        "wins": int(sum(d > 0 for d in diffs))})
+            out.append(_paired_row(row, against, diffs))
     return out
+
+
+def _paired_row(row: str, against: str, diffs: dict[str, list[float]]) -> dict:
+    pooled = [d for ds in diffs.values() for d in ds]
+    if len(diffs) > 1:
+        per_seed = [float(np.mean(ds)) for ds in diffs.values()]
+        return {"row": row, "reference": against, "over": "seeds", "pairs": len(per_seed),
+                "mean_diff": float(np.mean(per_seed)), "std_diff": float(np.std(per_seed, ddof=1)),
+                "wins": int(sum(d > 0 for d in per_seed)), "ratio_pairs": len(pooled)}
+    return {"row": row, "reference": against, "over": "ratios", "pairs": len(pooled),
+            "mean_diff": float(np.mean(pooled)), "std_diff": None, "wins": int(sum(d > 0 for d in pooled)),
+            "ratio_pairs": len(pooled)}
 
 
 # ---- writing ---------------------------------------------------------------------------------------
 
+def _heading(col: str) -> str:
+    return "avg over ratios" if col == "Avg" else col
+
+
 def table_markdown(table: Table) -> str:
-    head = ["method", *table.columns, "params", "train s / trial", "GPU-h / trial"]
+    costs = metrics(column="report")
+    head = ["method", *(f"label ratio {_heading(c)}" if c != "Avg" else _heading(c) for c in table.columns),
+            *(f"{m.heading} / trial" for m in costs)]
     lines = [f"### {table.dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    common = table.common_n
     for row, cells in table.cells.items():
+        free = f" {RATIO_FREE}" if row in table.ratio_free_rows else ""
         values = []
         for col in table.columns:
-            text = cells[col].text() if col in cells else "—"
+            text = cells[col].text(common) + free if col in cells else "—"
             values.append(f"**{text}**" if table.best.get(col) == row else text)
-        cost = table.cost[row]
-        values += [f"{cost['trainable_params']:,.0f}", f"{cost['train_time_s']:.1f}", f"{cost['gpu_hours']:.4f}"]
-        lines.append("| " + " | ".join([row, *values]) + " |")
+        values += [m.text(table.cost[row][m.name]) for m in costs]
+        lines.append("| " + " | ".join([row + free, *values]) + " |")
+    lines += ["", table_legend(table)]
+    if table.ratio_free_rows:
+        lines += ["", RATIO_FREE_NOTE]
     if table.test_selected:
         lines += ["", TEST_SELECTED_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def table_legend(table: Table) -> str:
+    common = table.common_n
+    seeds = f"n = {common} seed{'s' if common != 1 else ''} per cell unless a cell says otherwise"
+    return (f"Cells: test mAP at the picked epoch, mean ± std over seeds ({seeds}; no ± with one seed); bold: best "
+            "in its column. Cost columns: mean per trial.")
 
 
 def table_frame(table: Table) -> pd.DataFrame:
@@ -132,7 +180,7 @@ def table_frame(table: Table) -> pd.DataFrame:
         for col, cell in cells.items():
             rows.append({"dataset": table.dataset, "row": row, "column": col, "mean": cell.mean, "std": cell.std,
                          "n": cell.n, "best": table.best.get(col) == row, "selected_on_test": cell.test_selected,
-                         **table.cost[row]})
+                         "ratio_independent": row in table.ratio_free_rows, **table.cost[row]})
     return pd.DataFrame(rows)
 
 
@@ -142,12 +190,14 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
         return []
     spec = SweepSpec(**yaml.safe_load(spec_text))
     have: dict[tuple, int] = {}
-    for t in trials:
-        key = tuple(t.tag(f) for f in ARM_FIELDS)
+    for t in trials:  # stores written before arm tags said n/a for ignored fields read the same
+        ignored = ignored_fields(t.tag("method"))
+        key = tuple(NOT_READ if f in ignored else t.tag(f) for f in ARM_FIELDS)
         have[key] = have.get(key, 0) + 1
     missing = []
     for arm in expand(spec):
-        key = tuple(str(getattr(arm.config, f)) for f in ARM_FIELDS)
+        tags = arm_tags(arm.config)
+        key = tuple(tags[f"ablate.{f}"] for f in ARM_FIELDS)
         lacking = samples_per_arm(spec, arm) - have.get(key, 0)
         if lacking > 0:
             missing.append(f"{arm.slug}: {lacking} trial(s) never started")
@@ -176,16 +226,21 @@ def _diagnostics_html(rows: dict[str, dict[str, float]]) -> str:
 
 
 def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["method", *table.columns, "params", "train s / trial",
-                                                           "GPU-h / trial"])
+    costs = metrics(column="report")
+    ratio_cols = [c for c in table.columns if c != "Avg"]
+    head = (f"<tr><th rowspan='2'>method</th><th colspan='{len(table.columns)}'>label ratio</th>"
+            + "".join(f"<th rowspan='2'>{html.escape(m.heading)} / trial</th>" for m in costs) + "</tr><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in ratio_cols) + "<th>avg</th></tr>")
     body = []
+    common = table.common_n
     for row, cells in table.cells.items():
-        tds = [f"<td>{html.escape(row)}</td>"]
+        free = f" {RATIO_FREE}" if row in table.ratio_free_rows else ""
+        tds = [f"<td>{html.escape(row + free)}</td>"]
         for col in table.columns:
-            text = html.escape(cells[col].text()) if col in cells else "—"
+            text = html.escape(cells[col].text(common) + free) if col in cells else "—"
             tds.append(f'<td class="best">{text}</td>' if table.best.get(col) == row else f"<td>{text}</td>")
-        cost = table.cost[row]
-        tds += [f"<td>{cost['trainable_params']:,.0f}</td>", f"<td>{cost['train_time_s']:.1f}</td>",
-                f"<td>{cost['gpu_hours']:.4f}</td>"]
+        tds += [f"<td>{m.text(table.cost[row][m.name])}</td>" for m in costs]
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    notes = [table_legend(table)] + ([RATIO_FREE_NOTE] if table.ratio_free_rows else [])
+    return (f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+            + "".join(f"<p>{html.escape(n)}</p>" for n in notes))

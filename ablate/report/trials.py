@@ -10,6 +10,7 @@ from ..errors import ReportError
 from ..spec import ignored_fields
 from ..tracking import (
     ROLE_TAG,
+    children_filter,
 )
 
 # Fields that split a method into several rows when they vary within the experiment.
@@ -28,7 +29,10 @@ class Trial:
         return self.tags.get(f"ablate.{name}", "")
 
     @property
-    def ratio(self) -> float:
+    def ratio(self) -> float | None:
+        """The label ratio; None where the method reads none (its tag, like its param, says n/a)."""
+        if ratio_free(self.tag("method")):
+            return None
         return float(self.tag("label_ratio"))
 
     @property
@@ -41,6 +45,11 @@ TEST_SELECTED_NOTE = (f"{TEST_SELECTED} epoch selected on the test set (the refe
                       "optimistic, not comparable with numbers selected on a validation split.")
 
 
+RATIO_FREE = "‡"  # marks a row whose method reads no labels: one run repeated in every ratio column
+RATIO_FREE_NOTE = (f"{RATIO_FREE} ratio-independent: the method reads no labels, so its run (per seed) is the same "
+                   "number in every label-ratio column and the average.")
+
+
 @dataclass
 class Cell:
     mean: float
@@ -48,9 +57,11 @@ class Cell:
     n: int
     test_selected: bool = False
 
-    def text(self) -> str:
+    def text(self, common_n: int | None = None) -> str:
+        """mean ± std over seeds; the number of seeds only where it differs from the table's `common_n`."""
         std = f" ± {self.std:.2f}" if self.n > 1 else ""
-        return f"{self.mean:.2f}{std} (n={self.n})" + (f" {TEST_SELECTED}" if self.test_selected else "")
+        n = f" (n={self.n})" if self.n != common_n else ""
+        return f"{self.mean:.2f}{std}{n}" + (f" {TEST_SELECTED}" if self.test_selected else "")
 
 
 @dataclass
@@ -60,8 +71,15 @@ class Table:
     dataset: str
     ratios: list[float]
     cells: dict[str, dict[str, Cell]]  # row -> column -> cell
-    cost: dict[str, dict[str, float]]  # row -> params / train_time_s / gpu_hours (means per trial)
+    cost: dict[str, dict[str, float]]  # row -> the catalogue's "report" metrics (means per trial)
     best: dict[str, str] = field(default_factory=dict)  # column -> best row
+    ratio_free_rows: set[str] = field(default_factory=set)  # rows whose method reads no labels (zero-shot)
+
+    @property
+    def common_n(self) -> int | None:
+        """The number of seeds most cells have (said once under the table)."""
+        counts = [c.n for cells in self.cells.values() for c in cells.values()]
+        return max(set(counts), key=counts.count) if counts else None
 
     @property
     def columns(self) -> list[str]:
@@ -86,7 +104,7 @@ def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None
         if not parents:
             raise ReportError(f"experiment '{experiment}' has no sweep run (was it made by `ablate sweep`?)")
         parent_run_id = parents[0].info.run_id
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    runs = client.search_runs([exp.experiment_id], filter_string=children_filter(parent_run_id),
                               max_results=50000)
     trials = [Trial(r.info.run_id, r.info.status, r.data.tags, r.data.metrics, r.data.tags.get("ablate.error"))
               for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]

@@ -21,6 +21,7 @@ from ..tracking import (
     connect,
     report_link,
     resolve_tracking_uri,
+    save_view,
     set_sweep_note,
     sweep_note,
 )
@@ -63,6 +64,7 @@ def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, ou
     tables = (out_dir / "table.md").read_text().split("\n", 1)[1]  # without its title: the experiment's name
     set_sweep_note(client, experiment_id, parent_run_id,
                    sweep_note(str((spec or {}).get("description") or ""), link, tables))
+    save_view(client, experiment_id, parent_run_id)  # sweeps recorded before the view existed get it too
 
 
 def check_report_folder(out_dir: Path) -> None:
@@ -127,8 +129,7 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
     result: dict = {"tables": {}, "pareto": {}, "paired": {}}
     for ds in datasets:
         table = build_table(ds, trials, labels)
-        ratio = heatmap_ratio if heatmap_ratio is not None else table.ratios[len(table.ratios) // 2]
-        ctx = DatasetContext(ds, trials, labels, table, client, reference, ratio)
+        ctx = DatasetContext(ds, trials, labels, table, client, reference, heatmap_ratio)
         frames.append(table_frame(table))
         pages.append(f"<h2>{html.escape(ds)}</h2>")
         for make in SECTIONS:
@@ -157,11 +158,12 @@ def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str |
 
 def _page(experiment: str, parent_run_id: str, trials: list[Trial], incomplete: list[str], pages: list[str],
           spec_text: str | None) -> str:
-    listing = "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) or "<li>none</li>"
+    listing = ("<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>"
+               + "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) + "</ul>") if incomplete else ""
     spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
             f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
             f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "
             f"<code>{parent_run_id}</code>; only finished trials enter the numbers.</p>"
-            f"<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>{listing}</ul>"
+            f"{listing}"
             f"{''.join(pages)}{spec_html}</body></html>")

@@ -69,7 +69,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
             continue
         # what the arm would cost alone: the pack's time less the other arms' own compute
         alone = wall - sum(t for j, t in enumerate(own) if j != i)
-        final = {**result.final_metrics(gpus), "peak_memory_mb": _peak_memory_mb(result.device),
+        final = {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(result.device),
                  **device_time(alone, gpus, cpus)}
         if packed:
             final |= {f"pack_{k}": v for k, v in device_time(wall, gpus, cpus).items()}

@@ -7,7 +7,7 @@ creating a duplicate. The driver creates the store schema, experiment and parent
 trial starts, so parallel trials never race to create them.
 
 One job a module: `store` (URI, probes, client, retries), `names` (tags, run names, params), `runs`
-(parent and trial runs), `notes` (descriptions, the trials' table, UI addresses).
+(parent and trial runs), `notes` (descriptions, the trials' table, UI addresses), `view` (the prepared UI view).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # type checkers see the real names
         TRIAL_KEY,
         UI_DEFAULT,
         axis_label,
+        children_filter,
         flatten_config,
         parent_run_name,
         run_name,
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # type checkers see the real names
         retries_done,
         server_unavailable,
     )
+    from .view import VIEW_TAG_PREFIX, save_view, view_key, view_state  # noqa: F401
 
 # exported name -> its module, imported on first use (the naming half needs no MLflow)
 _LAZY = {
@@ -106,6 +108,7 @@ _LAZY = {
     "TRIAL_KEY": "names",
     "UI_DEFAULT": "names",
     "axis_label": "names",
+    "children_filter": "names",
     "flatten_config": "names",
     "parent_run_name": "names",
     "run_name": "names",
@@ -145,6 +148,10 @@ _LAZY = {
     "resolve_tracking_uri": "store",
     "retries_done": "store",
     "server_unavailable": "store",
+    "VIEW_TAG_PREFIX": "view",
+    "save_view": "view",
+    "view_key": "view",
+    "view_state": "view",
 }
 
 __all__ = sorted(_LAZY)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import time
 
-from ..spec import TrialConfig, ignored_fields
+from ..catalogue import epoch_names
+from ..spec import METHODS, TrialConfig, ignored_fields
 
 TRIAL_KEY = "ablate.trial_key"
 SWEEP_TAG = "ablate.sweep"
 ROLE_TAG = "ablate.role"
 ERROR_TAG = "ablate.error"
 STOPPED_TAG = "ablate.stopped"
+SWEPT_AXES = ("method", "label_ratio", "n_ctx", "seed")  # the prepared UI view's columns and parallel axes
 ARM_FIELDS = ("method", "dataset", "label_ratio", "backbone", "pretrained", "n_ctx", "csc", "seed")
 DEFAULT_DB = "mlflow.db"
 RESUME_TAG = "ablate.resume"
@@ -20,13 +22,18 @@ STEP_LOSS = "train_step_loss"  # per-step training loss, at the global step
 BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's limit)
 NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (and edits) on runs and experiments
 # MLflow's own tags behind the UI's User / Source / Version columns; the parent sets them, trials copy them
-SOURCE_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit")
+REPO_URL_TAG = "mlflow.source.git.repoURL"
+GIT_DIRTY_TAG = "ablate.git_dirty"  # "true" when the checkout had uncommitted changes: the commit is not the code
+SOURCE_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit", REPO_URL_TAG,
+               GIT_DIRTY_TAG)
+SPEC_TAGS = ("ablate.spec_sha256", "ablate.spec_path")  # the spec that made the sweep, on every run of it
 # the value of a param whose field the trial's method does not read: filters on it match no run of that method
 NOT_READ = "n/a"
+UNSET = "none"  # the value of a param whose field the method reads but that is not set (e.g. ctx_init: random)
 NAME_ORDER = ("method", "dataset", "backbone", "pretrained", "label_ratio", "n_ctx", "csc")  # axes in run names
-# per-epoch metric names in MLflow: `lr` and `loss` are also params (the TrialConfig fields), and `time_s`
-# is the cumulative training time so far, not an epoch's
-EPOCH_METRICS = {"loss": "train_loss", "lr": "epoch_lr", "time_s": "cum_train_time_s"}
+# per-epoch metric names in MLflow (the catalogue's): `lr` and `loss` are also params (the TrialConfig
+# fields), and `time_s` is the cumulative training time so far, not an epoch's
+EPOCH_METRICS = epoch_names()
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a store file
 FINAL_STEP = 0  # end-of-trial figures: one value at step 0, which MLflow's chart view draws as per-run bars
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's system metrics monitor: one sample (system/...) this often
@@ -34,10 +41,33 @@ SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's system metrics monitor: one sample (
 
 def flatten_config(cfg: TrialConfig) -> dict[str, str]:
     """The trial's params: every TrialConfig field, NOT_READ for the fields its method ignores (their value
-    is a default that changes nothing, and would match filters and compare views as if it did)."""
+    is a default that changes nothing, and would match filters and compare views as if it did); an unset
+    field the method reads is UNSET, never an empty string."""
     ignored = ignored_fields(cfg.method)
-    return {k: NOT_READ if k in ignored else "" if v is None else str(v)
+    return {k: NOT_READ if k in ignored else UNSET if v is None else str(v)
             for k, v in cfg.model_dump(mode="json").items()}
+
+
+def arm_tags(cfg: TrialConfig) -> dict[str, str]:
+    """The `ablate.<axis>` tags naming a trial's arm: the same values as its params (NOT_READ where the
+    method ignores the axis), so a tag never states a value the params deny."""
+    params = flatten_config(cfg)
+    return {f"ablate.{k}": params[k] for k in ARM_FIELDS}
+
+
+RUN_COLOR_TAG = "mlflow.runColor"  # the UI draws a run (table dot, chart points and lines) in this colour
+# one colour per method (matplotlib's tab10), so the UI's charts read by method, not by run
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def method_colour(method: str) -> str:
+    names = sorted(METHODS)
+    return COLOURS[names.index(method) % len(COLOURS)] if method in names else COLOURS[-1]
+
+
+def children_filter(parent_run_id: str) -> str:
+    """The MLflow search filter for a sweep's trial runs (and the prepared view's search)."""
+    return f"tags.mlflow.parentRunId = '{parent_run_id}'"
 
 
 def trial_key(parent_run_id: str, trial_id: str) -> str:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag
+
+from ..catalogue import metrics
+from ..result import TrialResult
+from ..spec import ignored_fields
+from .names import NOTE_TAG, UI_DEFAULT, children_filter
 
 RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
-from .names import NOTE_TAG, UI_DEFAULT
 from .store import _retry, open_client
+from .view import view_key
 
 
 def note_sweep_stopped(client: MlflowClient, experiment_id: str, parent_run_id: str, command: str) -> None:
@@ -32,55 +39,87 @@ def set_sweep_note(client: MlflowClient, experiment_id: str, parent_run_id: str,
     _retry(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
 
 
-def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
+def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts: bool = False) -> str:
     """The MLflow UI page of a sweep's trial runs in the training view (the UI opens on its GenAI view),
-    flat and best test mAP first (MLflow nests, and so folds, child runs only when sorted by start time).
-    A server URI is the UI's own address; for a store file, `mlflow ui` serves it at the default port."""
+    opening the sweep's prepared view (`view.save_view`: columns, all runs, best test mAP first by label
+    ratio, charts); `charts` opens its chart view. A server URI is the UI's own address; for a store file,
+    `mlflow ui` serves it at the default port."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
-    query = urllib.parse.urlencode({"workflowType": "machine_learning",
-                                    "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                    "orderByKey": "metrics.`test_map`", "orderByAsc": "false"},
-                                   quote_via=urllib.parse.quote)
+    query = urllib.parse.urlencode({"viewStateShareKey": view_key(parent_run_id), "workflowType": "machine_learning",
+                                    **({"compareRunsMode": "CHART"} if charts else {})})
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
     """What `ablate sweep` and `ablate report` print: the address, and for a store file how to serve it."""
-    line = f"MLflow UI: {ui_address(tracking_uri, experiment_id, parent_run_id)}"
+    line = (f"MLflow UI: {ui_address(tracking_uri, experiment_id, parent_run_id)}\n"
+            f"  charts: {ui_address(tracking_uri, experiment_id, parent_run_id, charts=True)}")
     if tracking_uri.startswith(("http://", "https://")):
         return line
     return f"{line}\n  (serve it first: mlflow ui --backend-store-uri {tracking_uri})"
 
 
 def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
-    """One row per child run of a sweep: arm, status and the headline numbers."""
+    """One row per child run of a sweep: arm, status and the catalogue's "trials" columns."""
     client = open_client(uri)
-    runs = _retry(client.search_runs, [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    runs = _retry(client.search_runs, [experiment_id], filter_string=children_filter(parent_run_id),
                   max_results=10000)
     rows = []
     for run in runs:
         tags, m = run.data.tags, run.data.metrics
         rows.append({"method": tags.get("ablate.method"), "dataset": tags.get("ablate.dataset"),
                      "label_ratio": tags.get("ablate.label_ratio"), "seed": tags.get("ablate.seed"),
-                     "status": run.info.status, "test_map": m.get("test_map"),
-                     "trainable_params": m.get("trainable_params"), "train_time_s": m.get("train_time_s"),
-                     "device_hours": m.get("device_hours"), "run_name": run.info.run_name})
+                     "status": run.info.status, "run_name": run.info.run_name,
+                     **{c.name: m.get(c.name) for c in metrics(column="trials")}})
     return sorted(rows, key=lambda r: tuple(str(r[k]) for k in ("dataset", "method", "label_ratio", "seed")))
 
 
 def trials_markdown(rows: list[dict]) -> str:
     """trial_table's rows as the markdown table of a sweep's description, best test mAP first."""
-    def fmt(value: float | None, spec: str) -> str:
-        return "–" if value is None else format(value, spec)
-
-    lines = ["| run | status | test mAP | trainable params | train s | device-h |", "|---|---|--:|--:|--:|--:|"]
+    columns = metrics(column="trials")
+    lines = ["| run | status | " + " | ".join(c.heading for c in columns) + " |",
+             "|---|---|" + "--:|" * len(columns)]
     for r in sorted(rows, key=lambda r: -(r["test_map"] if r["test_map"] is not None else -1.0)):
-        lines.append(f"| {r['run_name']} | {r['status']} | {fmt(r['test_map'], '.2f')} | "
-                     f"{fmt(r['trainable_params'], ',.0f')} | {fmt(r['train_time_s'], '.1f')} | "
-                     f"{fmt(r['device_hours'], '.4f')} |")
+        lines.append(f"| {r['run_name']} | {r['status']} | " + " | ".join(c.text(r[c.name]) for c in columns) + " |")
     return "\n".join(lines)
 
 
 def report_link(experiment_id: str, parent_run_id: str) -> str:
     """The report's page in the MLflow UI, relative to the UI (works on any host serving it)."""
     return f"#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts/report/report.html"
+
+
+def trial_note(result: TrialResult) -> str:
+    """A trial run's own description: what it was, what it scored and at which epoch, and how its metrics
+    are stepped (the UI's charts say only "step")."""
+    cfg, ignored = result.config, ignored_fields(result.method)
+    what = [result.method, result.dataset]
+    what += [] if "label_ratio" in ignored else [f"{result.label_ratio * 100:g} % labels"]
+    what += [] if "seed" in ignored else [f"seed {cfg.get('seed')}"]
+    score = f"test mAP {result.test_map:.2f}"
+    if result.epochs:
+        score += (f" at the epoch {result.selected_on} picked ({result.best_epoch} of {result.epochs}); "
+                  f"last epoch {result.last_test_map:.2f}")
+    else:
+        score += " (nothing trained)"
+    legend = [f"- `{m.name}`: {m.description}" for m in metrics() if m.name in
+              ("test_map", "last_test_map", "best_val_map", "val_map", "train_loss", "device_hours")]
+    return "\n\n".join([f"**{', '.join(what)}**: {score}.",
+                         "Per-epoch metrics are logged at step = epoch (1…N), `train_step_loss` at the optimiser "
+                         "step, end-of-trial figures once at step 0.", "\n".join(legend)])
+
+
+def split_input(result: TrialResult, split: str, digest: str) -> DatasetInput:
+    """One split as an MLflow dataset input: a name that tells ratios apart, its size and labelled count."""
+    counts = result.split_labels.get(split)
+    partial = split != "test" and "label_ratio" not in ignored_fields(result.method)
+    name = " · ".join([result.dataset, split, *([f"{result.label_ratio * 100:g}% labels"] if partial else [])])
+    source = {"dataset": result.dataset, "split": split,
+              "labels": (f"partial: each (image, class) label kept with probability {result.label_ratio:g}, "
+                         "the rest unknown; the mask is drawn from the ratio and seed, so the digest differs by "
+                         "ratio" + (" (val is held out of train and keeps its masked labels)" if split == "val"
+                                    else "")) if partial else "complete"}
+    profile = {"num_rows": result.split_sizes.get(split, 0),
+               **({"labels_known": counts[0], "labels_total": counts[1]} if counts else {})}
+    return DatasetInput(Dataset(name=name, digest=digest, source_type="ablate", source=json.dumps(source),
+                                profile=json.dumps(profile)), [InputTag("mlflow.data.context", split)])

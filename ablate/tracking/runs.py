@@ -6,66 +6,95 @@ import contextlib
 import getpass
 import hashlib
 import json
+import math
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities import Metric, Param
 
 from ..result import TrialResult
-from ..spec import TrialConfig
-
-
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+from ..spec import METHODS, TrialConfig, method_info
 from .names import (
-    ARM_FIELDS,
     BATCH_LIMIT,
     EPOCH_METRICS,
     ERROR_TAG,
     FINAL_STEP,
+    GIT_DIRTY_TAG,
     NODE_LOSSES_TAG,
+    NOTE_TAG,
+    REPO_URL_TAG,
     RESUME_TAG,
     ROLE_TAG,
+    RUN_COLOR_TAG,
     SOURCE_TAGS,
+    SPEC_TAGS,
     STEP_LOSS,
     STOPPED_TAG,
     SWEEP_TAG,
     SYSTEM_METRICS_INTERVAL_S,
     TRIAL_KEY,
+    arm_tags,
+    children_filter,
     flatten_config,
+    method_colour,
     parent_run_name,
     run_name,
     trial_key,
 )
-from .notes import RUNNING_NOTE, set_sweep_note, sweep_note
+from .notes import RUNNING_NOTE, set_sweep_note, split_input, sweep_note, trial_note
 from .store import TrackingContext, _retry, _retry_duplicate, open_client
+from .view import save_view
+
+
+def _git(cwd: Path | None, *args: str) -> str | None:
+    """A git command's output in `cwd` (None outside a checkout or without git)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    return _git(cwd, "rev-parse", "HEAD") or None
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """The checkout's remote URL (MLflow's `mlflow.source.git.repoURL`) and whether it has uncommitted
+    changes (`ablate.git_dirty`): a commit alone does not say what code ran."""
+    tags = {}
+    url = _git(cwd, "remote", "get-url", "origin")
+    if url:
+        tags[REPO_URL_TAG] = url
+    status = _git(cwd, "status", "--porcelain", "--untracked-files=no")
+    if status is not None:
+        tags[GIT_DIRTY_TAG] = "true" if status else "false"
+    return tags
 
 
 def source_tags(spec_path: Path) -> dict[str, str]:
     """MLflow's user / source / version tags (its fluent API sets them; the client API does not): the
     source is the spec, the commit that of ablate's own code, else of the folder holding the spec."""
     tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": str(spec_path), "mlflow.source.type": "LOCAL"}
-    commit = git_commit(Path(__file__).parent) or git_commit(spec_path.parent)
+    where = Path(__file__).parent if git_commit(Path(__file__).parent) else spec_path.parent
+    commit = git_commit(where)
     if commit:
         tags["mlflow.source.git.commit"] = commit
+        tags.update(git_state(where))
     return tags
 
 
 def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, spec_path: Path,
                      spec_text: str, description: str = "") -> str:
-    tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, "ablate.spec_sha256":
-            hashlib.sha256(spec_text.encode()).hexdigest(), "ablate.spec_path": str(spec_path),
-            **source_tags(spec_path)}
+    tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SPEC_TAGS[0]: hashlib.sha256(spec_text.encode()).hexdigest(),
+            SPEC_TAGS[1]: str(spec_path), **source_tags(spec_path)}
     run = _retry(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
     _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
     set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
+    save_view(client, experiment_id, run.info.run_id)
     return run.info.run_id
 
 
@@ -89,7 +118,7 @@ def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:
 def close_running_children(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
     """A killed trial cannot close its own run: the driver marks what is still RUNNING as KILLED."""
     found = _retry(client.search_runs, [experiment_id], max_results=10000,
-                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'")
+                   filter_string=f"{children_filter(parent_run_id)} and attributes.status = 'RUNNING'")
     for run in found:
         TrialRun(client, run.info.run_id, True).close("KILLED", reason)
     return len(found)
@@ -135,10 +164,10 @@ class TrialRun:
         parent_tags = _retry(client.get_run, ctx.parent_run_id).data.tags
         key = trial_key(ctx.parent_run_id, trial_id if member is None else f"{trial_id}/{member}")
         tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: key,
-                ROLE_TAG: "trial", "ablate.trial_id": trial_id, "ablate.arm": json.dumps(arm, sort_keys=True),
+                ROLE_TAG: "trial", "ablate.trial_id": trial_id, RUN_COLOR_TAG: method_colour(cfg.method),
+                "ablate.arm": json.dumps(arm, sort_keys=True),
                 "ablate.selected_on": cfg.select_on,
-                **{f"ablate.{k}": str(getattr(cfg, k)) for k in ARM_FIELDS},
-                **{k: parent_tags[k] for k in SOURCE_TAGS if k in parent_tags}}
+                **arm_tags(cfg), **{k: parent_tags[k] for k in (*SOURCE_TAGS, *SPEC_TAGS) if k in parent_tags}}
         run_id = _retry(client.create_run, ctx.experiment_id, tags=tags,
                         run_name=name or run_name(arm) or cfg.method).info.run_id
         params = [Param(k, v) for k, v in flatten_config(cfg).items()]
@@ -195,34 +224,33 @@ class TrialRun:
         """The end of a trial: `final` metrics at FINAL_STEP, the splits it read as dataset inputs, per-class
         AP and the whole result (without per-class AP) as artifacts."""
         self.log_metrics(final, step=FINAL_STEP)
+        self.set_tag(NOTE_TAG, trial_note(result))
         self.log_splits(result)
         self.log_dict(result.per_class_ap, "per_class_ap.json")
         self.log_dict({k: v for k, v in result.to_dict().items() if k != "per_class_ap"}, "metrics.json")
 
     def log_splits(self, result: TrialResult) -> None:
-        """Each split the trial read as an MLflow dataset input (the UI's Dataset column and filter): the
-        data set's name, the split's digest (images, partial labels, classes), its size; context = split.
-        MLflow keeps one record per (name, digest) for every run that reads it, so the source names only the
-        split: the ratio and seed that made its labels are the run's own params."""
-        inputs = [DatasetInput(Dataset(name=result.dataset, digest=digest, source_type="ablate",
-                                       source=json.dumps({"dataset": result.dataset, "split": split}),
-                                       profile=json.dumps({"num_rows": result.split_sizes.get(split, 0)})),
-                                [InputTag("mlflow.data.context", split)])
-                  for split, digest in result.split_digests.items()]
+        """Each split the trial read as an MLflow dataset input (the UI's Dataset column and filter), named so
+        a person tells them apart (`world · train · 10% labels`), with its size and labelled count in the
+        profile; context = split. A method that trains nothing has no train input."""
+        trains = method_info(result.method).trains if result.method in METHODS else True
+        inputs = [split_input(result, split, digest) for split, digest in result.split_digests.items()
+                  if split != "train" or trains]
         if inputs:
             _retry_duplicate(self.client.log_inputs, self.run_id, inputs)
 
     @contextlib.contextmanager
     def system_metrics(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Iterator[None]:
         """MLflow's own monitor (system/cpu_utilization_percentage, system/gpu_*, memory, disk, network)
-        samples this process's machine into the run while the block runs; a resumed run continues its steps."""
+        samples this process's machine into the run while the block runs; a resumed run continues its steps.
+        A trial shorter than one interval still gets one sample (the UI would show NaN), and a value
+        that is not a number is never logged."""
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            monitor = _system_monitor()(self.run_id, sampling_interval=interval_s, resume_logging=self.resumed,
+                                        tracking_uri=self.client.tracking_uri)
         except ImportError:  # psutil (the sweep extra brings it) is missing: train without the monitor
             yield
             return
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=self.resumed,
-                                       tracking_uri=self.client.tracking_uri)
         monitor.start()
         try:
             yield
@@ -250,3 +278,25 @@ class TrialRun:
 
     def fail(self, reason: str) -> None:
         self.close("FAILED", reason)
+
+
+def _system_monitor() -> type:
+    """MLflow's system metrics monitor, made to log finite values only and at least one sample."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class Monitor(SystemMetricsMonitor):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.first_step = self._logging_step
+
+        def publish_metrics(self, metrics: dict) -> None:
+            super().publish_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+
+        def finish(self) -> None:
+            super().finish()
+            if self._logging_step == self.first_step:  # stopped before its first sample was logged
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+
+    return Monitor
