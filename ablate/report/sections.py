@@ -14,7 +14,7 @@ from ..probes import probe_markdown  # the registry and markdown only: no torch
 from ..world_effect import Observation, effects_html, effects_markdown, pretraining_effects
 from .plots import _img, cost_plot, per_class_heatmap
 from .tables import _diagnostics_html, _html_table, diagnostics, paired_differences, table_markdown
-from .trials import TEST_SELECTED_NOTE, Table, Trial
+from .trials import CELL_NOTE, TEST_SELECTED_NOTE, Table, Trial
 
 # ---- sections ---------------------------------------------------------------------------------------
 
@@ -46,13 +46,14 @@ SectionFn = Callable[[DatasetContext], Section]
 
 
 def table_section(ctx: DatasetContext) -> Section:
-    note = f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
+    note = f"<p>{html.escape(CELL_NOTE)}</p>"
+    note += f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
     return Section(table_markdown(ctx.table), _html_table(ctx.table) + note, data={"tables": ctx.table})
 
 
 def cost_section(ctx: DatasetContext) -> Section:
     plot, fronts = cost_plot(ctx.table)
-    text = (f"<p>Cells: test mAP at the selected epoch, mean ± std over seeds (n seeds); bold: best in its column. "
+    text = (f"<p>Error bars: std over seeds. "
             f"Pareto frontier (params): {html.escape(', '.join(fronts['trainable_params']))}; "
             f"(time): {html.escape(', '.join(fronts['train_time_s']))}.</p>{_img(plot, 'cost vs mAP ' + ctx.dataset)}")
     return Section(html=text, files={f"cost_vs_map_{ctx.dataset}.png": plot}, data={"pareto": fronts})

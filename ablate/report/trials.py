@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 
 from ..errors import ReportError
 from ..spec import ignored_fields
+from ..stats import MeanInterval
 from ..tracking import (
     ROLE_TAG,
 )
@@ -41,16 +43,30 @@ TEST_SELECTED_NOTE = (f"{TEST_SELECTED} epoch selected on the test set (the refe
                       "optimistic, not comparable with numbers selected on a validation split.")
 
 
+TIE = "≈"  # marks a column's best mean whose 95 % interval overlaps the runner-up's (and the rows it ties with)
+CELL_NOTE = (f"Cells: test mAP, mean ± half-width of its 95 % t interval over seeds (n seeds; \"n=1 of 3\": seeds "
+             "still missing, no interval with one). Bold: best, its interval clear of every other row's; "
+             f"{TIE}: best mean but not separated from the rows also marked {TIE}.")
+
+
 @dataclass
 class Cell:
     mean: float
     std: float
     n: int
     test_selected: bool = False
+    low: float = math.nan  # 95 % t interval of the mean over seeds (nan with one seed)
+    high: float = math.nan
+    expected: int = 0  # seeds the sweep asks for (0: unknown); fewer finished marks the cell incomplete
+
+    @property
+    def interval(self) -> MeanInterval:
+        return MeanInterval(self.mean, self.low, self.high, 0.95, self.n)
 
     def text(self) -> str:
-        std = f" ± {self.std:.2f}" if self.n > 1 else ""
-        return f"{self.mean:.2f}{std} (n={self.n})" + (f" {TEST_SELECTED}" if self.test_selected else "")
+        half = f" ± {(self.high - self.low) / 2:.2f}" if self.interval.exists else ""
+        n = f"n={self.n} of {self.expected}" if self.n < self.expected else f"n={self.n}"
+        return f"{self.mean:.2f}{half} ({n})" + (f" {TEST_SELECTED}" if self.test_selected else "")
 
 
 @dataclass
@@ -61,7 +77,8 @@ class Table:
     ratios: list[float]
     cells: dict[str, dict[str, Cell]]  # row -> column -> cell
     cost: dict[str, dict[str, float]]  # row -> params / train_time_s / gpu_hours (means per trial)
-    best: dict[str, str] = field(default_factory=dict)  # column -> best row
+    best: dict[str, str] = field(default_factory=dict)  # column -> best row, separated from every other
+    tied: dict[str, list[str]] = field(default_factory=dict)  # column -> rows not separated from the best mean
 
     @property
     def columns(self) -> list[str]:

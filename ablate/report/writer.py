@@ -25,7 +25,7 @@ from ..tracking import (
     sweep_note,
 )
 from .sections import SECTIONS, DatasetContext
-from .tables import build_table, expected_missing, table_frame
+from .tables import build_table, expected_missing, expected_seeds, table_frame
 from .trials import Trial, load_trials, row_labels
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
@@ -126,7 +126,7 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
     markdown, frames, pages = [f"# {experiment}\n"], [], []
     result: dict = {"tables": {}, "pareto": {}, "paired": {}}
     for ds in datasets:
-        table = build_table(ds, trials, labels)
+        table = build_table(ds, trials, labels, expected_seeds(spec_text, trials, ds))
         ratio = heatmap_ratio if heatmap_ratio is not None else table.ratios[len(table.ratios) // 2]
         ctx = DatasetContext(ds, trials, labels, table, client, reference, ratio)
         frames.append(table_frame(table))
