@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from ..pretrain_recipe import is_alias
 from ..probes import probe_markdown  # the registry and markdown only: no torch
+from ..published import PublishedTable
 from ..world_effect import Observation, effects_html, effects_markdown, pretraining_effects
 from .plots import _img, cost_plot, per_class_heatmap
 from .tables import _diagnostics_html, _html_table, diagnostics, paired_differences, table_markdown
@@ -29,6 +30,7 @@ class DatasetContext:
     client: MlflowClient
     reference: str  # the method paired differences compare against
     heatmap_ratio: float
+    published: list[PublishedTable] = field(default_factory=list)  # `--published`: the Reproduction section
 
 
 @dataclass
