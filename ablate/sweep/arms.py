@@ -30,12 +30,44 @@ class Arm:
         return run_name(varying) or self.config.method
 
 
+# the grid axes that order a sweep: seed outermost, then data set; methods innermost (see `balanced`)
+OUTER, INNER, SPREAD = ("seed", "dataset"), "method", "label_ratio"
+
+
+def spread_ranks(n: int) -> list[int]:
+    """The position each of n ordered values takes when the ends come first and then the midpoints of the
+    widest gaps (0.1 … 0.9: 0.1, 0.9, 0.5, 0.3, 0.7, …), so any prefix covers the range evenly."""
+    order: list[int] = [] if n == 0 else ([0] if n == 1 else [0, n - 1])
+    gaps = [(0, n - 1)] if n > 2 else []
+    while gaps:
+        lo, hi = gaps.pop(0)
+        mid = (lo + hi) // 2
+        if lo < mid < hi:
+            order.append(mid)
+            gaps += [(lo, mid), (mid, hi)]
+    return [order.index(i) for i in range(n)]
+
+
+def balanced(keys: list[str], index: tuple[int, ...], sizes: list[int]) -> tuple[int, ...]:
+    """Sort key of a grid combination (its value index per axis): within each seed (and data set), every
+    method at one label ratio before the next ratio, ratios in spread order, so a sweep stopped part-way
+    has comparable cells (all methods, same ratio and seed) across the range."""
+    at = dict(zip(keys, index))
+    ranks = {k: spread_ranks(n) for k, n in zip(keys, sizes) if k == SPREAD}
+    outer = [at[k] for k in OUTER if k in at]
+    middle = [ranks[k][at[k]] if k in ranks else at[k] for k in keys if k not in (*OUTER, INNER)]
+    return (*outer, *middle, *([at[INNER]] if INNER in at else []))
+
+
 def expand(spec: SweepSpec) -> list[Arm]:
+    """The spec's arms in `balanced` order (merged arms keep their first combination's place)."""
     keys = list(spec.grid)
     arms: dict[str, Arm] = {}
     searched = spec.optuna or spec.asha
-    for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
-        combo = dict(zip(keys, values))
+    sizes = [len(spec.grid[k]) for k in keys]
+    combos = sorted(itertools.product(*(range(n) for n in sizes)), key=lambda i: balanced(keys, i, sizes))
+    for index in combos:
+        combo = {k: spec.grid[k][i] for k, i in zip(keys, index)}
         cfg = _absolute_paths(canonical(arm_config(spec, combo)))
         if searched and searched.metric == "val_map" and cfg.val_fraction == 0:
             raise ConfigError(f"arm {combo}: {'optuna' if spec.optuna else 'asha'}.metric val_map needs a validation "
