@@ -69,7 +69,7 @@ def expand(spec: SweepSpec) -> list[Arm]:
     for index in combos:
         combo = {k: spec.grid[k][i] for k, i in zip(keys, index)}
         cfg = _absolute_paths(canonical(arm_config(spec, combo)))
-        if searched and searched.metric == "val_map" and cfg.val_fraction == 0:
+        if searched and "val_map" in _metrics(spec) and cfg.val_fraction == 0:
             raise ConfigError(f"arm {combo}: {'optuna' if spec.optuna else 'asha'}.metric val_map needs a validation "
                               "split, but val_fraction is 0; hold one out (val_fraction > 0) or drop the search")
         ignored = ignored_fields(cfg.method)
@@ -79,6 +79,10 @@ def expand(spec: SweepSpec) -> list[Arm]:
     return list(arms.values())
 
 
+def _metrics(spec: SweepSpec) -> list[str]:
+    return [m for m, _ in spec.optuna.objectives] if spec.optuna else [spec.asha.metric] if spec.asha else []
+
+
 def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
     """Trials run in other working directories: pin relative paths to the launching one."""
     root = Path(cfg.data_root).expanduser().absolute() if cfg.data_root else None
@@ -86,7 +90,8 @@ def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
 
 
 def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
-    return spec.optuna.num_samples if spec.optuna and arm.search else 1
+    """Ray trials of an arm: each Optuna sample once per seed of `optuna.seeds`."""
+    return spec.optuna.num_samples * spec.optuna.seed_count if spec.optuna and arm.search else 1
 
 
 def describe(spec: SweepSpec) -> dict:

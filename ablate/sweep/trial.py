@@ -11,9 +11,11 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..pareto import SAMPLE_TAG
 from ..spec import TrialConfig, import_plugins
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
 
+SAMPLE_KEY = "sample"  # config key: an Optuna trial's sample (the seeds of one configuration share it; .search)
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
 TRIAL_DIR_PREFIX = "ablate-trial-"
 
@@ -43,11 +45,13 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(list(plugins))  # the names the spec's plugins register exist in this process too
     index = config.get("arm", 0)
-    sampled = {k: v for k, v in config.items() if k != "arm"}
+    sampled = {k: v for k, v in config.items() if k not in ("arm", SAMPLE_KEY)}
     cfg = TrialConfig.model_validate({**arms[index], **sampled})
     trial_id = tune.get_context().get_trial_id()
     run = TrialRun.attach(tracking, cfg, trial_id, {**labels[index], **sampled},
                           trial_run_name(names[index], sampled, trial_id))
+    if SAMPLE_KEY in config:  # the seeds of one sampled configuration share it
+        run.set_tag(SAMPLE_TAG, str(config[SAMPLE_KEY]))
     workdir = trial_workdir(Path(workroot), trial_id)
     restored = tune.get_checkpoint()
     if restored is not None:

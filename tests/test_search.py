@@ -1,0 +1,126 @@
+"""Optuna searches on local Ray with a sqlite MLflow store and Optuna's own storage: seed-averaged samples,
+a two-objective search with its Pareto front, ASHA on seed means, and a resume that keeps the study."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+from sweep_helpers import runs, write_spec
+
+from ablate.cli import main
+from ablate.pareto import PARETO_TAG, SAMPLE_TAG
+from ablate.sweep import run_sweep
+
+LR = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def study(tmp_path, summary: dict, arm: str = "base") -> optuna.Study:
+    """The arm's Optuna study, read back from the storage beside the sweep's state."""
+    storage = f"sqlite:///{tmp_path / 'ray' / 't' / 'optuna.db'}"
+    return optuna.load_study(study_name=f"{summary['parent_run_id']}:t--{arm}", storage=storage)
+
+
+def test_seed_averaged_search_tells_the_sampler_the_mean_over_seeds(tmp_path, cache_dir, local_ray):
+    spec = write_spec(tmp_path, cache_dir, base={"method": "baseline", "epochs": 2},
+                      optuna={"num_samples": 2, "seeds": [0, 1], "space": LR}, max_concurrent_trials=2)
+    summary = run_sweep(spec)
+    assert summary["trials"] == 4 and summary["errored"] == 0
+    _, children = runs(tmp_path)
+    by_sample: dict[str, list] = {}
+    for child in children:  # each seed its own run, tagged with its sample
+        assert child.info.status == "FINISHED"
+        by_sample.setdefault(child.data.tags[SAMPLE_TAG], []).append(child)
+    assert sorted(by_sample) == ["base#0", "base#1"]
+    told = {t.number: t for t in study(tmp_path, summary).trials}
+    assert len(told) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in told.values())
+    for key, members in by_sample.items():
+        assert sorted(c.data.tags["ablate.seed"] for c in members) == ["0", "1"]
+        assert len({c.data.params["lr"] for c in members}) == 1  # one configuration, two seeds
+        per_seed = [c.data.metrics["best_val_map"] for c in sorted(members, key=lambda c: c.data.tags["ablate.seed"])]
+        trial = told[int(key.rsplit("#", 1)[1])]
+        assert trial.value == pytest.approx(np.mean(per_seed))  # the sampler got the mean, not one seed
+        assert trial.params["lr"] == pytest.approx(float(members[0].data.params["lr"]))
+        assert trial.user_attrs["val_map_per_seed"] == pytest.approx(per_seed)
+        assert trial.user_attrs["val_map_sem"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(2))
+
+
+def test_two_objective_search_tags_its_front_and_reports_it(tmp_path, cache_dir, local_ray):
+    spec = write_spec(tmp_path, cache_dir, base={"method": "baseline", "epochs": 1},
+                      optuna={"num_samples": 4, "metric": ["val_map", "device_hours"], "mode": ["max", "min"],
+                              "space": LR}, max_concurrent_trials=2)
+    summary = run_sweep(spec)
+    assert summary["trials"] == 4 and summary["errored"] == 0
+    found = study(tmp_path, summary)
+    assert [d.name for d in found.directions] == ["MAXIMIZE", "MINIMIZE"]
+    _, children = runs(tmp_path)
+    tagged = {c.data.tags[SAMPLE_TAG]: c.data.tags[PARETO_TAG] for c in children}
+    assert len(tagged) == 4 and set(tagged.values()) <= {"true", "false"}
+    # MLflow's front is Optuna's own: the same samples, from the values the sampler was told
+    assert {k for k, v in tagged.items() if v == "true"} == {f"base#{t.number}" for t in found.best_trials}
+    for child in children:
+        trial = found.trials[int(child.data.tags[SAMPLE_TAG].rsplit("#", 1)[1])]
+        assert trial.values == pytest.approx([child.data.metrics["best_val_map"], child.data.metrics["device_hours"]])
+    from ablate.report import write_report
+
+    result = write_report("t", tmp_path / "report", f"sqlite:///{tmp_path / 'mlflow.db'}", log_to_mlflow=False)
+    [(arm, front)] = result["search_fronts"]["synthetic"].items()
+    assert arm == "base" and {f["sample"] for f in front} == {k for k, v in tagged.items() if v == "true"}
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Pareto front of the search: base" in page and (tmp_path / "report" / "search_front_synthetic.png").exists()
+
+
+def test_asha_with_a_multi_objective_search_is_refused_in_one_line(tmp_path, cache_dir, capsys):
+    spec = write_spec(tmp_path, cache_dir, optuna={"metric": ["val_map", "trainable_params"], "mode": ["max", "min"],
+                                                   "space": LR}, asha={"grace_period": 1})
+    assert main(["sweep", "--spec", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "asha cannot prune a multi-objective search" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+    spec = write_spec(tmp_path, cache_dir, optuna={"metric": ["val_map", "device_hours"], "mode": "max",
+                                                   "space": LR})
+    assert main(["sweep", "--spec", str(spec)]) == 2
+    assert "both lists of the same length" in capsys.readouterr().err
+
+
+def asha(path, seeds: int = 2):
+    from ablate.spec import AshaSpec, SweepSpec
+    from ablate.sweep.search import scheduler
+
+    spec = SweepSpec(name="a", asha=AshaSpec(grace_period=1, reduction_factor=2))
+    return scheduler(spec, 4, path, seeds)
+
+
+def result(sched, sample: str, seed: int, epoch: int, value: float) -> str:
+    trial = SimpleNamespace(trial_id=f"{sample}-{seed}", config={"sample": sample, "seed": seed})
+    return sched.on_trial_result(None, trial, {"epoch": epoch, "val_map": value})
+
+
+def test_asha_decides_rungs_on_the_mean_over_seeds_and_keeps_its_records(tmp_path):
+    sched = asha(tmp_path / "rungs.json")
+    assert sched.milestones == [1, 2]
+    assert result(sched, "a", 0, 1, 90.0) == "CONTINUE"  # waits for the other seed
+    assert result(sched, "a", 1, 1, 10.0) == "CONTINUE"  # first sample at the rung: recorded, goes on (mean 50)
+    assert result(sched, "b", 0, 1, 60.0) == "CONTINUE" and result(sched, "b", 1, 1, 60.0) == "CONTINUE"
+    # c's seed 0 alone (95) would pass the rung; the mean (50) is below the median of 50 and 60
+    assert result(sched, "c", 0, 1, 95.0) == "CONTINUE"
+    assert result(sched, "c", 1, 1, 5.0) == "STOP"
+    assert result(sched, "c", 0, 2, 96.0) == "STOP"  # the seed that went on stops with its sample
+    assert result(sched, "b", 0, 1, 60.0) == "CONTINUE"  # a repeated epoch (final result, restore) counts once
+    # a scheduler built again (as after Tuner.restore, which does not keep it) reads the same records
+    again = asha(tmp_path / "rungs.json")
+    assert again.records["rungs"]["1"] == [50.0, 60.0, 50.0] and again.records["stopped"] == ["c"]
+    assert result(again, "c", 0, 3, 97.0) == "STOP"
+    assert result(again, "d", 0, 1, 45.0) == "CONTINUE" and result(again, "d", 1, 1, 45.0) == "STOP"
