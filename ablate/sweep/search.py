@@ -72,6 +72,7 @@ class SampleSearch(Searcher):
         self.samples = 0
         self.queue: list[tuple[str, dict, int | None]] = []  # (sample, config, seed) still to hand out
         self.sample_of: dict[str, str] = {}  # Ray trial id -> sample
+        self.seed_of: dict[str, int] = {}  # Ray trial id -> its place in `seeds`
         self.results: dict[str, dict[str, dict | None]] = {}  # sample -> trial id -> last result (None: error)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -89,6 +90,7 @@ class SampleSearch(Searcher):
             self.results[sample] = {}
         sample, config, seed = self.queue.pop(0)
         self.sample_of[trial_id] = sample
+        self.seed_of[trial_id] = self.seeds.index(seed) if seed is not None else 0
         return {**config, SAMPLE_KEY: sample, **({"seed": seed} if seed is not None else {})}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -104,7 +106,8 @@ class SampleSearch(Searcher):
         if len(done) < max(len(self.seeds), 1):
             return
         del self.results[sample]
-        finished = [r for r in done.values() if r is not None]
+        ordered = sorted(done.items(), key=lambda kv: self.seed_of.get(kv[0], 0))  # in the order of `seeds`
+        finished = [r for _, r in ordered if r is not None]
         if len(finished) < len(done) or any(m not in r for r in finished for m in self.metrics):
             self.inner.on_trial_complete(sample, None, error=True)
             return
