@@ -55,7 +55,9 @@ def search_front_section(ctx: DatasetContext) -> Section:
     heads = ["sample", "configuration", *(f"{m} ({mode})" for m, mode in objectives), "seeds",
              f"MLflow {PARETO_TAG}"]
     md, page, data = [], [], {}
+    first, first_mode = objectives[0]
     for arm, members in sorted(front.items()):
+        members = sorted(members, key=lambda s: s.mean(first), reverse=first_mode == "max")  # best first
         rows = [[s.key.rsplit("#", 1)[-1], _configuration(by_id[s.run_ids[0]]),
                  *(f"{s.mean(m):.4g}" for m, _ in objectives), str(len(s.run_ids)),
                  by_id[s.run_ids[0]].tags.get(PARETO_TAG, "—")] for s in members]
