@@ -14,6 +14,7 @@ from sweep_helpers import runs, write_spec
 from ablate.cli import main
 from ablate.pareto import PARETO_TAG, SAMPLE_TAG
 from ablate.sweep import run_sweep
+from ablate.tracking import connect
 
 LR = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
 
@@ -55,6 +56,10 @@ def test_seed_averaged_search_tells_the_sampler_the_mean_over_seeds(tmp_path, ca
         assert trial.params["lr"] == pytest.approx(float(members[0].data.params["lr"]))
         assert trial.user_attrs["val_map_per_seed"] == pytest.approx(per_seed)
         assert trial.user_attrs["val_map_sem"] == pytest.approx(np.std(per_seed, ddof=1) / math.sqrt(2))
+    from ablate.report import write_report
+
+    result = write_report("t", tmp_path / "report", summary["tracking_uri"], log_to_mlflow=False)
+    assert result["incomplete"] == []  # 2 samples x 2 seeds is what the spec asks for
 
 
 def test_two_objective_search_tags_its_front_and_reports_it(tmp_path, cache_dir, local_ray):
@@ -207,3 +212,8 @@ def test_resumed_search_equals_the_uninterrupted_one_for_every_trial_finished_be
     rungs_after = json.loads(rungs_file.read_text())["rungs"]
     for milestone, values in rungs_before.items():  # what was recorded before is still there, in order
         assert rungs_after[milestone][:len(values)] == values
+    # and each rung holds every trial that reached it, before and after the interruption, once
+    client = connect(f"sqlite:///{parted / 'mlflow.db'}")
+    reached = [max(m.step for m in client.get_metric_history(r.info.run_id, "train_loss")) for r in after.values()]
+    for milestone, values in rungs_after.items():
+        assert len(values) == sum(epochs >= int(milestone) for epochs in reached)

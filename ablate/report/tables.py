@@ -166,13 +166,15 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
     if not spec_text:
         return []
     spec = SweepSpec(**yaml.safe_load(spec_text))
+    # a seed-averaged search runs each arm under optuna.seeds, not under the arm's own seed
+    fields = [f for f in ARM_FIELDS if not (f == "seed" and spec.optuna and spec.optuna.seeds)]
     have: dict[tuple, int] = {}
     for t in trials:
-        key = tuple(t.tag(f) for f in ARM_FIELDS)
+        key = tuple(t.tag(f) for f in fields)
         have[key] = have.get(key, 0) + 1
     missing = []
     for arm in expand(spec):
-        key = tuple(str(getattr(arm.config, f)) for f in ARM_FIELDS)
+        key = tuple(str(getattr(arm.config, f)) for f in fields)
         lacking = samples_per_arm(spec, arm) - have.get(key, 0)
         if lacking > 0:
             missing.append(f"{arm.slug}: {lacking} trial(s) never started")
