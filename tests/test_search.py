@@ -98,6 +98,19 @@ def test_asha_with_a_multi_objective_search_is_refused_in_one_line(tmp_path, cac
                                                    "space": LR})
     assert main(["sweep", "--spec", str(spec)]) == 2
     assert "both lists of the same length" in capsys.readouterr().err
+    spec = write_spec(tmp_path, cache_dir, grid={"seed": [0, 1]}, optuna={"seeds": [0, 1], "space": LR})
+    assert main(["sweep", "--spec", str(spec)]) == 2
+    assert "optuna.seeds and grid.seed" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+def test_dry_run_counts_every_seed_of_every_sample(tmp_path, cache_dir, capsys):
+    import json
+
+    spec = write_spec(tmp_path, cache_dir, grid={"method": ["baseline", "zeroshot"]},
+                      optuna={"num_samples": 3, "seeds": [0, 1, 2], "space": LR})
+    assert main(["sweep", "--spec", str(spec), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["trials"] == 3 * 3 + 1  # zero-shot reads no lr: once
 
 
 def asha(path, seeds: int = 2):
