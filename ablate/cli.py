@@ -167,14 +167,19 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmap-ratio", type=float,
                    help="label ratio of the per-class AP heatmap (default: one panel per ratio)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    p.add_argument("--published", nargs="+", action="extend", default=[], metavar="NAME|FILE",
+                   help="published tables to compare with (a Reproduction section): a shipped table's name "
+                        "(ablate.published.shipped()) or a YAML file of that format")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .published import load_published
     from .report import write_report
 
+    published = [load_published(p) for p in args.published]  # a bad file stops here, before anything is read
     out = args.out or Path("reports") / args.experiment
     result = write_report(args.experiment, out, args.tracking_uri, args.parent_run, args.reference,
-                          args.heatmap_ratio, log_to_mlflow=not args.no_log)
+                          args.heatmap_ratio, log_to_mlflow=not args.no_log, published=published)
     print((out / "table.md").read_text())
     for line in result["incomplete"]:
         print(f"not included: {line}", file=sys.stderr)

@@ -261,6 +261,9 @@ def _searchable(name: str) -> str:
 
 # what Optuna and ASHA may optimise: the catalogue's metrics reported to Ray Tune every epoch
 MetricName = Annotated[str, AfterValidator(_searchable)]
+# objectives of a multi-objective search: also the end-of-trial costs (a search over them cannot prune)
+Objective = Literal["val_map", "loss", "device_hours", "trainable_params"]
+Mode = Literal["max", "min"]
 
 
 def canonical(cfg: TrialConfig) -> TrialConfig:
@@ -294,10 +297,43 @@ class ParamSpace(StrictModel):
 
 class OptunaSpec(StrictModel):
     space: dict[str, ParamSpace]
-    num_samples: int = Field(8, ge=1, description="Optuna trials per grid arm")
-    metric: MetricName = "val_map"
-    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1, description="Optuna trials (sampled configurations) per grid arm")
+    metric: MetricName | list[Objective] = Field(
+        "val_map", description="one metric, or a list of objectives for a multi-objective search (a Pareto front)")
+    mode: Mode | list[Mode] = Field("max", description="one mode per metric (a list beside a list)")
     seed: int = 0
+    seeds: list[Int] | None = Field(
+        None, min_length=1, description="training seeds every sampled configuration runs with; the sampler gets "
+        "their mean (the standard error is kept beside it), ASHA compares rungs on the mean")
+    storage: str | None = Field(
+        None, description="Optuna storage URL for the studies (an RDB URL on a cluster); default: a sqlite file "
+        "beside the sweep's state, so --resume continues every study with its full history")
+
+    @model_validator(mode="after")
+    def _objectives(self) -> OptunaSpec:
+        if isinstance(self.metric, list) != isinstance(self.mode, list):
+            raise ValueError("metric and mode: both one value, or both lists of the same length")
+        if isinstance(self.metric, list):
+            if len(self.metric) != len(self.mode) or len(self.metric) < 2 or len(set(self.metric)) < len(self.metric):
+                raise ValueError("a multi-objective metric: at least two different objectives, and one mode for each")
+        if self.seeds is not None and len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds {self.seeds}: each seed once")
+        return self
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) pairs: one for a single-objective search."""
+        if isinstance(self.metric, list) and isinstance(self.mode, list):
+            return list(zip(self.metric, self.mode))
+        return [(str(self.metric), str(self.mode))]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def seed_count(self) -> int:
+        return len(self.seeds) if self.seeds else 1
 
 
 class AshaSpec(StrictModel):
@@ -388,6 +424,9 @@ class SweepSpec(StrictModel):
         self._check_sections()
         self._check_grid()
         self._check_optuna()
+        if self.asha and self.optuna and self.optuna.multi_objective:
+            raise ValueError("asha cannot prune a multi-objective search (optuna.metric is a list); drop asha, or "
+                             "search one metric")
         if self.asha and self.optuna and (self.asha.metric, self.asha.mode) != (self.optuna.metric, self.optuna.mode):
             raise ValueError("asha and optuna must use the same metric and mode")
         if self.pack == "auto" and (self.optuna or self.asha):
@@ -428,9 +467,12 @@ class SweepSpec(StrictModel):
                 self._check_value(f"grid.{key}[{i}]", key, value)
 
     def _check_optuna(self) -> None:
+        if self.optuna and self.optuna.seeds and "seed" in self.grid:
+            raise ValueError("optuna.seeds and grid.seed: give the training seeds one way (optuna.seeds averages "
+                             "them for the sampler; grid.seed makes each its own arm)")
         for key, p in (self.optuna.space.items() if self.optuna else []):
-            if key in self.grid:
-                raise ValueError(f"optuna.space.{key}: also in grid; search a field one way only")
+            if key in self.grid or (key == "seed" and self.optuna and self.optuna.seeds):
+                raise ValueError(f"optuna.space.{key}: also in grid or optuna.seeds; search a field one way only")
             bounds: list[str | int | float | bool]
             if p.type == "categorical":
                 assert p.choices is not None  # ParamSpace._check: categorical has choices

@@ -55,3 +55,45 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
     the spread of a unit around its own group's mean, e.g. training seeds within one checkpoint."""
     variances = [np.var(g, ddof=1) for g in groups if len(g) > 1]
     return float(np.sqrt(np.mean(variances))) if variances else math.nan
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """A mean with its two-sided Student-t confidence interval (nan bounds when it cannot be computed)."""
+
+    mean: float
+    low: float
+    high: float
+    level: float
+    n: int
+
+    @property
+    def exists(self) -> bool:
+        return not math.isnan(self.low)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def contains(self, value: float) -> bool:
+        return self.exists and self.low <= value <= self.high
+
+    def overlaps(self, other: MeanInterval) -> bool:
+        """True unless both intervals exist and are disjoint: without an interval nothing is separated."""
+        return not (self.exists and other.exists) or (self.low <= other.high and other.low <= self.high)
+
+    def text(self, digits: int = 2) -> str:
+        if not self.exists:
+            return f"{self.mean:.{digits}f} (n={self.n}, no interval)"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f} (n={self.n})"
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> MeanInterval:
+    """The t interval of a mean over independent units (seeds): mean ± t(level, n-1) · sd / √n. With one
+    value there is no spread to estimate and the bounds are nan; with no spread the interval is the point."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean()) if len(x) else math.nan
+    if len(x) < 2:
+        return MeanInterval(mean, math.nan, math.nan, level, len(x))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return MeanInterval(mean, mean - half, mean + half, level, len(x))

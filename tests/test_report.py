@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 
@@ -80,7 +81,12 @@ def test_table_numbers(report):
     assert cell(t, "baseline", "Avg") == (74.5, 0.0, 1)  # only seed 0 has every ratio
     assert cell(t, "positivecoop", "Avg") == (72.5, 0.0, 2)
     assert cell(t, "zeroshot", "0.1") == cell(t, "zeroshot", "0.5") == (60.0, 0.0, 1)  # ratio-free row
-    assert t.best == {"0.1": "baseline", "0.5": "dualcoop", "Avg": "dualcoop"}
+    # two seeds give wide t intervals and single seeds none: nothing is separated, every column is a tie
+    assert t.best == {}
+    assert t.tied == {"0.1": ["baseline", "dualcoop", "positivecoop", "zeroshot"],
+                      "0.5": ["dualcoop", "baseline", "positivecoop", "zeroshot"],
+                      "Avg": ["dualcoop", "baseline", "positivecoop", "zeroshot"]}
+    assert t.cells["dualcoop"]["Avg"].high - 76.5 == pytest.approx(12.7062047 * 1.5)  # t(.975, 1) · sd / √2
     assert t.cost["positivecoop"]["trainable_params"] == 2000 and t.cost["baseline"]["train_time_s"] == 5.0
 
 
@@ -118,8 +124,8 @@ def test_outputs_written_and_logged(report, experiment):
     for name in ("table.md", "table.csv", "report.html", "cost_vs_map_synthetic.png", "per_class_ap_synthetic.png"):
         assert (out / name).stat().st_size > 0, name
     md = (out / "table.md").read_text()
-    # n said once (most cells have 2 seeds), and in the cells that differ
-    assert "**76.50 ± 2.12**" in md and "78.00 (n=1)" in md and "n = 2 seeds per cell" in md
+    # mean ± 95 % half-width; the spec asks for 3 seeds, so cells with fewer say so; no interval is clear
+    assert "76.50 ± 19.06 (n=2 of 3) ≈" in md and "78.00 (n=1 of 3) ≈" in md and "**" not in md
     assert "| label ratio 0.1 | label ratio 0.5 | avg over ratios |" in md and "device-h" in md
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "label_ratio" in page  # plots and the spec inline
@@ -209,3 +215,134 @@ def test_paired_differences_compare_each_row_with_the_reference_on_its_own_weigh
     assert presence["reference"] == "dualcoop pretrained=world-presence" and presence["mean_diff"] == -19.0
     assert negation["reference"] == "dualcoop pretrained=world-negation" and negation["mean_diff"] == 0.0
     assert (negation["wins"], negation["pairs"]) == (1, 2)
+
+
+def _seeded_trials(values: dict[str, list[float]]) -> list:
+    from ablate.report import Trial
+
+    return [Trial(f"{method}{seed}", "FINISHED", {"ablate.method": method, "ablate.dataset": "synthetic",
+                                                  "ablate.label_ratio": "0.5", "ablate.seed": str(seed)},
+                  {"test_map": v}) for method, vs in values.items() for seed, v in enumerate(vs)]
+
+
+def test_best_is_bold_only_when_its_interval_clears_every_other_row():
+    from ablate.report import build_table, row_labels, table_markdown
+
+    trials = _seeded_trials({"dualcoop": [80.0, 81.0, 82.0], "baseline": [70.0, 71.0, 72.0],
+                             "positivecoop": [60.0, 70.0, 80.0]})
+    table = build_table("synthetic", trials, row_labels(trials), expected=3)
+    # dualcoop 81 ± 2.48; positivecoop 70 ± 24.8 reaches it: a tie between those two, baseline not in it
+    assert table.best == {} and table.tied["0.5"] == ["dualcoop", "positivecoop"]
+    assert "81.00 ± 2.48 (n=3) ≈" in table_markdown(table) and "71.00 ± 2.48 (n=3) |" in table_markdown(table)
+    trials = _seeded_trials({"dualcoop": [80.0, 81.0, 82.0], "baseline": [70.0, 71.0, 72.0]})
+    table = build_table("synthetic", trials, row_labels(trials), expected=3)
+    assert table.best == {"0.5": "dualcoop", "Avg": "dualcoop"} and table.tied == {}
+    assert "**81.00 ± 2.48 (n=3)**" in table_markdown(table)
+
+
+def test_mean_interval_is_the_t_interval_and_absent_for_one_value():
+    from ablate.stats import mean_interval
+
+    ci = mean_interval([1.0, 2.0, 3.0])
+    assert (ci.mean, ci.n) == (2.0, 3) and ci.half_width == pytest.approx(4.302653 / math.sqrt(3))
+    assert ci.contains(4.4) and not ci.contains(4.5)
+    single = mean_interval([5.0])
+    assert not single.exists and single.text() == "5.00 (n=1, no interval)" and single.overlaps(ci)
+
+
+PUBLISHED = {
+    "source": {"paper": "A test paper", "venue": "TESTCONF", "year": 2024, "code": "https://example.org/code"},
+    "protocol": {"selected_on": "test", "avg_over": [0.1, 0.5]},
+    "results": {"synthetic": {
+        "dualcoop": {"params": "1k", "map": {0.1: 71.5, 0.5: 110.0, "avg": 76.0}},
+        "positivecoop": {"params": "1.6k", "map": {0.1: 70.5}},
+        "baseline": {"map": {0.5: 78.5}},
+        "negativecoop": {"map": {0.1: 60.0}}}},
+}
+
+
+def test_reproduction_section_gives_gap_interval_and_inside_or_outside(experiment, tmp_path, capsys):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump(PUBLISHED))
+    out = tmp_path / "out"
+    assert main(["report", "--experiment", "rep", "--tracking-uri", experiment, "--out", str(out), "--no-log",
+                 "--published", str(paper)]) == 0
+    md = capsys.readouterr().out
+    from ablate.published import load_published
+
+    result = write_report("rep", tmp_path / "again", experiment, log_to_mlflow=False,
+                          published=[load_published(paper)])
+    [data] = result["reproduction"]["synthetic"]
+    cells = {(c["row"], c["column"]): c for c in data["cells"]}
+    assert set(cells) == {("dualcoop", "0.1"), ("dualcoop", "0.5"), ("dualcoop", "Avg"), ("positivecoop", "0.1"),
+                          ("baseline", "0.5")}
+    half = 12.7062047 * math.sqrt(2) / math.sqrt(2)  # t(.975, 1) · sd / √n for seeds 70, 72
+    dual = cells["dualcoop", "0.1"]
+    assert (dual["mean"], dual["n"], dual["gap"], dual["inside"]) == (71.0, 2, -0.5, True)
+    assert dual["low"] == pytest.approx(71 - half) and dual["high"] == pytest.approx(71 + half)
+    assert cells["dualcoop", "0.5"]["inside"] is False and cells["dualcoop", "0.5"]["gap"] == -28.0
+    assert cells["dualcoop", "Avg"]["gap"] == 0.5 and cells["dualcoop", "Avg"]["inside"] is True
+    assert cells["positivecoop", "0.1"]["inside"] is False  # seeds 70, 70: the interval is the point 70
+    assert cells["baseline", "0.5"]["n"] == 1 and cells["baseline", "0.5"]["inside"] is None  # no interval
+    assert all(c["protocol_differs"] for c in cells.values())  # paper on test, this sweep on val
+    params = {p["row"]: p for p in data["params"]}
+    assert params["dualcoop"] == {"row": "dualcoop", "here": 1000.0, "printed": "1k", "ratio": 1.0}
+    assert params["positivecoop"]["ratio"] == pytest.approx(2000 / 1600) and params["baseline"]["ratio"] is None
+    assert data["not_in_sweep"] == ["negativecoop"]
+    # as rendered: markdown on stdout and in table.md, HTML in the page
+    assert "| dualcoop | 0.5 | 82.00 | [56.59, 107.41] | 2 | 110.0 † | -28.00 | outside |" in md
+    assert "| baseline | 0.5 | 78.00 | no interval (one seed) | 1 | 78.5 † | -0.50 | — |" in md
+    assert "| positivecoop | 2,000 | 1.6k | 1.25× |" in md and "there is no interval" in md
+    assert "Reproduction: TESTCONF 2024: A test paper" in (out / "report.html").read_text()
+
+
+def test_published_averages_are_compared_only_over_the_same_label_ratios(experiment, tmp_path):
+    from ablate.published import load_published
+
+    for avg_over, reason in ((None, "does not say which label ratios"), ([0.1, 0.3, 0.5], "averages 0.1, 0.3, 0.5")):
+        paper = tmp_path / "paper.yaml"
+        paper.write_text(yaml.safe_dump({**PUBLISHED, "protocol": {"avg_over": avg_over}}))
+        result = write_report("rep", tmp_path / "out", experiment, log_to_mlflow=False,
+                              published=[load_published(paper)])
+        [data] = result["reproduction"]["synthetic"]
+        assert ("dualcoop", "Avg") not in {(c["row"], c["column"]) for c in data["cells"]}
+        assert any(s.startswith("dualcoop avg: ") and reason in s for s in data["skipped"])
+        assert not any(c["protocol_differs"] for c in data["cells"])  # the paper's selection is not stated
+
+
+def test_published_table_names_unknown_methods_data_sets_and_ratios(experiment, tmp_path, capsys):
+    from ablate.published import load_published
+    from ablate.spec import ConfigError
+
+    paper = tmp_path / "paper.yaml"
+    for results, named in (({"synthetic": {"tai-dpt": {"map": {0.1: 1.0}}}}, "unknown method(s) 'tai-dpt'"),
+                           ({"imagenet": {"dualcoop": {"map": {0.1: 1.0}}}}, "unknown data set 'imagenet'"),
+                           ({"synthetic": {"dualcoop": {"map": {10: 1.0}}}}, "(10 % is 0.1)"),
+                           ({"synthetic": {"dualcoop": {"params": "lots", "map": {}}}}, "'lots'")):
+        paper.write_text(yaml.safe_dump({**PUBLISHED, "results": results}))
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            load_published(paper)
+    assert main(["report", "--experiment", "rep", "--tracking-uri", experiment, "--out", str(tmp_path / "o"),
+                 "--published", str(paper)]) == 2
+    err = capsys.readouterr().err
+    assert "published table" in err and "'lots'" in err and not (tmp_path / "o").exists()
+    assert main(["report", "--experiment", "rep", "--tracking-uri", experiment, "--published", "nope"]) == 2
+    assert "positivecoop_wacv2025" in capsys.readouterr().err  # the shipped names are listed
+
+
+def test_shipped_positivecoop_table_is_the_posters():
+    from ablate.published import load_published, shipped
+
+    assert "positivecoop_wacv2025" in shipped()
+    paper = load_published("positivecoop_wacv2025")
+    assert (paper.source.venue, paper.source.year, paper.protocol.selected_on) == ("WACV", 2025, "test")
+    coco, voc = paper.results["coco2014"], paper.results["voc2007"]
+    assert coco["positivecoop"].map == {"0.1": 79.8, "0.3": 83.0, "0.5": 83.7, "0.7": 84.0, "avg": 83.2}
+    assert voc["negativecoop"].map == {"0.1": 88.9, "0.3": 89.6, "0.5": 90.7, "0.7": 91.8, "avg": 90.8}
+    assert [coco[m].params for m in ("dualcoop", "baseline", "negativecoop", "positivecoop")] == \
+        ["1.3M", "80k", "730k", "730k"]
+    assert [voc[m].params_value for m in ("dualcoop", "baseline")] == [300_000, 20_000]
+    # the printed averages are not the mean of the printed ratios, so which ratios they cover is unknown
+    assert coco["dualcoop"].map["avg"] != pytest.approx(sum(coco["dualcoop"].map[r] for r in
+                                                            ("0.1", "0.3", "0.5", "0.7")) / 4, abs=0.05)
+    assert paper.protocol.avg_over is None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from ..errors import ReportError  # noqa: F401  (raised by write_report; callers catch it from here)
 from .plots import _img, _png, cost_plot, per_class_heatmap  # noqa: F401
+from .reproduction import compare, reproduction_section  # noqa: F401  (registers the section)
+from .search_fronts import search_front_section  # noqa: F401  (registers the section)
 from .sections import (  # noqa: F401
     SECTIONS,
     DatasetContext,

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from ..pretrain_recipe import is_alias
 from ..probes import probe_markdown  # the registry and markdown only: no torch
+from ..published import PublishedTable
 from ..world_effect import Observation, effects_html, effects_markdown, pretraining_effects
 from .plots import _img, cost_plot, per_class_heatmap
 from .tables import (
@@ -22,7 +23,7 @@ from .tables import (
     paired_differences,
     table_markdown,
 )
-from .trials import TEST_SELECTED_NOTE, Table, Trial
+from .trials import CELL_NOTE, TEST_SELECTED_NOTE, Table, Trial
 
 # ---- sections ---------------------------------------------------------------------------------------
 
@@ -37,6 +38,7 @@ class DatasetContext:
     client: MlflowClient
     reference: str  # the method paired differences compare against
     heatmap_ratio: float | None  # the per-class heatmap's label ratio; None: every ratio
+    published: list[PublishedTable] = field(default_factory=list)  # `--published`: the Reproduction section
 
 
 @dataclass
@@ -54,7 +56,8 @@ SectionFn = Callable[[DatasetContext], Section]
 
 
 def table_section(ctx: DatasetContext) -> Section:
-    note = f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
+    note = f"<p>{html.escape(CELL_NOTE)}</p>"
+    note += f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
     return Section(table_markdown(ctx.table), _html_table(ctx.table) + note, data={"tables": ctx.table})
 
 

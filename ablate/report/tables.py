@@ -12,18 +12,43 @@ import yaml
 from ..catalogue import metrics
 from ..probes import probe_columns  # the registry and markdown only: no torch
 from ..spec import SweepSpec, ignored_fields
+from ..stats import mean_interval
 from ..sweep.arms import expand, samples_per_arm
 from ..tracking.names import ARM_FIELDS, NOT_READ, arm_tags
-from .trials import RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, Cell, Table, Trial
+from .trials import CELL_NOTE, RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, TIE, Cell, Table, Trial
 
 # ---- numbers ---------------------------------------------------------------------------------------
 
-def _cell(values: list[float], test_selected: bool = False) -> Cell:
+def _cell(values: list[float], test_selected: bool = False, expected: int = 0) -> Cell:
+    """Mean, std and the 95 % t interval over seeds (the world section's statistics code)."""
     arr = np.asarray(values, dtype=float)
-    return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr), test_selected)
+    ci = mean_interval(values)
+    return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr), test_selected,
+                ci.low, ci.high, expected)
 
 
-def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Table:
+def mark_best(table: Table) -> None:
+    """Per column: bold the best mean only when its interval overlaps no other row's; otherwise the best
+    and every row it is not separated from are a tie."""
+    for col in table.columns:
+        scored = {row: c[col] for row, c in table.cells.items() if col in c}
+        if not scored:
+            continue
+        top = max(scored, key=lambda row: scored[row].mean)
+        tied = [row for row, c in scored.items() if row != top and c.interval.overlaps(scored[top].interval)]
+        if tied:
+            table.tied[col] = [top, *sorted(tied, key=lambda row: -scored[row].mean)]
+        else:
+            table.best[col] = top
+
+
+def _mark(table: Table, row: str, col: str, text: str) -> str:
+    """A cell's text with its tie mark (bold is the caller's: markdown and HTML differ)."""
+    return f"{text} {TIE}" if row in table.tied.get(col, ()) else text
+
+
+def build_table(dataset: str, trials: list[Trial], labels: dict[str, str], expected: int = 0) -> Table:
+    """`expected`: seeds the sweep asks for per cell (`expected_seeds`); cells with fewer are marked."""
     done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
     ratios = sorted({t.ratio for t in done if t.ratio is not None})
     by_row: dict[str, list[Trial]] = {}
@@ -43,20 +68,17 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str]) -> Ta
         for r in ratios:
             values = [s[r] for s in per_seed.values() if r in s]
             if values:
-                row_cells[f"{r:g}"] = _cell(values, on_test)
+                row_cells[f"{r:g}"] = _cell(values, on_test, expected)
         complete = [float(np.mean([s[r] for r in ratios])) for s in per_seed.values() if all(r in s for r in ratios)]
         if row in free and not ratios:  # only ratio-free trials in the data set: their own numbers
             complete = [t.metrics["test_map"] for t in members]
         if complete:
-            row_cells["Avg"] = _cell(complete, on_test)
+            row_cells["Avg"] = _cell(complete, on_test, expected)
         cells[row] = row_cells
         cost[row] = {m.name: float(np.mean([t.metrics.get(m.name, float("nan")) for t in members]))
                      for m in metrics(column="report")}
     table = Table(dataset, ratios, cells, cost, ratio_free_rows=free)
-    for col in table.columns:
-        scored = {row: c[col].mean for row, c in cells.items() if col in c}
-        if scored:
-            table.best[col] = max(scored, key=scored.__getitem__)
+    mark_best(table)
     return table
 
 
@@ -155,11 +177,11 @@ def table_markdown(table: Table) -> str:
         free = f" {RATIO_FREE}" if row in table.ratio_free_rows else ""
         values = []
         for col in table.columns:
-            text = cells[col].text(common) + free if col in cells else "—"
+            text = _mark(table, row, col, cells[col].text(common)) + free if col in cells else "—"
             values.append(f"**{text}**" if table.best.get(col) == row else text)
         values += [m.text(table.cost[row][m.name]) for m in costs]
         lines.append("| " + " | ".join([row + free, *values]) + " |")
-    lines += ["", table_legend(table)]
+    lines += ["", table_legend(table), "", CELL_NOTE]
     if table.ratio_free_rows:
         lines += ["", RATIO_FREE_NOTE]
     if table.test_selected:
@@ -179,8 +201,10 @@ def table_frame(table: Table) -> pd.DataFrame:
     for row, cells in table.cells.items():
         for col, cell in cells.items():
             rows.append({"dataset": table.dataset, "row": row, "column": col, "mean": cell.mean, "std": cell.std,
-                         "n": cell.n, "best": table.best.get(col) == row, "selected_on_test": cell.test_selected,
-                         "ratio_independent": row in table.ratio_free_rows, **table.cost[row]})
+                         "n": cell.n, "ci_low": cell.low, "ci_high": cell.high, "expected_n": cell.expected,
+                         "best": table.best.get(col) == row, "tied": row in table.tied.get(col, ()),
+                         "selected_on_test": cell.test_selected, "ratio_independent": row in table.ratio_free_rows,
+                         **table.cost[row]})
     return pd.DataFrame(rows)
 
 
@@ -189,19 +213,31 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
     if not spec_text:
         return []
     spec = SweepSpec(**yaml.safe_load(spec_text))
+    # a seed-averaged search runs each arm under optuna.seeds, not under the arm's own seed
+    fields = [f for f in ARM_FIELDS if not (f == "seed" and spec.optuna and spec.optuna.seeds)]
     have: dict[tuple, int] = {}
     for t in trials:  # stores written before arm tags said n/a for ignored fields read the same
         ignored = ignored_fields(t.tag("method"))
-        key = tuple(NOT_READ if f in ignored else t.tag(f) for f in ARM_FIELDS)
+        key = tuple(NOT_READ if f in ignored else t.tag(f) for f in fields)
         have[key] = have.get(key, 0) + 1
     missing = []
     for arm in expand(spec):
         tags = arm_tags(arm.config)
-        key = tuple(tags[f"ablate.{f}"] for f in ARM_FIELDS)
+        key = tuple(tags[f"ablate.{f}"] for f in fields)
         lacking = samples_per_arm(spec, arm) - have.get(key, 0)
         if lacking > 0:
             missing.append(f"{arm.slug}: {lacking} trial(s) never started")
     return missing
+
+
+def expected_seeds(spec_text: str | None, trials: list[Trial], dataset: str) -> int:
+    """Seeds per cell the sweep asks for on `dataset`: its spec's arms' seeds, with every seed a trial of it
+    ran under (a sweep without its spec: the seeds seen)."""
+    seeds = {t.tag("seed") for t in trials if t.tag("dataset") == dataset}
+    if spec_text:
+        seeds |= {str(a.config.seed) for a in expand(SweepSpec(**yaml.safe_load(spec_text)))
+                  if a.config.dataset == dataset}
+    return len(seeds)
 
 
 def diagnostics(dataset: str, trials: list[Trial], labels: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -237,7 +273,7 @@ def _html_table(table: Table) -> str:
         free = f" {RATIO_FREE}" if row in table.ratio_free_rows else ""
         tds = [f"<td>{html.escape(row + free)}</td>"]
         for col in table.columns:
-            text = html.escape(cells[col].text(common) + free) if col in cells else "—"
+            text = html.escape(_mark(table, row, col, cells[col].text(common)) + free) if col in cells else "—"
             tds.append(f'<td class="best">{text}</td>' if table.best.get(col) == row else f"<td>{text}</td>")
         tds += [f"<td>{m.text(table.cost[row][m.name])}</td>" for m in costs]
         body.append("<tr>" + "".join(tds) + "</tr>")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 
 from ..errors import ReportError
 from ..spec import ignored_fields
+from ..stats import MeanInterval
 from ..tracking import (
     ROLE_TAG,
     children_filter,
@@ -48,6 +50,11 @@ TEST_SELECTED_NOTE = (f"{TEST_SELECTED} epoch selected on the test set (the refe
 RATIO_FREE = "‡"  # marks a row whose method reads no labels: one run repeated in every ratio column
 RATIO_FREE_NOTE = (f"{RATIO_FREE} ratio-independent: the method reads no labels, so its run (per seed) is the same "
                    "number in every label-ratio column and the average.")
+TIE = "≈"  # marks a column's best mean whose 95 % interval overlaps the runner-up's (and the rows it ties with)
+CELL_NOTE = (f"Cells: test mAP, mean ± half-width of its 95 % t interval over seeds (none with one seed); \"n=k\" "
+             "where a cell has another number of seeds than the table, \"n=1 of 3\": seeds still missing. Bold: "
+             f"best, its interval clear of every other row's; {TIE}: best mean but not separated from the rows also "
+             f"marked {TIE}.")
 
 
 @dataclass
@@ -56,12 +63,21 @@ class Cell:
     std: float
     n: int
     test_selected: bool = False
+    low: float = math.nan  # 95 % t interval of the mean over seeds (nan with one seed)
+    high: float = math.nan
+    expected: int = 0  # seeds the sweep asks for (0: unknown); fewer finished marks the cell incomplete
+
+    @property
+    def interval(self) -> MeanInterval:
+        return MeanInterval(self.mean, self.low, self.high, 0.95, self.n)
 
     def text(self, common_n: int | None = None) -> str:
-        """mean ± std over seeds; the number of seeds only where it differs from the table's `common_n`."""
-        std = f" ± {self.std:.2f}" if self.n > 1 else ""
-        n = f" (n={self.n})" if self.n != common_n else ""
-        return f"{self.mean:.2f}{std}{n}" + (f" {TEST_SELECTED}" if self.test_selected else "")
+        """mean ± half the 95 % interval over seeds; the number of seeds where it differs from the table's
+        `common_n`, or where seeds the sweep asks for are missing."""
+        half = f" ± {(self.high - self.low) / 2:.2f}" if self.interval.exists else ""
+        n = f" (n={self.n} of {self.expected})" if self.n < self.expected else \
+            f" (n={self.n})" if self.n != common_n else ""
+        return f"{self.mean:.2f}{half}{n}" + (f" {TEST_SELECTED}" if self.test_selected else "")
 
 
 @dataclass
@@ -72,7 +88,8 @@ class Table:
     ratios: list[float]
     cells: dict[str, dict[str, Cell]]  # row -> column -> cell
     cost: dict[str, dict[str, float]]  # row -> the catalogue's "report" metrics (means per trial)
-    best: dict[str, str] = field(default_factory=dict)  # column -> best row
+    best: dict[str, str] = field(default_factory=dict)  # column -> best row, separated from every other
+    tied: dict[str, list[str]] = field(default_factory=dict)  # column -> rows not separated from the best mean
     ratio_free_rows: set[str] = field(default_factory=set)  # rows whose method reads no labels (zero-shot)
 
     @property

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from ..data.base import current_umask
 from ..errors import ReportError
+from ..published import PublishedTable
 from ..tracking import (
     connect,
     report_link,
@@ -26,7 +27,7 @@ from ..tracking import (
     sweep_note,
 )
 from .sections import SECTIONS, DatasetContext
-from .tables import build_table, expected_missing, table_frame
+from .tables import build_table, expected_missing, expected_seeds, table_frame
 from .trials import Trial, load_trials, row_labels
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
@@ -37,7 +38,8 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;pa
 
 
 def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
-                 reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True) -> dict:
+                 reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True,
+                 published: list[PublishedTable] | None = None) -> dict:
     """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...). The
     report is built beside it and renamed into place, so a failure leaves no partial folder behind."""
     out_dir = Path(os.path.abspath(out_dir))
@@ -45,7 +47,7 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
     client = connect(resolve_tracking_uri(tracking_uri))
     parent_run_id, trials = load_trials(client, experiment, parent_run_id)
     with _staged(out_dir) as staging:
-        result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio)
+        result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio, published)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     if log_to_mlflow:
         client.log_artifacts(parent_run_id, str(out_dir), "report")
@@ -114,7 +116,7 @@ def _replace_folder(new: Path, target: Path) -> None:
 
 
 def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: list[Trial], out_dir: Path,
-           reference: str, heatmap_ratio: float | None) -> dict:
+           reference: str, heatmap_ratio: float | None, published: list[PublishedTable] | None = None) -> dict:
     """Every output of the report, written into `out_dir`; returns its numbers."""
     spec_text = _spec_text(client, parent_run_id, out_dir)
     labels = row_labels(trials)
@@ -128,8 +130,8 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
     markdown, frames, pages = [f"# {experiment}\n"], [], []
     result: dict = {"tables": {}, "pareto": {}, "paired": {}}
     for ds in datasets:
-        table = build_table(ds, trials, labels)
-        ctx = DatasetContext(ds, trials, labels, table, client, reference, heatmap_ratio)
+        table = build_table(ds, trials, labels, expected_seeds(spec_text, trials, ds))
+        ctx = DatasetContext(ds, trials, labels, table, client, reference, heatmap_ratio, list(published or []))
         frames.append(table_frame(table))
         pages.append(f"<h2>{html.escape(ds)}</h2>")
         for make in SECTIONS:

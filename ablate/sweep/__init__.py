@@ -9,6 +9,7 @@ functions. Importing the package is light: the names below are imported from the
 - `cluster`: which Ray, what it offers, addresses and storage every node can reach
 - `preflight`: data fetched and checked, world CLIPs pre-trained, feature caches built
 - `control`: the state `--resume` re-attaches to, and SIGINT / SIGTERM
+- `search`: Optuna (seed-averaged, multi-objective, persistent studies) and ASHA on seed means (imports Ray)
 - `driver`: the Tuners, the MLflow parent run, `run_sweep`
 """
 

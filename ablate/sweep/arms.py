@@ -30,14 +30,46 @@ class Arm:
         return run_name(varying) or self.config.method
 
 
+# the grid axes that order a sweep: seed outermost, then data set; methods innermost (see `balanced`)
+OUTER, INNER, SPREAD = ("seed", "dataset"), "method", "label_ratio"
+
+
+def spread_ranks(n: int) -> list[int]:
+    """The position each of n ordered values takes when the ends come first and then the midpoints of the
+    widest gaps (0.1 … 0.9: 0.1, 0.9, 0.5, 0.3, 0.7, …), so any prefix covers the range evenly."""
+    order: list[int] = [] if n == 0 else ([0] if n == 1 else [0, n - 1])
+    gaps = [(0, n - 1)] if n > 2 else []
+    while gaps:
+        lo, hi = gaps.pop(0)
+        mid = (lo + hi) // 2
+        if lo < mid < hi:
+            order.append(mid)
+            gaps += [(lo, mid), (mid, hi)]
+    return [order.index(i) for i in range(n)]
+
+
+def balanced(keys: list[str], index: tuple[int, ...], sizes: list[int]) -> tuple[int, ...]:
+    """Sort key of a grid combination (its value index per axis): within each seed (and data set), every
+    method at one label ratio before the next ratio, ratios in spread order, so a sweep stopped part-way
+    has comparable cells (all methods, same ratio and seed) across the range."""
+    at = dict(zip(keys, index))
+    ranks = {k: spread_ranks(n) for k, n in zip(keys, sizes) if k == SPREAD}
+    outer = [at[k] for k in OUTER if k in at]
+    middle = [ranks[k][at[k]] if k in ranks else at[k] for k in keys if k not in (*OUTER, INNER)]
+    return (*outer, *middle, *([at[INNER]] if INNER in at else []))
+
+
 def expand(spec: SweepSpec) -> list[Arm]:
+    """The spec's arms in `balanced` order (merged arms keep their first combination's place)."""
     keys = list(spec.grid)
     arms: dict[str, Arm] = {}
     searched = spec.optuna or spec.asha
-    for values in itertools.product(*(spec.grid[k] for k in keys)) if keys else [()]:
-        combo = dict(zip(keys, values))
+    sizes = [len(spec.grid[k]) for k in keys]
+    combos = sorted(itertools.product(*(range(n) for n in sizes)), key=lambda i: balanced(keys, i, sizes))
+    for index in combos:
+        combo = {k: spec.grid[k][i] for k, i in zip(keys, index)}
         cfg = _absolute_paths(canonical(arm_config(spec, combo)))
-        if searched and searched.metric == "val_map" and cfg.val_fraction == 0:
+        if searched and "val_map" in _metrics(spec) and cfg.val_fraction == 0:
             raise ConfigError(f"arm {combo}: {'optuna' if spec.optuna else 'asha'}.metric val_map needs a validation "
                               "split, but val_fraction is 0; hold one out (val_fraction > 0) or drop the search")
         ignored = ignored_fields(cfg.method)
@@ -47,6 +79,10 @@ def expand(spec: SweepSpec) -> list[Arm]:
     return list(arms.values())
 
 
+def _metrics(spec: SweepSpec) -> list[str]:
+    return [m for m, _ in spec.optuna.objectives] if spec.optuna else [spec.asha.metric] if spec.asha else []
+
+
 def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
     """Trials run in other working directories: pin relative paths to the launching one."""
     root = Path(cfg.data_root).expanduser().absolute() if cfg.data_root else None
@@ -54,7 +90,8 @@ def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
 
 
 def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
-    return spec.optuna.num_samples if spec.optuna and arm.search else 1
+    """Ray trials of an arm: each Optuna sample once per seed of `optuna.seeds`."""
+    return spec.optuna.num_samples * spec.optuna.seed_count if spec.optuna and arm.search else 1
 
 
 def resolve_spec_path(path: str | Path) -> Path:

@@ -25,6 +25,7 @@ from ..tracking import (
     set_sweep_note,
     start_parent_run,
     sweep_note,
+    tag_pareto_fronts,
     trial_table,
     trials_markdown,
     ui_address,
@@ -82,10 +83,10 @@ def _tracker_callback(ctx: TrackingContext):
 
 
 def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingContext, storage: str,
-           resume: bool, workroot: Path, packs: list[list[int]] | None = None):
+           resume: bool, workroot: Path, state_dir: Path, packs: list[list[int]] | None = None):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from . import search as sample_search  # Ray-importing: Optuna (seeds, objectives, storage) and ASHA
 
     res = spec.resources
     members = arms if arm is None else [arm]
@@ -103,26 +104,23 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     search = arm.search if arm is not None else {}
     opt = spec.optuna if search else None
-    metric: str | None = None  # None: TuneConfig's defaults
-    mode: str | None = None
-    if opt is not None:
+    if opt is not None:  # metrics and modes live on the searcher and the scheduler, not in TuneConfig
         space = {k: _domain(p) for k, p in search.items()}
-        metric, mode = opt.metric, opt.mode
-        search_alg, samples = OptunaSearch(seed=opt.seed), opt.num_samples
+        search_alg = sample_search.searcher(spec, sample_search.study_storage_url(spec, state_dir),
+                                            sample_search.study_name(ctx.parent_run_id, name),
+                                            arm.slug if arm else name)
+        samples = opt.num_samples * opt.seed_count
     else:
         space = {} if arm is not None else {"pack": tune.grid_search(list(range(len(packs))))} if packs \
             else {"arm": tune.grid_search(list(range(len(arms))))}
-        if spec.asha:
-            metric, mode = spec.asha.metric, spec.asha.mode
         search_alg, samples = None, 1
-    scheduler = None
-    if spec.asha:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(max(a.config.epochs for a in members), 1),
-                                  grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor)
+    scheduler = sample_search.scheduler(spec, max(max(a.config.epochs for a in members), 1),
+                                        sample_search.rungs_path(state_dir, name),
+                                        opt.seed_count if opt else 1) if spec.asha else None
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
                                     num_samples=samples, max_concurrent_trials=spec.max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
@@ -242,8 +240,9 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
             ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
                                   state.parent_run_id)
-            tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot) for arm in arms] if spec.optuna \
-                else [_tuner(spec, None, arms, ctx, storage, resume, workroot, state.packs)]
+            tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot, state_path.parent) for arm in arms] \
+                if spec.optuna else [_tuner(spec, None, arms, ctx, storage, resume, workroot, state_path.parent,
+                                            state.packs)]
             total, errored = _fit(tuners, signals, state.packs)
         except KeyboardInterrupt:
             signals.received = signals.received or [signal.SIGINT]
@@ -251,6 +250,8 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             shutil.rmtree(work_root(storage, spec.name, state.parent_run_id), ignore_errors=True)
         if signals.received:
             raise _interrupted(client, state, signals, command)
+    if spec.optuna and spec.optuna.multi_objective:
+        tag_pareto_fronts(state.tracking_uri, state.experiment_id, state.parent_run_id, spec.optuna.objectives)
     end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
                    {"trials": total, "trials_errored": errored})
     note_finished_sweep(client, state, spec, total, errored)

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..pack import pack_id
+from ..pareto import SAMPLE_TAG
 from ..spec import TrialConfig, import_plugins
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
 
+SAMPLE_KEY = "sample"  # config key: an Optuna trial's sample (the seeds of one configuration share it; .search)
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
 TRIAL_DIR_PREFIX = "ablate-trial-"
 PACK_TAG = "ablate.pack"  # on each arm's run: the Ray trial (pack) that trained it, and its size
@@ -45,7 +47,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(list(plugins))  # the names the spec's plugins register exist in this process too
     members = list(packs[config["pack"]]) if "pack" in config else [config.get("arm", 0)]
-    sampled = {k: v for k, v in config.items() if k not in ("arm", "pack")}
+    sampled = {k: v for k, v in config.items() if k not in ("arm", "pack", SAMPLE_KEY)}
     cfgs = [TrialConfig.model_validate({**arms[i], **sampled}) for i in members]
     trial_id = tune.get_context().get_trial_id()
     packed = len(members) > 1
@@ -55,6 +57,8 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
     if packed:
         for run in runs:  # which Ray trial trained this arm, and with how many others
             run.set_tag(PACK_TAG, f"{pack_id(cfgs[0])}-{config['pack']} ({len(members)} arms)")
+    if SAMPLE_KEY in config:  # the seeds of one sampled configuration share it
+        runs[0].set_tag(SAMPLE_TAG, str(config[SAMPLE_KEY]))
     workdir = trial_workdir(Path(workroot), trial_id)
     restored = tune.get_checkpoint()
     if restored is not None:

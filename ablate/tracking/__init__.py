@@ -7,7 +7,8 @@ creating a duplicate. The driver creates the store schema, experiment and parent
 trial starts, so parallel trials never race to create them.
 
 One job a module: `store` (URI, probes, client, retries), `names` (tags, run names, params), `runs`
-(parent and trial runs), `notes` (descriptions, the trials' table, UI addresses), `view` (the prepared UI view).
+(parent and trial runs), `notes` (descriptions, the trials' table, UI addresses), `view` (the prepared UI
+view), `fronts` (Pareto tags).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # type checkers see the real names
+    from .fronts import tag_pareto_fronts  # noqa: F401
     from .names import (  # noqa: F401
         ARM_FIELDS,
         BATCH_LIMIT,
@@ -113,6 +115,7 @@ _LAZY = {
     "parent_run_name": "names",
     "run_name": "names",
     "trial_key": "names",
+    "tag_pareto_fronts": "fronts",
     "RUNNING_NOTE": "notes",
     "note_sweep_stopped": "notes",
     "report_link": "notes",
