@@ -160,15 +160,16 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>)")
     p.add_argument("--parent-run", help="sweep run id (default: the experiment's newest sweep)")
-    p.add_argument("--reference", default="dualcoop", help="method the paired differences compare against")
+    p.add_argument("--reference", help="method the paired differences compare against (default: dualcoop)")
     p.add_argument("--heatmap-ratio", type=float, help="label ratio of the per-class AP heatmap (default: middle)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .pathnames import folder_name
     from .report import write_report
 
-    out = args.out or Path("reports") / args.experiment
+    out = args.out or Path("reports") / folder_name(args.experiment)  # one folder under reports/, whatever the name
     result = write_report(args.experiment, out, args.tracking_uri, args.parent_run, args.reference,
                           args.heatmap_ratio, log_to_mlflow=not args.no_log)
     print((out / "table.md").read_text())

@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
+from .pathnames import check_component
 from .pretrain_recipe import check_pretrained
 from .probes import probe_names
 
@@ -293,6 +294,9 @@ class AshaSpec(StrictModel):
 class Resources(StrictModel):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0, description="fractions (e.g. 0.25) pack several trials on one GPU")
+    wait_s: float = Field(600.0, ge=0, description="on a joined cluster, how long to wait for a node offering "
+                          "cpu and gpu (counted again when a node joins) before the sweep is refused; a private "
+                          "Ray is refused at once")
 
 
 class DataSpec(StrictModel):
@@ -340,6 +344,12 @@ class SweepSpec(StrictModel):
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
     data: dict[str, DataSpec] = Field(default_factory=dict, description="per dataset: `fetch: true` to download "
                                       "it into its data roots first (`ablate data fetch`)")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # the Ray results, the sweep's state and its work folder are <storage_path>/<name>
+        return check_component(name)
 
     @field_validator("data")
     @classmethod

@@ -32,7 +32,7 @@ from ablate.methods import method_info
 from ablate.methods.base import Method
 from ablate.methods.two_sided import PromptSide, TwoSided
 from ablate.spec import TrialConfig
-from ablate.tracking import TrialRun, connect, resolve_tracking_uri
+from ablate.tracking import TrialRun, connect_existing, resolve_tracking_uri
 from ablate.trainer import TRAINED, load_trained
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
@@ -206,7 +206,7 @@ def _seed_siblings(client: MlflowClient, run: Run) -> list[Run]:
 def analyze_run(run_id: str, tracking_uri: str | None, out_dir: Path, n_images: int = 4, log: bool = True) -> dict:
     """`analyze_trained` on a trial run's trained.pt (and its seed siblings'); logged back to the run."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = connect(uri)
+    client = connect_existing(uri)
     try:
         run = client.get_run(run_id)
     except Exception:  # MlflowException for unknown ids, with store-specific messages

@@ -36,6 +36,7 @@ from .cluster import (
     init_ray,
     lost_with_its_node,
     reachable_from_workers,
+    require_resources,
 )
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
 from .preflight import fetch_data, prepare_data
@@ -212,6 +213,8 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             # a tracking server or database that is down or refuses the password stops here, before Ray
             probe_store(SweepState.load(state_path).tracking_uri if resume and state_path.exists()
                         else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+            res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
+            require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
             # a bad data root stops here, before anything is recorded
             fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
