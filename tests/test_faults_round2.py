@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_helpers import write_spec
 
 from ablate.cli import main
 from ablate.errors import ConfigError, DataError, ReportError, TrackingError
 from ablate.report import write_report
 from ablate.spec import TrialConfig, load_sweep_spec
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
-
-from sweep_helpers import write_spec
 
 
 def error_lines(err: str) -> list[str]:
