@@ -29,9 +29,10 @@ Int = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors, values are checked on assignment."""
+    """Base for every config: unknown keys are errors, values are checked on assignment, and no float is
+    infinite or NaN (`lr: .inf` would train on nothing but NaN)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrialConfig(StrictModel):
@@ -340,6 +341,8 @@ class SweepSpec(StrictModel):
     probe_limit: int | None = Field(200, ge=1, description="images per image-grounded probe")
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
+    max_trials: int = Field(1000, ge=1, description="a sweep of more trials is launched only with `ablate sweep "
+                            "--yes` (a grid grows as the product of its lists)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
     data: dict[str, DataSpec] = Field(default_factory=dict, description="per dataset: `fetch: true` to download "

@@ -26,6 +26,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as img:
                 x = self.transform(img.convert("RGB"))
-        except (OSError, SyntaxError) as err:  # PIL: unreadable, truncated, not an image
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # unreadable, truncated, not an image,
+            # or more pixels than PIL's limit (its message says how many and the limit)
             raise DataError(f"cannot read image {path} ({err}); replace or remove it") from None
         return x, torch.from_numpy(self.images.labels[i].astype(np.float32))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,8 +146,26 @@ def _side_kinds(method: Method) -> dict[str, str]:
     return {"positive": "hand prompt", "negative": "hand prompt"}
 
 
+def _read_trained(path: Path) -> dict:
+    """The trained.pt's content, read as tensors and plain data only; ProbeError for anything else (a file
+    that is missing, damaged, not ablate's, or a pickle carrying code, which is refused, never run)."""
+    if not path.is_file():
+        raise ProbeError(f"--trained {path}: no such file")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (code or unknown types), damaged zip, truncated file...
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ProbeError(f"--trained {path} is not a trained.pt that ablate wrote; only tensors and plain data are "
+                         f"read, never code ({type(err).__name__}: {reason})") from None
+    if not isinstance(saved, dict) or not {"config", "classnames", "state"} <= saved.keys():
+        raise ProbeError(f"--trained {path} is not a trained.pt that ablate wrote (no config, classnames and state)")
+    return saved
+
+
 def _trained(path: Path, device: str) -> tuple[TrialConfig, Backbone, Method, list[str]]:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = _read_trained(path)
     cfg, backbone, method = load_trained(path, device)
     if method.class_embeddings() is None:
         raise ProbeError(f"{path}: {cfg.method} has no class embeddings to analyse (it is vision-only)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
 
 def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
     return spec.optuna.num_samples if spec.optuna and arm.search else 1
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Trials the spec asks for at most (the grid's product times Optuna's samples), without expanding it:
+    arms that differ only in fields their method ignores are one, so the real count can be smaller."""
+    return math.prod(len(v) for v in spec.grid.values()) * (spec.optuna.num_samples if spec.optuna else 1)
 
 
 def describe(spec: SweepSpec) -> dict:
