@@ -3,8 +3,17 @@ no silent wrong result, and one `error:` line (exit 2, 130 for an interrupt) ins
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pickle
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +259,285 @@ def test_world_checkpoint_is_verified_and_rebuilt(tmp_path, capsys):
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)  # other weights
     ensure_world_checkpoint("world-negation", **kwargs)
     assert path.read_bytes() == good  # pre-training is deterministic: rebuilt to the same bytes
+
+
+# ---- the trial CLI: a tiny set-up --------------------------------------------------------------------------
+
+TINY = dict(dataset="synthetic", synthetic_images=40, backbone="ablate-tiny-vit", pretrained="none", n_ctx=4,
+            epochs=1, warmup_epochs=0, batch_size=16, num_workers=0, augment=False, device="cpu")
+
+
+def config_file(folder: Path, **fields) -> Path:
+    path = folder / "trial.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **{k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}}))
+    return path
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """The CLI in its own process (a fault that kills a process must not take pytest with it)."""
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600, **kw)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, *options: str):
+    """A small tmpfs mounted at `folder` (root only), unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = ",".join([f"size={size}", *options])
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+# ---- 8. a full disk while building the feature cache --------------------------------------------------------
+
+def test_full_disk_while_building_the_feature_cache_is_one_line(tmp_path, cache_dir):
+    with tmpfs(tmp_path / "small", "64k") as small:
+        config = config_file(tmp_path, cache_dir=cache_dir, features="cached", feature_cache_dir=small, lr=1e-3)
+        done = cli("train", "--config", str(config), "--out", str(tmp_path / "out"), "--quiet")
+        assert_one_error(done.returncode, done.stderr, "MiB free")
+        assert str(small) in done.stderr and "feature_cache_dir" in done.stderr
+
+
+def test_a_disk_that_cannot_supply_the_blocks_is_one_line(tmp_path, cache_dir):
+    """Free space that vanishes between the check and the write (another writer): posix_fallocate says so."""
+    with tmpfs(tmp_path / "small", "64k") as small:
+        config = config_file(tmp_path, cache_dir=cache_dir, features="cached", feature_cache_dir=small)
+        code = ("import shutil, sys; from ablate.cli import main; "
+                "shutil.disk_usage = lambda _: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40); "
+                f"sys.exit(main(['train', '--config', {str(config)!r}, '--out', {str(tmp_path / 'out')!r}, "
+                "'--quiet']))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert_one_error(done.returncode, done.stderr, "cannot reserve")
+
+
+# ---- 9. malformed COCO annotations name the file and the entry ----------------------------------------------
+
+@pytest.mark.parametrize("train, says", [
+    ({"categories": [{"id": 1}]}, "categories[0] (id 1) needs 'name'"),
+    ({"images": [{"id": 1}]}, "images[0] (id 1) needs 'file_name'"),
+    ({"images": [{"id": 1, "file_name": None}]}, "images[0] (id 1) needs 'file_name' (str), got None"),
+    ({"annotations": [{"id": 5, "image_id": "1", "category_id": 1}]}, "annotations[0] (id 5) needs 'image_id'"),
+    ({"images": {"id": 1}}, "'images' must be a list"),
+    ("caf\xe9".encode("latin-1"), "cannot read"),
+])
+def test_malformed_coco_annotations_are_one_line(train, says, tmp_path, cache_dir, capsys):
+    root = coco_root(tmp_path, train)
+    config = config_file(tmp_path, cache_dir=cache_dir, dataset="coco2014", data_root=root)
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert_one_error(code, err, says)
+    assert "instances_train2014.json" in err
+
+
+# ---- 10. decompression bombs ---------------------------------------------------------------------------------
+
+def test_decompression_bomb_names_the_image_and_the_limit(tmp_path, cache_dir, capsys, monkeypatch):
+    from PIL import Image
+
+    from ablate.data.check import decode_error
+
+    root = tmp_path / "synthetic"
+    config = config_file(tmp_path, cache_dir=cache_dir, data_root=root)
+    from ablate.data import check_root
+
+    check_root(TrialConfig(**{**TINY, "cache_dir": cache_dir, "data_root": root}))  # generate it
+    image = sorted((root / "train2014").iterdir())[0]
+    with Image.open(image) as img:
+        pixels = img.width * img.height
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels // 3)  # every image is now more than twice the limit
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert_one_error(code, err, f"exceeds limit of {2 * (pixels // 3)} pixels")
+    assert f"cannot read image {root}/" in err
+    assert f"exceeds limit of {2 * (pixels // 3)} pixels" in decode_error(image)  # `data check --deep`'s reason
+
+
+# ---- 11. ablate data fetch ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory) -> Path:
+    from data_helpers import build_voc
+
+    folder = tmp_path_factory.mktemp("archives")
+    build_voc(folder)
+    return folder
+
+
+@pytest.fixture()
+def voc(archives, monkeypatch):
+    """`ablate data fetch voc2007` reads the small archives' manifest; a server on 127.0.0.1 serves them."""
+    from data_helpers import ArchiveServer, voc_manifest
+
+    monkeypatch.setattr("ablate.data.commands.manifest_for", lambda _: voc_manifest(archives))
+    with ArchiveServer(archives) as server:
+        yield server
+
+
+def fetch(root: Path, mirror: str) -> int:
+    return main(["data", "fetch", "voc2007", "--root", str(root), "--mirror", mirror, "--quiet"])
+
+
+@pytest.mark.parametrize("mirror", ["htp://127.0.0.1:9/x", "127.0.0.1:8000", "localhost:8000/data"])
+def test_fetch_mirror_without_an_http_scheme_is_one_line(mirror, tmp_path, capsys):
+    assert_one_error(fetch(tmp_path / "voc", mirror), capsys.readouterr().err, "is not an http:// or https://")
+
+
+def test_fetch_masks_the_password_of_the_mirror(tmp_path, capsys):
+    from data_helpers import ArchiveServer
+
+    (tmp_path / "empty").mkdir()
+    with ArchiveServer(tmp_path / "empty") as server:  # answers 404 for every archive
+        mirror = server.url.replace("http://", "http://alice:s3cret@")
+        code = main(["data", "fetch", "voc2007", "--root", str(tmp_path / "voc"), "--mirror", mirror, "--quiet"])
+    err = capsys.readouterr().err
+    assert_one_error(code, err, "alice:***@")
+    assert "s3cret" not in err
+
+
+@pytest.mark.parametrize("marker", ["{", '{"dataset": "voc2007"}', '{"files": 3}', ""])
+def test_fetch_reads_a_damaged_marker_as_absent(marker, voc, tmp_path, capsys):
+    from ablate.data.fetch import MARKER
+
+    root = tmp_path / "voc"
+    assert fetch(root, voc.url) == 0
+    (root / MARKER).write_text(marker)
+    seen = len(voc.requests)
+    assert fetch(root, voc.url) == 0 and "already complete" in capsys.readouterr().out
+    assert len(voc.requests) == seen and json.loads((root / MARKER).read_text())["files"]  # checked, rewritten
+
+
+def test_fetch_into_a_read_only_root_is_one_line(voc, tmp_path, capsys):
+    with tmpfs(tmp_path / "ro", "1m", "ro") as root:
+        assert_one_error(fetch(root, voc.url), capsys.readouterr().err, "cannot be written")
+
+
+def test_fetch_restarts_a_stale_part_larger_than_the_archive(voc, archives, tmp_path, capsys):
+    from ablate.data.fetch import STAGING
+
+    root = tmp_path / "voc"
+    name = "VOCtrainval_06-Nov-2007.tar"
+    (root / STAGING).mkdir(parents=True)
+    (root / STAGING / f"{name}.part").write_bytes(b"\0" * ((archives / name).stat().st_size + 1000))
+    assert fetch(root, voc.url) == 0, capsys.readouterr().err
+    assert voc.sent[name] == (archives / name).stat().st_size  # the whole file, once
+
+
+def test_fetch_interrupted_says_the_rerun_resumes(archives, tmp_path):
+    from data_helpers import ArchiveServer
+
+    root = tmp_path / "voc"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from data_helpers import "
+            "voc_manifest; import ablate.data.commands as c; "
+            "c.manifest_for = lambda _: voc_manifest(Path(sys.argv[2])); "
+            "from ablate.cli import main; sys.exit(main(['data', 'fetch', 'voc2007', '--root', sys.argv[3], "
+            "'--mirror', sys.argv[4], '--quiet']))")
+    with ArchiveServer(archives) as server:
+        server.gate = threading.Event()  # every GET waits: the fetch is mid-download when interrupted
+        proc = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(archives), str(root),
+                                 server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not server.gets("VOCtrainval_06-Nov-2007.tar") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        server.gate.set()
+    assert_one_error(proc.returncode, err, "the same command resumes", exit_code=130)
+
+
+# ---- 12. Ctrl-C on ablate train --------------------------------------------------------------------------------
+
+def test_train_interrupted_names_the_epoch_and_resumes(tmp_path, cache_dir):
+    out = tmp_path / "out"
+    config = config_file(tmp_path, cache_dir=cache_dir, epochs=500)
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "train", "--config", str(config), "--out", str(out),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert_one_error(proc.returncode, err, "the same command resumes", exit_code=130)
+    assert re.search(r"interrupted at epoch \d+ of 500", err), err
+
+
+# ---- 14. the experiment or the parent run deleted while a sweep runs ---------------------------------------------
+
+@pytest.mark.parametrize("deleted", ["experiment", "run"])
+def test_sweep_end_after_its_experiment_or_run_was_deleted(deleted, tmp_path):
+    from ablate.tracking import end_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: gone\n")
+    client = connect(uri)
+    exp = ensure_experiment(client, "gone")
+    parent = start_parent_run(client, exp, "gone", spec, spec.read_text())
+    client.delete_experiment(exp) if deleted == "experiment" else client.delete_run(parent)
+    with pytest.raises(TrackingError, match=f"{deleted}.* deleted in MLflow while the sweep ran.*kept"):
+        end_parent_run(client, parent, "FINISHED", {"trials": 2, "trials_errored": 0})
+
+
+# ---- 15. analyze --trained with a pickle that carries code ------------------------------------------------------
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_analyze_refuses_a_code_pickle_in_one_line(tmp_path, capsys):
+    evil = tmp_path / "trained.pt"
+    evil.write_bytes(pickle.dumps(_Payload(tmp_path / "pwned")))
+    code = main(["analyze", "--trained", str(evil), "--out", str(tmp_path / "out"), "--no-log"])
+    err = capsys.readouterr().err
+    assert_one_error(code, err, "only tensors and plain data are read")
+    assert not (tmp_path / "pwned").exists() and err.count("\n") == 1, err
+
+
+# ---- 16. inf / NaN floats; a huge grid needs --yes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [("lr", ".inf"), ("temperature", ".inf"), ("lr", ".nan"),
+                                          ("label_ratio", "-.inf")])
+def test_infinite_floats_are_refused(field, value, tmp_path, capsys):
+    path = tmp_path / "trial.yaml"
+    path.write_text(f"{field}: {value}\n")
+    code = main(["train", "--config", str(path), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert code == 2 and f"  {field}: " in capsys.readouterr().err
+
+
+def test_a_huge_grid_needs_yes(tmp_path, cache_dir, capsys):
+    spec = write_spec(tmp_path, cache_dir, grid={"seed": list(range(1000)), "lr": [1e-3 * (i + 1) for i in range(100)]})
+    code = main(["sweep", "--spec", str(spec)])
+    assert_one_error(code, capsys.readouterr().err, "up to 100,000 trials (lr 100 x seed 1000), above max_trials "
+                                                    "1,000; pass --yes")
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+    small = write_spec(tmp_path, cache_dir, grid={"seed": [0, 1, 2]}, max_trials=2)
+    assert_one_error(main(["sweep", "--spec", str(small)]), capsys.readouterr().err, "up to 3 trials")
+
+
+# ---- the top-level guard ---------------------------------------------------------------------------------------------
+
+def test_an_unexpected_error_is_one_line_naming_the_command(experiment, tmp_path, capsys):
+    from ablate.report import SECTIONS, register_section
+
+    def broken(ctx):
+        raise RuntimeError("a bug in a section")
+    register_section(broken)
+    try:
+        code = report(experiment, tmp_path / "out")
+        err = capsys.readouterr().err
+        assert_one_error(code, err, "ablate report failed unexpectedly (RuntimeError: a bug in a section); rerun "
+                                    "with --debug for the traceback", exit_code=1)
+        with pytest.raises(RuntimeError, match="a bug in a section"):
+            main(["--debug", "report", "--experiment", "rep", "--tracking-uri", experiment, "--out",
+                  str(tmp_path / "out"), "--no-log"])
+    finally:
+        SECTIONS.remove(broken)
