@@ -59,7 +59,8 @@ def read_instances(ann: Path, dataset: str) -> COCO:
         with ann.open(encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
-        raise DataError(f"{dataset}: cannot read {ann} as UTF-8 JSON ({err}); expected layout: {LAYOUT}") from None
+        raise DataError(f"{dataset}: cannot read {ann} as JSON ({err}; UTF-8 expected); expected layout: "
+                        f"{LAYOUT}") from None
     if not isinstance(data, dict) or not {"images", "categories", "annotations"} <= data.keys():
         missing = sorted({"images", "categories", "annotations"} - (data.keys() if isinstance(data, dict) else set()))
         raise DataError(f"{dataset}: {ann} needs top-level 'images', 'categories' and 'annotations' lists (COCO "

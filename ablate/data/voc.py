@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ..pathnames import component_problem
 from .base import DataError, LabelledImages, check_images_exist, required_root
 from .classnames import VOC2007
 from .registry import VOC_LAYOUT as LAYOUT
@@ -87,6 +88,9 @@ def load_voc(root: Path, split: Literal["train", "test"], difficult: Difficult =
         raise DataError(f"voc2007: cannot read {listing} as UTF-8 text ({err})") from None
     if not ids:
         raise DataError(f"voc2007: {base}/ImageSets/Main/{_LIST[split]}.txt lists no images")
+    for i in ids:  # each names files in Annotations/ and JPEGImages/
+        if (problem := component_problem(i)) is not None:
+            raise DataError(f"voc2007: {listing} lists image id {i!r}, which {problem}")
     labels = np.stack([_label_row(read_objects(base / "Annotations" / f"{i}.xml"), difficult) for i in ids])
     if not labels.any():
         raise DataError(f"voc2007: the {len(ids)} annotations of {listing} have no positive label at all")
