@@ -33,7 +33,6 @@ from .cluster import (
     _ray_is_up,
     _shutdown_ray,
     check_storage_on_nodes,
-    init_ray,
     lost_with_its_node,
     reachable_from_workers,
     require_resources,
@@ -213,12 +212,11 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             # a tracking server or database that is down or refuses the password stops here, before Ray
             probe_store(SweepState.load(state_path).tracking_uri if resume and state_path.exists()
                         else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
-            res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
-            require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
             # a bad data root stops here, before anything is recorded
             fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
-            init_ray(ray_address)
+            res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
+            require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
             check_storage_on_nodes(storage, spec.name)
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
         except BaseException as err:
