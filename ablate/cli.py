@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .data.world import WorldConfig
-from .errors import AblateError, ConfigError, worker_message
+from .errors import AblateError, ConfigError, Interrupted, worker_message
 from .pretrain_recipe import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table, ui_hint
@@ -100,10 +100,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from .trainer import run_trial
 
-    result = run_trial(cfg, args.out, progress=not args.quiet)
+    try:
+        result = run_trial(cfg, args.out, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at epoch {_epoch_running(args.out)} of {cfg.epochs}; the epochs before it "
+                          f"are kept in {args.out}: the same command resumes") from None
     print(json.dumps(result.summary(), indent=2))
     print(f"wrote {args.out / 'metrics.json'}", file=sys.stderr)
     return 0
+
+
+def _epoch_running(out: Path) -> int:
+    """The epoch a trial writing its checkpoints into `out` was in: the one after its last checkpoint."""
+    import torch
+
+    from .trainer import CHECKPOINT
+
+    try:
+        return int(torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)["epoch"]) + 2
+    except Exception:  # no checkpoint yet (the first epoch), or one from before this run
+        return 1
 
 
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,6 +135,7 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", help="`local` (start a private Ray), `auto` (join the cluster running here) "
                                          "or host:port (default: RAY_ADDRESS, else local)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded trial list and its size only")
+    p.add_argument("--yes", action="store_true", help="launch a sweep of more trials than the spec's max_trials")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -143,6 +160,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(describe(load_sweep_spec(resolve_spec_path(args.spec))), indent=2))
         return 0
+    if not args.resume and not args.yes:
+        check_sweep_size(load_sweep_spec(resolve_spec_path(args.spec)))
     try:
         summary = run_sweep(args.spec, resume=args.resume, tracking_uri=args.tracking_uri,
                             storage_path=args.storage_path, ray_address=args.ray_address)
@@ -155,6 +174,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if summary["errored"] == 0 else 1
 
 
+def check_sweep_size(spec) -> None:
+    """ConfigError, before anything starts, for a grid above the spec's max_trials: say the count."""
+    from .sweep.arms import grid_size
+
+    size = grid_size(spec)
+    if size > spec.max_trials:
+        lists = " x ".join(f"{k} {len(v)}" for k, v in spec.grid.items())
+        raise ConfigError(f"sweep '{spec.name}' asks for up to {size:,} trials ({lists}"
+                          f"{f' x {spec.optuna.num_samples} Optuna samples' if spec.optuna else ''}), above max_trials "
+                          f"{spec.max_trials:,}; pass --yes to launch it, or raise max_trials in the spec "
+                          "(`--dry-run` lists the trials)")
+
+
 def _report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables, cost-vs-mAP plots and report.html from an MLflow experiment",
                        description="Read a sweep's trial runs from MLflow and write table.md/csv, PNG plots and "
@@ -163,7 +195,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--out", type=Path, help="output folder (default: reports/<experiment>)")
     p.add_argument("--parent-run", help="sweep run id (default: the experiment's newest sweep)")
-    p.add_argument("--reference", default="dualcoop", help="method the paired differences compare against")
+    p.add_argument("--reference", help="method the paired differences compare against (default: dualcoop)")
     p.add_argument("--heatmap-ratio", type=float,
                    help="label ratio of the per-class AP heatmap (default: one panel per ratio)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
@@ -173,11 +205,12 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .pathnames import folder_name
     from .published import load_published
     from .report import write_report
 
     published = [load_published(p) for p in args.published]  # a bad file stops here, before anything is read
-    out = args.out or Path("reports") / args.experiment
+    out = args.out or Path("reports") / folder_name(args.experiment)  # one folder under reports/, whatever the name
     result = write_report(args.experiment, out, args.tracking_uri, args.parent_run, args.reference,
                           args.heatmap_ratio, log_to_mlflow=not args.no_log, published=published)
     print((out / "table.md").read_text())
@@ -310,7 +343,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {worker_message(err)}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"error: ablate {_command(args)} interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, or a fault nothing foresaw: still one line (the traceback with --debug)
+        if args.debug:
+            raise
+        what = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        print(f"error: ablate {_command(args)} failed unexpectedly ({what}); rerun with --debug for the traceback",
+              file=sys.stderr)
+        return 1
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command's words, e.g. `data fetch`."""
+    sub = [getattr(args, k) for k in vars(args) if k.endswith("_command") and isinstance(getattr(args, k), str)]
+    return " ".join([args.command, *sub])
 
 
 if __name__ == "__main__":

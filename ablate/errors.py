@@ -38,6 +38,12 @@ class TrialDiverged(AblateError, FloatingPointError):
     to change."""
 
 
+class Interrupted(AblateError):
+    """Ctrl-C (or SIGTERM) stopped a command; the message says what was kept and how to go on. Exit 130."""
+
+    exit_code = 130
+
+
 def worker_message(err: BaseException) -> str:
     """The error's own message: a DataLoader worker re-raises it with the worker's whole traceback as its
     text, ending in `module.Type: message`, which is all a user needs."""

@@ -203,6 +203,7 @@ def _pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool) 
         "alias": alias_of(cfg),
         "world": {"root": str(Path(world_root).absolute()), "hash": world_hash(world_root)},
         "checkpoint": out.name,
+        "sha256": file_sha256(out),  # verified on every use: a truncated or replaced file is rebuilt
         "pretrain_images": len(images),
         "loss_curve": losses,
         "val_zero_shot_map": val_maps,
@@ -242,9 +243,29 @@ def ensure_world_checkpoint(
     cfg = parse_alias(name, model, base)
     root = Path(world_root) if world_root else build_world(default_world_root(cache_dir, world), world, progress)
     path = checkpoint_path(cache_dir, root, cfg)
-    if manifest_path(path).is_file():  # written last, so a present manifest means a complete checkpoint
+    if checkpoint_matches(path):  # the manifest is written last: one whose checksum matches means complete
         return path
     with file_lock(path.with_suffix(".lock")):
-        if not manifest_path(path).is_file():
+        if not checkpoint_matches(path):
+            if manifest_path(path).is_file():
+                print(f"world checkpoint {path} does not match its manifest (truncated, replaced or from an older "
+                      "version); pre-training it again", file=sys.stderr)
             pretrain(root, path, cfg, progress)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_matches(path: Path) -> bool:
+    """The checkpoint and its manifest exist and the file's checksum is the manifest's."""
+    try:
+        expected = json.loads(manifest_path(path).read_text()).get("sha256")
+        return isinstance(expected, str) and path.is_file() and file_sha256(path) == expected
+    except (OSError, ValueError, AttributeError):  # missing or damaged manifest
+        return False

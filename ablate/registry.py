@@ -26,6 +26,8 @@ class Registry(Generic[T]):
     def register(self, name: str, item: T, *, replace: bool = False) -> T:
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{self.kind} name {name!r}: use letters, digits, '-' and '_'")
+        if len(name) > 64:  # it becomes part of file names (runs, caches, report files)
+            raise ConfigError(f"{self.kind} name {name[:20]!r}...: at most 64 characters")
         if name in self._items and not replace:
             raise ConfigError(f"{self.kind} '{name}' is already registered (pass replace=True to override it)")
         self._items[name] = item

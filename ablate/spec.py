@@ -22,6 +22,7 @@ from .catalogue import searchable
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
+from .pathnames import check_component
 from .pretrain_recipe import check_pretrained
 from .probes import probe_names
 
@@ -38,9 +39,10 @@ Int = Annotated[int, BeforeValidator(_not_bool)]
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors, values are checked on assignment."""
+    """Base for every config: unknown keys are errors, values are checked on assignment, and no float is
+    infinite or NaN (`lr: .inf` would train on nothing but NaN)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrialConfig(StrictModel):
@@ -346,6 +348,9 @@ class AshaSpec(StrictModel):
 class Resources(StrictModel):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0, description="fractions (e.g. 0.25) pack several trials on one GPU")
+    wait_s: float = Field(600.0, ge=0, description="on a joined cluster, how long to wait for a node offering "
+                          "cpu and gpu (counted again when a node joins) before the sweep is refused; a private "
+                          "Ray is refused at once")
 
 
 class DataSpec(StrictModel):
@@ -396,10 +401,18 @@ class SweepSpec(StrictModel):
         32, ge=1, description="most arms in one pack: a pack's step saves the shared pass K-1 times, so beyond "
         "a few dozen arms it saves little more, while a retry reruns every arm of the pack")
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
+    max_trials: int = Field(1000, ge=1, description="a sweep of more trials is launched only with `ablate sweep "
+                            "--yes` (a grid grows as the product of its lists)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
     data: dict[str, DataSpec] = Field(default_factory=dict, description="per dataset: `fetch: true` to download "
                                       "it into its data roots first (`ablate data fetch`)")
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # the Ray results, the sweep's state and its work folder are <storage_path>/<name>
+        return check_component(name)
 
     @field_validator("data")
     @classmethod

@@ -306,7 +306,7 @@ def test_report_refuses_a_folder_of_other_files(one_trial_experiment, tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "todo.txt").write_text("keep me")
-    with pytest.raises(ReportError, match="not a report"):
+    with pytest.raises(ReportError, match="no earlier report wrote"):
         report_module.write_report("rep", out, one_trial_experiment, log_to_mlflow=False)
     assert (out / "todo.txt").read_text() == "keep me"
 

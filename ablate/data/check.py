@@ -260,7 +260,8 @@ def decode_error(path: Path) -> str | None:
     try:
         with Image.open(path) as img:
             img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL: unreadable, truncated, not an image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL: unreadable, truncated,
+        # not an image, or more pixels than its limit (the message says how many and the limit)
         return str(err) or type(err).__name__
     return None
 

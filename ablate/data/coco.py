@@ -56,12 +56,16 @@ def check_coco_root(root: Path, dataset: str = "coco2014") -> None:
 
 def read_instances(ann: Path, dataset: str) -> COCO:
     try:
-        with ann.open() as f:
+        with ann.open(encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{dataset}: cannot read {ann} as JSON ({err}); expected layout: {LAYOUT}") from None
-    if not isinstance(data, dict) or not {"images", "categories"} <= data.keys():
-        raise DataError(f"{dataset}: {ann} needs top-level 'images' and 'categories' lists (COCO instances format)")
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        raise DataError(f"{dataset}: cannot read {ann} as JSON ({err}; UTF-8 expected); expected layout: "
+                        f"{LAYOUT}") from None
+    if not isinstance(data, dict) or not {"images", "categories", "annotations"} <= data.keys():
+        missing = sorted({"images", "categories", "annotations"} - (data.keys() if isinstance(data, dict) else set()))
+        raise DataError(f"{dataset}: {ann} needs top-level 'images', 'categories' and 'annotations' lists (COCO "
+                        f"instances format); missing: {', '.join(missing) or 'a mapping at the top'}")
+    _check_entries(data, ann, dataset)
     coco = COCO()
     coco.dataset = data
     try:
@@ -70,6 +74,29 @@ def read_instances(ann: Path, dataset: str) -> COCO:
     except (KeyError, TypeError) as err:
         raise DataError(f"{dataset}: {ann} is not in COCO instances format (bad entry: {err!r})") from None
     return coco
+
+
+# what each entry of the three lists must hold, and of which type (bool is not an id)
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "images": {"id": int, "file_name": str},
+    "categories": {"id": int, "name": str},
+    "annotations": {"image_id": int, "category_id": int},
+}
+
+
+def _check_entries(data: dict, ann: Path, dataset: str) -> None:
+    """DataError naming the file, the list and the entry that lacks a field or has one of another type."""
+    for key, fields in _FIELDS.items():
+        entries = data[key]
+        if not isinstance(entries, list):
+            raise DataError(f"{dataset}: {ann}: '{key}' must be a list, not {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            for name, kind in fields.items():
+                value = entry.get(name) if isinstance(entry, dict) else None
+                if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+                    ident = f" (id {entry.get('id')!r})" if isinstance(entry, dict) and "id" in entry else ""
+                    raise DataError(f"{dataset}: {ann}: {key}[{i}]{ident} needs '{name}' "
+                                    f"({kind.__name__ if isinstance(kind, type) else kind}), got {value!r}")
 
 
 def load_coco(
@@ -101,6 +128,9 @@ def load_coco(
             )
         labels[row[a["image_id"]], col[a["category_id"]]] = 1
 
+    if not labels.any():  # nothing to learn or to score: every AP would be undefined
+        raise DataError(f"{dataset or 'coco'}: {ann} has no positive label at all ({len(coco.anns)} annotations "
+                        f"for {len(img_ids)} images); is this the right annotation file?")
     # asarray: numpy types a reduction over one axis as possibly a scalar
     keep = np.asarray(labels.any(axis=1)) if drop_empty else np.ones(len(img_ids), dtype=bool)
     paths = [image_dir / coco.imgs[i]["file_name"] for i, k in zip(img_ids, keep) if k]

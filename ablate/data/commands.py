@@ -45,12 +45,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _fetch(manifest: DatasetManifest, args: argparse.Namespace) -> int:
+    from ..errors import Interrupted
     from .fetch import fetch_dataset
     from .progress import ProgressBars
 
     bars = ProgressBars(enabled=not args.quiet)
     try:
         result = fetch_dataset(manifest, args.root, args.mirror, progress=bars)
+    except KeyboardInterrupt:
+        raise Interrupted(f"fetch of {manifest.dataset} interrupted; what was downloaded is kept: the same command "
+                          "resumes from there") from None
     finally:
         bars.close()
     print(result.line())

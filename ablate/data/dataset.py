@@ -32,5 +32,6 @@ def read_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> 
     try:
         with Image.open(path) as img:
             return transform(img.convert("RGB"))
-    except (OSError, SyntaxError) as err:  # PIL: unreadable, truncated, not an image
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # unreadable, truncated, not an image,
+        # or more pixels than PIL's limit (its message says how many and the limit)
         raise DataError(f"cannot read image {path} ({err}); replace or remove it") from None

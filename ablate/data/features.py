@@ -21,6 +21,7 @@ under the lock, and whoever waited on the lock re-checks instead of building aga
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..backbone import Backbone, BackboneInfo
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..methods import method_info
 from ..runtime import backbone_from_config
 from ..spec import TrialConfig
@@ -223,6 +224,7 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
         if data is None:
             manifest["shape"] = [len(cache), *rows.shape[1:]]
             _write_manifest(cache, manifest)  # incomplete: says what is being written
+            _allocate(cache, int(np.prod(manifest["shape"])) * np.dtype(cache.dtype).itemsize, what)
             data = np.memmap(cache.data_path, dtype=cache.dtype, mode="w+", shape=tuple(manifest["shape"]))
         data[row:row + len(rows)] = rows
         digest.update(rows.tobytes())  # rows are written in order, so this is the file's checksum
@@ -235,6 +237,27 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
         os.fsync(fh.fileno())  # the data is on disk before the manifest says complete
     manifest.update(sha256=digest.hexdigest(), complete=True, seconds=round(time.perf_counter() - t0, 3))
     _write_manifest(cache, manifest)
+
+
+def _allocate(cache: FeatureCache, size: int, what: str) -> None:
+    """The data file with all its blocks reserved: writing a memmap into a file whose blocks the disk
+    cannot supply kills the process with SIGBUS, so a full disk must show here, as a DataError."""
+    free = shutil.disk_usage(cache.dir).free
+    advice = "free some space, or point feature_cache_dir at a larger disk (or use features: online)"
+    if free < size:
+        shutil.rmtree(cache.dir, ignore_errors=True)
+        raise DataError(f"{what}: needs {size / 2**20:,.1f} MiB in {cache.dir.parent}, only {free / 2**20:,.1f} MiB "
+                        f"free; {advice}")
+    fd = os.open(cache.data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: checked above
+            shutil.rmtree(cache.dir, ignore_errors=True)
+            raise DataError(f"{what}: cannot reserve {size / 2**20:,.1f} MiB in {cache.dir.parent} "
+                            f"({err.strerror}); {advice}") from None
+    finally:
+        os.close(fd)
 
 
 def trial_caches(cfg: TrialConfig, backbone: Backbone, splits: dict[str, LabelledImages]) -> dict[str, FeatureCache]:

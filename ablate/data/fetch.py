@@ -18,6 +18,7 @@ import os
 import shutil
 import tarfile
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,18 +69,51 @@ def fetch_dataset(manifest: DatasetManifest, root: Path | None = None, mirror: s
     if root is None and manifest.default_root is None:
         raise DataError(f"{manifest.dataset}: no default root; pass --root DIR")
     root = Path(root or manifest.default_root or "").expanduser().absolute()
+    mirror = mirror or os.environ.get(MIRROR_ENV) or None
+    if mirror is not None:
+        check_mirror(mirror)
     started = time.monotonic()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create data root {root} ({err.strerror}); choose another --root") from None
-    with file_lock(root / LOCK, waiting=f"{manifest.dataset}: another fetch into {root} is running; waiting"):
-        files = _already_complete(manifest, root)
-        if files is not None:
-            return FetchResult(manifest.dataset, root, True, files=files, seconds=time.monotonic() - started)
-        result = _fetch(manifest, root, mirror or os.environ.get(MIRROR_ENV) or None, progress, retries, retry_wait)
+    if not os.access(root, os.W_OK | os.X_OK):  # e.g. a read-only mount: complete (by its marker) or refused
+        files = _counts_as_fetched(manifest, root)
+        if files is None:
+            raise DataError(f"data root {root} cannot be written (read-only file system or no permission) and is "
+                            f"not a complete fetched {manifest.dataset}; choose another --root")
+        return FetchResult(manifest.dataset, root, True, files=files, seconds=time.monotonic() - started)
+    try:
+        with file_lock(root / LOCK, waiting=f"{manifest.dataset}: another fetch into {root} is running; waiting"):
+            files = _already_complete(manifest, root)
+            if files is not None:
+                return FetchResult(manifest.dataset, root, True, files=files, seconds=time.monotonic() - started)
+            result = _fetch(manifest, root, mirror, progress, retries, retry_wait)
+    except DataError as err:  # requests' messages repeat the URL, with its password
+        raise DataError(mask_password(str(err), mirror)) from None
+    except requests.RequestException as err:  # an address requests cannot use, too many redirects...
+        raise DataError(f"fetching {manifest.dataset} failed: {mask_password(str(err), mirror)}; check the "
+                        f"address (--mirror or ${MIRROR_ENV})") from None
+    except OSError as err:  # the disk filled up, or the root became read-only, mid-fetch
+        raise DataError(f"fetching {manifest.dataset} into {root} failed: {err.strerror or err} "
+                        f"({mask_password(str(err.filename or ''), mirror)}); fix that and run the same command "
+                        "again: it resumes") from None
     result.seconds = time.monotonic() - started
     return result
+
+
+def check_mirror(mirror: str) -> None:
+    """DataError unless `mirror` is an http(s) URL with a host (`htp://`, `host:port` are not)."""
+    parts = urllib.parse.urlsplit(mirror)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DataError(f"--mirror / ${MIRROR_ENV} {mask_password(mirror, mirror)!r} is not an http:// or "
+                        "https:// address with a host; write it as http://host:port/path")
+
+
+def mask_password(text: str, url: str | None) -> str:
+    """`text` with the password of `url` (user:password@host) shown as ***."""
+    password = urllib.parse.urlsplit(url).password if url else None
+    return text.replace(f":{password}@", ":***@") if password else text
 
 
 def _fetch(manifest: DatasetManifest, root: Path, mirror: str | None, progress: Progress | None, retries: int,
@@ -137,16 +171,9 @@ def _already_complete(manifest: DatasetManifest, root: Path) -> int | None:
     for anything in between, which is never overwritten."""
     marker = root / MARKER
     present = [e for e in manifest.entries if (root / e).exists()]
-    if marker.is_file() and present:
-        expected = json.loads(marker.read_text())["files"]
-        counts = _tree_counts(root, manifest.entries)
-        changed = [f"{folder}/ has {counts.get(folder, 0):,} files, {n:,} when fetched"
-                   for folder, n in expected.items() if counts.get(folder, 0) != n]
-        if changed:
-            raise DataError(f"{manifest.dataset} at {root} changed since it was fetched: {'; '.join(changed[:3])}; "
-                            f"`ablate data check {manifest.dataset} --root {root}` names the files; restore "
-                            f"them, or delete {', '.join(present)} and {MARKER} and fetch again")
-        return sum(counts.values())
+    files = _counts_as_fetched(manifest, root)
+    if files is not None:
+        return files
     if not present:
         return None
     report = check_dataset(manifest, root)
@@ -156,6 +183,34 @@ def _already_complete(manifest: DatasetManifest, root: Path) -> int | None:
                         f"(`ablate data check` lists every problem)")
     counts = _tree_counts(root, manifest.entries)
     write_atomically(marker, lambda p: p.write_text(json.dumps({"dataset": manifest.dataset, "files": counts})))
+    return sum(counts.values())
+
+
+def _marker_files(marker: Path) -> dict[str, int] | None:
+    """The file counts the marker holds; None when it is missing, damaged or incomplete (the tree is then
+    checked as if copied by hand, and the marker written again)."""
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(files, dict) and all(isinstance(k, str) and type(v) is int for k, v in files.items())
+    return files if ok and files else None
+
+
+def _counts_as_fetched(manifest: DatasetManifest, root: Path) -> int | None:
+    """The file count of a root whose folders match its marker's counts; None without a usable marker; a
+    DataError for a fetched root changed since."""
+    expected = _marker_files(root / MARKER)
+    present = [e for e in manifest.entries if (root / e).exists()]
+    if expected is None or not present:
+        return None
+    counts = _tree_counts(root, manifest.entries)
+    changed = [f"{folder}/ has {counts.get(folder, 0):,} files, {n:,} when fetched"
+               for folder, n in expected.items() if counts.get(folder, 0) != n]
+    if changed:
+        raise DataError(f"{manifest.dataset} at {root} changed since it was fetched: {'; '.join(changed[:3])}; "
+                        f"`ablate data check {manifest.dataset} --root {root}` names the files; restore "
+                        f"them, or delete {', '.join(present)} and {MARKER} and fetch again")
     return sum(counts.values())
 
 
@@ -231,10 +286,17 @@ class _Download:
         start = self._have()
         if self.total and start == self.total:
             return
+        if self.total and start > self.total:  # a stale .part of another (larger) file: this one starts again
+            self.part.unlink()
+            self.resumed_from = start = 0
         headers = {"Range": f"bytes={start}-"} if start else {}
         with self.session.get(self.url, headers=headers, stream=True, timeout=TIMEOUT) as response:
             if response.status_code >= 500:
                 raise _Transient(f"HTTP {response.status_code}")
+            if response.status_code == 416 and start:  # the .part is not a prefix of this file: start again
+                self.part.unlink()
+                self.resumed_from = 0
+                raise _Transient(f"HTTP 416 for a .part of {start:,} bytes; starting {self.dest.name} again")
             if response.status_code >= 400:
                 raise DataError(f"{self.url} answered HTTP {response.status_code} {response.reason}; check the "
                                 f"address (a --mirror or ${MIRROR_ENV} must serve the archives under their "

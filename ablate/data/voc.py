@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ..pathnames import component_problem
 from .base import DataError, LabelledImages, check_images_exist, required_root
 from .classnames import VOC2007
 from .registry import VOC_LAYOUT as LAYOUT
@@ -80,10 +81,19 @@ def load_voc(root: Path, split: Literal["train", "test"], difficult: Difficult =
     if difficult not in _DIFFICULT_VALUE:
         raise ValueError(f"difficult must be one of {list(_DIFFICULT_VALUE)}, got {difficult!r}")
     base = resolve_voc_root(root)
-    ids = (base / "ImageSets" / "Main" / f"{_LIST[split]}.txt").read_text().split()
+    listing = base / "ImageSets" / "Main" / f"{_LIST[split]}.txt"
+    try:
+        ids = listing.read_text(encoding="utf-8").split()
+    except (OSError, ValueError) as err:
+        raise DataError(f"voc2007: cannot read {listing} as UTF-8 text ({err})") from None
     if not ids:
         raise DataError(f"voc2007: {base}/ImageSets/Main/{_LIST[split]}.txt lists no images")
+    for i in ids:  # each names files in Annotations/ and JPEGImages/
+        if (problem := component_problem(i)) is not None:
+            raise DataError(f"voc2007: {listing} lists image id {i!r}, which {problem}")
     labels = np.stack([_label_row(read_objects(base / "Annotations" / f"{i}.xml"), difficult) for i in ids])
+    if not labels.any():
+        raise DataError(f"voc2007: the {len(ids)} annotations of {listing} have no positive label at all")
     paths = [base / "JPEGImages" / f"{i}.jpg" for i in ids]
     check_images_exist(paths, "voc2007", LAYOUT)
     return LabelledImages(paths, labels, list(VOC2007))

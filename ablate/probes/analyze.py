@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from ablate.methods import method_info
 from ablate.methods.base import Method
 from ablate.methods.two_sided import PromptSide, TwoSided
 from ablate.spec import TrialConfig
-from ablate.tracking import TrialRun, children_filter, connect, resolve_tracking_uri
+from ablate.tracking import TrialRun, children_filter, connect_existing, resolve_tracking_uri
 from ablate.trainer import TRAINED, load_trained
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
@@ -145,8 +146,26 @@ def _side_kinds(method: Method) -> dict[str, str]:
     return {"positive": "hand prompt", "negative": "hand prompt"}
 
 
+def _read_trained(path: Path) -> dict:
+    """The trained.pt's content, read as tensors and plain data only; ProbeError for anything else (a file
+    that is missing, damaged, not ablate's, or a pickle carrying code, which is refused, never run)."""
+    if not path.is_file():
+        raise ProbeError(f"--trained {path}: no such file")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (code or unknown types), damaged zip, truncated file...
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ProbeError(f"--trained {path} is not a trained.pt that ablate wrote; only tensors and plain data are "
+                         f"read, never code ({type(err).__name__}: {reason})") from None
+    if not isinstance(saved, dict) or not {"config", "classnames", "state"} <= saved.keys():
+        raise ProbeError(f"--trained {path} is not a trained.pt that ablate wrote (no config, classnames and state)")
+    return saved
+
+
 def _trained(path: Path, device: str) -> tuple[TrialConfig, Backbone, Method, list[str]]:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = _read_trained(path)
     cfg, backbone, method = load_trained(path, device)
     if method.class_embeddings() is None:
         raise ProbeError(f"{path}: {cfg.method} has no class embeddings to analyse (it is vision-only)")
@@ -206,7 +225,7 @@ def _seed_siblings(client: MlflowClient, run: Run) -> list[Run]:
 def analyze_run(run_id: str, tracking_uri: str | None, out_dir: Path, n_images: int = 4, log: bool = True) -> dict:
     """`analyze_trained` on a trial run's trained.pt (and its seed siblings'); logged back to the run."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = connect(uri)
+    client = connect_existing(uri)
     try:
         run = client.get_run(run_id)
     except Exception:  # MlflowException for unknown ids, with store-specific messages

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from ..data.base import current_umask
 from ..errors import ReportError
+from ..pathnames import component_problem
 from ..published import PublishedTable
 from ..tracking import (
-    connect,
+    connect_existing,
     report_link,
     resolve_tracking_uri,
     save_view,
@@ -38,22 +43,56 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;pa
 
 
 def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
-                 reference: str = "dualcoop", heatmap_ratio: float | None = None, log_to_mlflow: bool = True,
+                 reference: str | None = None, heatmap_ratio: float | None = None, log_to_mlflow: bool = True,
                  published: list[PublishedTable] | None = None) -> dict:
     """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...). The
-    report is built beside it and renamed into place, so a failure leaves no partial folder behind."""
+    report is built beside it and renamed into place, so a failure leaves no partial folder behind.
+    `reference` (default dualcoop, when it ran) and `heatmap_ratio` must be among the finished trials'."""
     out_dir = Path(os.path.abspath(out_dir))
     check_report_folder(out_dir)
-    client = connect(resolve_tracking_uri(tracking_uri))
+    client = connect_existing(resolve_tracking_uri(tracking_uri))
+    if parent_run_id is not None:
+        check_parent_run(client, parent_run_id)
     parent_run_id, trials = load_trials(client, experiment, parent_run_id)
+    trials = [t if t.status != "FINISHED" or "test_map" in t.metrics else
+              dataclasses.replace(t, status="FINISHED without its metrics (test_map)") for t in trials]
+    check_choices(trials, reference, heatmap_ratio)
+    reference = reference or "dualcoop"
     with _staged(out_dir) as staging:
         result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio, published)
+        (staging / MANIFEST).write_text(json.dumps({"files": sorted(_files(staging))}, indent=1))
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     if log_to_mlflow:
         client.log_artifacts(parent_run_id, str(out_dir), "report")
         note_report(client, experiment_id, parent_run_id, out_dir)
     result.update(out_dir=str(out_dir), experiment_id=experiment_id, tracking_uri=client.tracking_uri)
     return result
+
+
+def check_parent_run(client: MlflowClient, run_id: str) -> None:
+    """ReportError unless `run_id` names a run (a quote or other text would break MLflow's search filter)."""
+    if not re.fullmatch(r"[0-9a-zA-Z_-]{1,64}", run_id):
+        raise ReportError(f"--parent-run {run_id!r} is not an MLflow run id (letters and digits, as in the run's "
+                          "page); leave it out for the experiment's newest sweep")
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise ReportError(f"--parent-run {run_id}: no such MLflow run; leave it out for the experiment's newest "
+                          "sweep") from None
+
+
+def check_choices(trials: list[Trial], reference: str | None, heatmap_ratio: float | None) -> None:
+    """ReportError when --reference or --heatmap-ratio names nothing the finished trials have (the report
+    would silently leave out the differences or the heatmap); the message lists what they have."""
+    done = [t for t in trials if t.status == "FINISHED"]
+    methods = sorted({t.tag("method") for t in done})
+    if reference is not None and done and reference not in methods:
+        raise ReportError(f"--reference {reference}: no finished trial of that method; choose one of "
+                          f"{', '.join(methods)}")
+    ratios = sorted({t.ratio for t in done if t.ratio is not None})  # zero-shot reads no label ratio
+    if heatmap_ratio is not None and ratios and not any(math.isclose(heatmap_ratio, r) for r in ratios):
+        raise ReportError(f"--heatmap-ratio {heatmap_ratio:g}: no finished trial at that label ratio; choose one "
+                          f"of {', '.join(f'{r:g}' for r in ratios)}")
 
 
 def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, out_dir: Path) -> None:
@@ -69,14 +108,37 @@ def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, ou
     save_view(client, experiment_id, parent_run_id)  # sweeps recorded before the view existed get it too
 
 
+MANIFEST = ".ablate-report.json"  # the files a report wrote: all a later report may replace
+
+
+def _files(folder: Path) -> set[str]:
+    """Every entry under `folder` but folders, as POSIX paths relative to it (links are entries too)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()}
+
+
+def _written_by_a_report(folder: Path) -> set[str] | None:
+    """The files the manifest of an earlier report lists; None without a readable one."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {str(f) for f in listed} if isinstance(listed, list) else None
+
+
 def check_report_folder(out_dir: Path) -> None:
     """ReportError, before anything is written, when `out_dir` cannot become (or be replaced by) a report:
-    a file, a folder of other files (they would be lost), or a place that cannot be written."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportError(f"report folder {out_dir} is a file; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.html").is_file():
-        raise ReportError(f"{out_dir} holds files that are not a report (they would be replaced); choose "
-                          "another --out or empty it")
+    a file, a folder holding anything an earlier report did not write (it would be lost), or a place that
+    cannot be written."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ReportError(f"report folder {out_dir} is a file or link; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        written = _written_by_a_report(out_dir)
+        others = sorted(_files(out_dir) - (written or set()) - {MANIFEST})
+        if written is None or others:
+            what = f"{others[0]}" + (f" and {len(others) - 1} more" if len(others) > 1 else "") if others \
+                else f"files but no {MANIFEST} of an earlier report"
+            raise ReportError(f"{out_dir} holds {what} that no earlier report wrote (replacing the folder would "
+                              "delete them); choose another --out, or move them away")
     parent = out_dir.parent
     while not parent.exists():
         parent = parent.parent
@@ -139,6 +201,9 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
             markdown += [section.markdown] if section.markdown else []
             pages.append(section.html)
             for name, content in section.files.items():
+                if (problem := component_problem(name)) is not None:  # a section's file stays in the report
+                    raise ReportError(f"report section {getattr(make, '__name__', make)} names a file {name!r} "
+                                      f"that {problem}")
                 (out_dir / name).write_bytes(content)
             for key, value in section.data.items():
                 result.setdefault(key, {})[ds] = value

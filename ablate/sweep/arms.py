@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,14 @@ def _absolute_paths(cfg: TrialConfig) -> TrialConfig:
 def samples_per_arm(spec: SweepSpec, arm: Arm) -> int:
     """Ray trials of an arm: each Optuna sample once per seed of `optuna.seeds`."""
     return spec.optuna.num_samples * spec.optuna.seed_count if spec.optuna and arm.search else 1
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Trials the spec asks for at most (the grid's product times Optuna's samples and seeds), without
+    expanding it: arms that differ only in fields their method ignores are one, so the real count can be
+    smaller."""
+    per_arm = spec.optuna.num_samples * spec.optuna.seed_count if spec.optuna else 1
+    return math.prod(len(v) for v in spec.grid.values()) * per_arm
 
 
 def resolve_spec_path(path: str | Path) -> Path:

@@ -39,6 +39,32 @@ def init_ray(address: str | None = None) -> None:
     print(cluster_line(address), file=sys.stderr)
 
 
+def require_resources(cpu: float, gpu: float, address: str | None, wait_s: float) -> None:
+    """Ray started or joined, and a node that offers one trial's `cpu` and `gpu`: else Tune would wait for
+    it forever. A private Ray never grows, so it is refused at once; a joined cluster may be adding nodes
+    (autoscaling), so it is given `wait_s`, counted again each time a node joins, then refused."""
+    import ray
+
+    init_ray(address)
+    private = ray_address(address) == "local"
+    deadline, seen = time.monotonic() + wait_s, 0
+    while True:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if any(n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu for n in nodes):
+            return
+        if len(nodes) > seen:  # a node came up: an autoscaler may still be adding the right one
+            deadline, seen = time.monotonic() + wait_s, len(nodes)
+        if private or time.monotonic() > deadline:
+            break
+        time.sleep(min(2.0, wait_s))
+    offered = "; ".join(f"{n['Resources'].get('CPU', 0):g} CPUs, {n['Resources'].get('GPU', 0):g} GPUs"
+                        for n in nodes) or "no node"
+    where = "the private local Ray" if private else f"no node of the Ray cluster after {wait_s:g} s"
+    raise ConfigError(f"resources: a trial asks for {cpu:g} CPUs and {gpu:g} GPUs, which {where} offers "
+                      f"(nodes: {offered}); lower resources.cpu / resources.gpu, or run on a cluster with such a "
+                      "node" + ("" if private else " (resources.wait_s sets how long to wait for one)"))
+
+
 def _ray_is_up() -> bool:
     import ray
 

@@ -36,9 +36,9 @@ from .cluster import (
     _shutdown_ray,
     check_storage_on_nodes,
     cluster_slots,
-    init_ray,
     lost_with_its_node,
     reachable_from_workers,
+    require_resources,
 )
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
 from .packs import Plan, plan_packs
@@ -220,7 +220,8 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             # a bad data root stops here, before anything is recorded
             fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
-            init_ray(ray_address)
+            res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
+            require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
             check_storage_on_nodes(storage, spec.name)
             plan = plan_packs(spec, arms, *cluster_slots(spec))
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,

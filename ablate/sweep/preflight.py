@@ -14,7 +14,7 @@ from ..data.manifest import DatasetManifest
 from ..errors import AblateError, DataError
 from ..spec import ConfigError, Resources, SweepSpec, TrialConfig, import_plugins
 from .arms import Arm
-from .cluster import init_ray
+from .cluster import init_ray, require_resources
 
 # up to this many listed images per split are each checked before a sweep starts; more: a seeded sample
 IMAGE_CHECK_CAP = 20_000
@@ -86,7 +86,8 @@ def build_feature_caches(configs: list[TrialConfig], resources: Resources | None
         import ray
         from ray.util.queue import Queue
 
-        init_ray(ray_address)
+        # on the trials' resources: a node must offer them, or the tasks would wait forever
+        require_resources(resources.cpu, resources.gpu, ray_address, resources.wait_s)
         done_images = Queue(actor_options={"num_cpus": 0})  # tasks -> driver: images done
         task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=0)(_cache_task)
         pending = [task.remote(cfg.model_dump(mode="json"), done_images, resources.cpu, list(plugins))

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 
+from ..errors import TrackingError
 from ..result import TrialResult
 from ..spec import METHODS, TrialConfig, method_info
 from .names import (
@@ -101,11 +103,30 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
 def end_parent_run(client: MlflowClient, parent_run_id: str, status: str, metrics: dict[str, float],
                    resume_command: str | None = None) -> None:
     """Counts and final status of a sweep; an interrupted one says how to continue it."""
-    for key, value in metrics.items():
-        _retry(client.log_metric, parent_run_id, key, value)
-    if resume_command:
-        _retry(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
-    _retry(client.set_terminated, parent_run_id, status)
+    try:
+        for key, value in metrics.items():
+            _retry(client.log_metric, parent_run_id, key, value)
+        if resume_command:
+            _retry(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
+        _retry(client.set_terminated, parent_run_id, status)
+    except MlflowException:
+        check_not_deleted(client, parent_run_id)
+        raise
+
+
+def check_not_deleted(client: MlflowClient, parent_run_id: str) -> None:
+    """TrackingError saying what happened and what is kept when the sweep's parent run or its experiment
+    was deleted in MLflow while the sweep ran (MLflow refuses to log to it)."""
+    run = _retry(client.get_run, parent_run_id)
+    experiment = _retry(client.get_experiment, run.info.experiment_id)
+    deleted = [what for what, stage in ((f"experiment '{experiment.name}'", experiment.lifecycle_stage),
+                                        (f"sweep run {parent_run_id}", run.info.lifecycle_stage)) if stage == "deleted"]
+    if deleted:
+        raise TrackingError(
+            f"the {' and the '.join(deleted)} were deleted in MLflow while the sweep ran, so its end could not be "
+            "recorded; kept: every trial run (deleted runs stay in the store until `mlflow gc`) and Ray Tune's "
+            f"results; restore with `mlflow experiments restore --experiment-id {experiment.experiment_id}` / "
+            f"`mlflow runs restore --run-id {parent_run_id}`, then `ablate report` reads them")
 
 
 def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:

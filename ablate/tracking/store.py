@@ -76,6 +76,49 @@ def connect(uri: str) -> MlflowClient:
     return client
 
 
+# tables every MLflow store has; a database without them is not one (and a reading command must not make it one)
+MLFLOW_TABLES = frozenset({"experiments", "runs", "alembic_version"})
+
+
+def connect_existing(uri: str) -> MlflowClient:
+    """For reading commands (report, analyze): a client of a store that already exists and is MLflow's.
+    Opening a database makes MLflow create (or for a newer MLflow, migrate) its tables in it: a mistyped
+    --tracking-uri would put 65 tables into another application's database, or an empty new file."""
+    tables = _existing_tables(uri)
+    if tables is not None and not MLFLOW_TABLES <= tables:
+        missing = ", ".join(sorted(MLFLOW_TABLES - tables))
+        raise TrackingError(f"{redact_uri(uri)} is not an MLflow tracking store (no {missing} table); check "
+                            "--tracking-uri (reading commands never create a store)")
+    return connect(uri)
+
+
+def _existing_tables(uri: str) -> set[str] | None:
+    """The tables of a database URI's store, read without creating or changing anything; None for a server."""
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise TrackingError(f"no MLflow tracking store at {path} (no such file); check --tracking-uri or "
+                                "MLFLOW_TRACKING_URI (reading commands never create a store)")
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
+                return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as err:
+            raise TrackingError(f"{path} is not an MLflow tracking store (not an sqlite database: {err}); check "
+                                "--tracking-uri") from None
+    if "://" in uri and not uri.startswith(("http://", "https://", "file:", "databricks")):
+        import sqlalchemy
+
+        probe_database(uri)
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            return set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    return None
+
+
 def probe_store(uri: str) -> None:
     """A tracking server or database that does not answer, or refuses the password, is said in seconds;
     a sqlite file is left alone (probing would create it)."""
