@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .data.world import WorldConfig
 from .errors import AblateError, ConfigError, worker_message
+from .extras import missing_extra, require
 from .pretrain_recipe import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table, ui_hint
@@ -166,6 +167,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    require("report")  # before the store is read
     from .report import write_report
 
     out = args.out or Path("reports") / args.experiment
@@ -301,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {worker_message(err)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional dependency not installed: one line naming its extra
+        if args.debug or (hint := missing_extra(err)) is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
         return 2
 
 

@@ -210,13 +210,15 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     with Signals().installed() as signals:
         try:
             # a tracking server or database that is down or refuses the password stops here, before Ray
-            probe_store(SweepState.load(state_path).tracking_uri if resume and state_path.exists()
-                        else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+            store_uri = (SweepState.load(state_path).tracking_uri if resume and state_path.exists()
+                         else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+            probe_store(store_uri)
             # a bad data root stops here, before anything is recorded
             fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
             init_ray(ray_address)
             check_storage_on_nodes(storage, spec.name)
+            worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri)
         except BaseException as err:
             if not ray_was_up:  # a caller in the same process gets back the Ray it had: none
@@ -228,7 +230,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
         try:
             workroot = work_root(storage, spec.name, state.parent_run_id)
             shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
-            ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
+            ctx = TrackingContext(worker_uri, state.experiment_id,
                                   state.parent_run_id)
             tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot) for arm in arms] if spec.optuna \
                 else [_tuner(spec, None, arms, ctx, storage, resume, workroot)]
