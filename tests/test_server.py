@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from ablate.server import (
     start,
     status,
     stop,
-    write_private,
 )
 
 
@@ -96,15 +96,17 @@ def test_taken_ports_are_named_and_a_failed_start_leaves_nothing_running(spaced_
 
 def test_stop_with_a_stale_pid_file_kills_nothing_else(tmp_path):
     """The server is long gone and its PID now belongs to another process (group): `stop` leaves it alone."""
-    write_private(tmp_path / "server.json", ServerSettings(artifacts=str(tmp_path / "art"),
-                                                           backend_store_uri="sqlite:///x.db").model_dump_json())
+    (tmp_path / "server.json").write_text(ServerSettings(artifacts=str(tmp_path / "art"),
+                                                         backend_store_uri="sqlite:///x.db").model_dump_json())
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
-        (tmp_path / "mlflow.pid").write_text(f"{other.pid} 12345.0")  # the PID, with the old server's start time
-        assert stop(tmp_path)["server"] == "stopped"
-        assert other.poll() is None  # not killed
         (tmp_path / "mlflow.pid").write_text(str(other.pid))  # an older ablate's file: the PID alone
+        assert stop(tmp_path)["server"] == "stopped"
+        time.sleep(0.5)
+        assert other.poll() is None  # not killed
+        (tmp_path / "mlflow.pid").write_text(f"{other.pid} 12345.0")  # the PID, with the old server's start time
         stop(tmp_path)
+        time.sleep(0.5)
         assert other.poll() is None
     finally:
         other.send_signal(signal.SIGKILL)
