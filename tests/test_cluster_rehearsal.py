@@ -9,7 +9,7 @@ folder instead of the NFS mount, and no pip install (the login shell has the pro
 the copied project first on PYTHONPATH). Everything the cluster runs lives in sshd's PID namespace, so
 the `ray stop` that `ray up` and `ray down` run can stop only this cluster's processes: a sentinel Ray
 outside it survives. Token authentication is on as onprem.yaml sets it; a client without the token is
-refused.
+refused (the GCS: this environment has no `ray[default]`, so no dashboard / Jobs API runs here).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,9 +212,6 @@ def test_ray_up_submit_report_down_on_the_onprem_config(machine, tmp_path):
         assert "token-auth" in refused.stderr and "token-auth" in wrong.stderr, (refused.stderr + wrong.stderr)[-3000:]
         admitted = connects(gcs, {**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token.read_text()})
         assert "CONNECTED" in admitted.stdout, admitted.stderr[-3000:]
-        with pytest.raises(urllib.error.HTTPError) as answer:  # the dashboard / Jobs API, on loopback only
-            urllib.request.urlopen(f"http://127.0.0.1:{ports['dash']}/api/jobs/", timeout=30)
-        assert answer.value.code in (401, 403)
 
         run([ray_cli, "exec", str(config_path), "ablate server stop --root ~/ablate-server"], timings,
             "ray exec ablate server stop", env=env, cwd=ROOT)
