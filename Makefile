@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart trial lint test rehearse clean
+.PHONY: install quickstart trial lint test rehearse cluster-rehearsal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: lint
 # The cluster rehearsal alone: PostgreSQL-backed MLflow server, a local multi-node Ray, injected faults.
 rehearse: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m rehearsal tests/test_rehearsal.py
+
+# The headline command on cluster/onprem.yaml: sshd on 127.0.0.1, ray up / submit / exec "ablate report" / down
+# (as root; needs openssh-server, rsync and PostgreSQL's server binaries, which .ci/run installs).
+cluster-rehearsal: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m cluster_rehearsal tests/test_cluster_rehearsal.py
 
 clean:
 	rm -rf runs .ablate_cache .ablate_sweeps mlflow.db

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .data.world import WorldConfig
 from .errors import AblateError, ConfigError, Interrupted, worker_message
+from .extras import missing_extra, require
 from .pretrain_recipe import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table, ui_hint
@@ -205,6 +206,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    require("report")  # before the store is read
     from .pathnames import folder_name
     from .published import load_published
     from .report import write_report
@@ -352,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug, or a fault nothing foresaw: still one line (the traceback with --debug)
         if args.debug:
             raise
+        hint = missing_extra(err) if isinstance(err, ModuleNotFoundError) else None
+        if hint is not None:  # an optional dependency not installed: one line naming its extra
+            print(f"error: {hint}", file=sys.stderr)
+            return 2
         what = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         print(f"error: ablate {_command(args)} failed unexpectedly ({what}); rerun with --debug for the traceback",
               file=sys.stderr)

@@ -15,6 +15,7 @@ import contextlib
 import glob
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -25,8 +26,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import AblateError
 from .tracking import redact_uri
@@ -64,7 +66,20 @@ def load_settings(root: Path) -> ServerSettings:
     path = settings_path(root)
     if not path.exists():
         raise ServerError(f"no tracking server was ever started in {root}; run `ablate server start --root {root}`")
-    return ServerSettings.model_validate_json(path.read_text())
+    try:
+        return ServerSettings.model_validate_json(path.read_text())
+    except (ValidationError, ValueError, OSError) as err:
+        first = str(err).splitlines()[0]
+        raise ServerError(f"{path} is damaged ({first}); remove it and run `ablate server start --root {root}` "
+                          "again (the database in it is kept)") from None
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner reads: the password, the settings (an external URI holds one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # a file made before, with another mode
+        out.write(text)
 
 
 # ---- PostgreSQL --------------------------------------------------------------------------------
@@ -125,8 +140,7 @@ def database_password(root: Path) -> str:
     """Made once, kept beside the settings, readable by the owner only."""
     path = root / "db_password"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
@@ -156,9 +170,18 @@ def start_postgres(root: Path, settings: ServerSettings) -> None:
         _run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
               "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions"], "initdb")
     if not postgres_running(root, settings):
-        options = f"-c listen_addresses=127.0.0.1 -p {settings.db_port} -k {folder}"
-        _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-o", options,
-              "-w", "-t", "60", "start"], f"starting PostgreSQL (log: {folder / 'postgres.log'})")
+        if _port_taken("127.0.0.1", settings.db_port):
+            raise ServerError(f"PostgreSQL's port {settings.db_port} on 127.0.0.1 is taken by another program; "
+                              "pass another --db-port")
+        # pg_ctl hands -o to a shell: the socket folder is quoted (a --root with a space)
+        options = f"-c listen_addresses=127.0.0.1 -p {settings.db_port} -k {shlex.quote(str(folder))}"
+        log = folder / "postgres.log"
+        try:
+            _run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60",
+                  "start"], f"starting PostgreSQL (log: {log})")
+        except ServerError as err:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise ServerError("\n".join([str(err), *tail])) from None
     _ensure_database(folder, settings.db_port, database_password(root))
 
 
@@ -204,11 +227,26 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def _pid(root: Path) -> int | None:
-    """The MLflow server's process (group) id, when that process still runs."""
+    """The MLflow server's process (group) id, when the process `start` started still runs: the file
+    keeps its start time too, so a PID the system gave to another process since is not taken for it."""
+    import psutil
+
     path = root / "mlflow.pid"
     if not path.exists():
         return None
-    return _reap(int(path.read_text()))
+    try:
+        pid, started = path.read_text().split()
+        alive = _reap(int(pid))
+        same = alive is not None and abs(psutil.Process(alive).create_time() - float(started)) < 0.01
+        return alive if same else None
+    except (ValueError, psutil.Error):  # a file from an older ablate (no start time), or the process just ended
+        return None
+
+
+def _save_pid(root: Path, pid: int) -> None:
+    import psutil
+
+    (root / "mlflow.pid").write_text(f"{pid} {psutil.Process(pid).create_time()!r}")
 
 
 def _port_taken(host: str, port: int) -> bool:
@@ -225,19 +263,23 @@ def start_mlflow(root: Path, settings: ServerSettings) -> None:
                           "pass --port")
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow) if mlflow.exists() else "mlflow", "server",
-               "--backend-store-uri", database_uri(root, settings),
                "--artifacts-destination", settings.artifacts, "--serve-artifacts",
                "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers)]
+    # the store's URI holds the database password: through the environment, which only the server's user
+    # (and root) can read, never argv, which every local user sees (`ps`, /proc/PID/cmdline)
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": database_uri(root, settings)}
     log = root / "mlflow.log"
     with log.open("ab") as out:  # its own session: `stop` ends the server and its workers together
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    (root / "mlflow.pid").write_text(str(proc.pid))
+                                start_new_session=True, env=env)
+    _save_pid(root, proc.pid)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_mlflow(root)
-            tail = log.read_text(errors="replace")[-1500:].replace(database_password(root), "***")
+            tail = log.read_text(errors="replace")[-1500:]
+            secret = urlsplit(database_uri(root, settings)).password
+            tail = tail.replace(secret, "***") if secret else tail
             raise ServerError(f"the MLflow server did not come up at {url} (log: {log}):\n{tail}")
         time.sleep(0.5)
 
@@ -281,10 +323,17 @@ def start(root: Path, settings: ServerSettings) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     if settings.artifacts and "://" not in settings.artifacts:
         Path(settings.artifacts).mkdir(parents=True, exist_ok=True)
-    settings_path(root).write_text(settings.model_dump_json(indent=2))
-    if settings.backend_store_uri is None:
+    write_private(settings_path(root), settings.model_dump_json(indent=2))
+    local_db = settings.backend_store_uri is None
+    database_was_up = local_db and postgres_running(root, settings)
+    if local_db:
         start_postgres(root, settings)
-    start_mlflow(root, settings)
+    try:
+        start_mlflow(root, settings)
+    except ServerError:
+        if local_db and not database_was_up:  # a failed start leaves nothing running that it started
+            stop_postgres(root, settings)
+        raise
     return status(root)
 
 

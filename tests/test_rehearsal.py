@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,12 +23,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 from sweep_helpers import free_port
 
 from ablate.cli import main
+from ablate.errors import ConfigError
 from ablate.tracking import EPOCH_METRICS, NODE_LOSSES_TAG, STEP_LOSS, connect
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.usefixtures("one_thread")]
@@ -317,3 +320,55 @@ def test_a_storage_path_the_workers_cannot_write_fails_before_trials_start(serve
     err = capsys.readouterr().err
     assert f"storage path {blocked / 'ray' / 'nostorage'} is not writable on 3 of 3 Ray node(s)" in err
     assert not trial_runs(server["tracking_uri"], "nostorage")  # nothing recorded either
+
+
+# ---- autoscaled workers: they join after the driver started, and log to the head's server ----------
+
+def test_workers_that_join_after_the_driver_log_to_the_drivers_node(server, shared, tmp_path):
+    """cluster/gpu.yaml right after `ray up`: a head with no CPUs and no workers. The driver starts alone,
+    the workers arrive later (as the autoscaler adds them); `localhost` in the spec's URI still means the
+    driver's node for them, and every trial logs there."""
+    from ray.cluster_utils import Cluster
+
+    port = urlparse(server["tracking_uri"]).port
+    spec = write_spec(tmp_path, shared, f"http://localhost:{port}", "latejoin", {"method": ["baseline", "dualembed"]},
+                      base={"epochs": 2})
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        proc, log = submit(head, spec, tmp_path)
+        wait_until("the driver on a cluster of one node", lambda: "1 node(s), 0 CPUs" in log.read_text(), proc, log)
+        for _ in range(2):
+            head.add_node(num_cpus=1)  # the autoscaler's workers, after the driver decided the URI
+        out = finish(proc, log)
+    finally:
+        head.shutdown()
+    assert proc.returncode == 0, out[-4000:]
+    # the node's address here is 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, conftest); on a real cluster
+    # the head's LAN address. Either way never `localhost`, which a worker resolves to itself.
+    assert f"tracking: trials log to http://127.0.0.1:{port} (localhost in the tracking URI means this " \
+           "driver's node, 127.0.0.1)" in out
+    assert_complete(server["tracking_uri"], "latejoin", trials=2, epochs=2)
+
+
+def test_a_server_that_answers_the_driver_only_on_loopback_is_refused():
+    """A server listening on 127.0.0.1 answers the driver as `localhost` but not on the node's address
+    that workers get: refused with one line, before the sweep is recorded."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ablate.sweep.cluster import reachable_from_workers
+
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        ray.init(address=head.address)
+        # the node's address is 127.0.0.1 here, so [::1] stands for "the driver reaches it, workers not":
+        # ablate's rewrite gives workers 127.0.0.1, where nothing listens on this port
+        with socket.create_server(("::1", 0), family=socket.AF_INET6) as only_v6:
+            port = only_v6.getsockname()[1]
+            with pytest.raises(ConfigError, match=r"trials on other nodes would call http://127\.0\.0\.1:\d+"):
+                reachable_from_workers(f"http://[::1]:{port}", head.address)
+        assert reachable_from_workers("sqlite:////tmp/x.db", head.address) == "sqlite:////tmp/x.db"
+        assert reachable_from_workers("http://localhost:5000", "local") == "http://localhost:5000"
+    finally:
+        ray.shutdown()
+        head.shutdown()

@@ -3,10 +3,12 @@ node can reach: the tracking server's address and the shared storage."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,7 +31,8 @@ def init_ray(address: str | None = None) -> None:
         return
     address = ray_address(address)
     if address == "local":
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        with _loopback_only():
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     else:
         try:
             ray.init(address=address, log_to_driver=False)
@@ -65,6 +68,32 @@ def require_resources(cpu: float, gpu: float, address: str | None, wait_s: float
                       "node" + ("" if private else " (resources.wait_s sets how long to wait for one)"))
 
 
+# Ray's own switch for a Ray that stays on this machine (its default on macOS and Windows)
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """A private Ray binds to 127.0.0.1 only. On Linux Ray otherwise listens on every interface (its GCS,
+    raylet, workers and agents on `*:PORT` and the LAN address), although nothing needs them off this
+    machine. Ray has no bind-address option for these; its supported switch is
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes the node's address loopback for every process of the
+    new Ray (they inherit the environment). Ray reads it once at import, into `ray_constants`, hence both;
+    both are put back once the Ray is up, so joining a cluster later from this process is unaffected."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
 def _ray_is_up() -> bool:
     import ray
 
@@ -87,14 +116,39 @@ def cluster_line(address: str) -> str:
             f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
 
 
-def reachable_from_workers(uri: str) -> str:
-    """On a multi-node cluster, `localhost` in a server URI means the head node: say so explicitly."""
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def reachable_from_workers(uri: str, address: str | None = None) -> str:
+    """The tracking URI every trial gets. On a joined cluster (`auto`, `host:port`) a loopback host means
+    the driver's node, always: workers the autoscaler adds after the driver started would otherwise call
+    their own localhost, so this is decided by how the driver joined, never by the nodes alive now. The
+    driver must reach the address it hands out (a server listening on 127.0.0.1 only would not answer
+    workers); one line says which address trials use."""
     import ray
 
-    host = urlparse(uri).hostname
-    if host not in ("localhost", "127.0.0.1") or len(ray.nodes()) < 2:
+    from ..server import healthy
+    from ..tracking import redact_uri
+
+    parsed = urlparse(uri)
+    if ray_address(address) == "local":
         return uri
-    return uri.replace(host, ray.util.get_node_ip_address(), 1)
+    if parsed.hostname not in LOOPBACK_HOSTS:
+        print(f"tracking: trials log to {redact_uri(uri)}", file=sys.stderr)
+        return uri
+    node = ray.util.get_node_ip_address()
+    netloc = parsed.netloc.rsplit("@", 1)
+    host = f"[{node}]" if ":" in node else node
+    hostport = host + (f":{parsed.port}" if parsed.port else "")
+    rewritten = parsed._replace(netloc=f"{netloc[0]}@{hostport}" if len(netloc) == 2 else hostport).geturl()
+    if parsed.scheme in ("http", "https") and not healthy(rewritten.rstrip("/"), timeout=5.0):
+        raise ConfigError(f"the tracking server at {redact_uri(uri)} answers this driver on loopback only, but "
+                          f"trials on other nodes would call {redact_uri(rewritten)}, which does not answer; "
+                          "start it listening on the node's address (`ablate server start --host 0.0.0.0`) "
+                          "or give --tracking-uri an address every node reaches")
+    print(f"tracking: trials log to {redact_uri(rewritten)} ({parsed.hostname} in the tracking URI means this "
+          f"driver's node, {node})", file=sys.stderr)
+    return rewritten
 
 
 def lost_with_its_node(error: BaseException | None) -> bool:

@@ -215,14 +215,16 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     with Signals().installed() as signals:
         try:
             # a tracking server or database that is down or refuses the password stops here, before Ray
-            probe_store(SweepState.load(state_path).tracking_uri if resume and state_path.exists()
-                        else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+            store_uri = (SweepState.load(state_path).tracking_uri if resume and state_path.exists()
+                         else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+            probe_store(store_uri)
             # a bad data root stops here, before anything is recorded
             fetch_data(spec, arms, ray_address)
             prepare_data(arms, spec.resources, spec.plugins, ray_address)
             res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
             require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
             check_storage_on_nodes(storage, spec.name)
+            worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
             plan = plan_packs(spec, arms, *cluster_slots(spec))
             state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
                                         plan.packs if spec.packing else None)
@@ -239,7 +241,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
         try:
             workroot = work_root(storage, spec.name, state.parent_run_id)
             shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
-            ctx = TrackingContext(reachable_from_workers(state.tracking_uri), state.experiment_id,
+            ctx = TrackingContext(worker_uri, state.experiment_id,
                                   state.parent_run_id)
             tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot, state_path.parent) for arm in arms] \
                 if spec.optuna else [_tuner(spec, None, arms, ctx, storage, resume, workroot, state_path.parent,
