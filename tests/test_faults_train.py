@@ -23,7 +23,7 @@ from ablate.result import TrialResult
 from ablate.runtime import backbone_from_config
 from ablate.spec import TrialConfig, load_trial_config
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
-from ablate.trainer import Trial, run_trial
+from ablate.trainer import Pack, Trial, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,13 +239,13 @@ def test_huge_lr_warns_and_never_finishes_quietly(tiny, capsys):
 
 
 def test_non_finite_parameter_is_a_divergence(tiny, monkeypatch):
-    train_epoch = Trial.train_epoch
+    train_epoch = Pack.train_epoch
 
     def poisoned(self, epoch):
-        loss = train_epoch(self, epoch)
-        next(p for p in self.method.parameters() if p.requires_grad).data.fill_(float("inf"))
-        return loss
-    monkeypatch.setattr(Trial, "train_epoch", poisoned)
+        arms = train_epoch(self, epoch)
+        next(p for p in arms[0].method.parameters() if p.requires_grad).data.fill_(float("inf"))
+        return arms
+    monkeypatch.setattr(Pack, "train_epoch", poisoned)
     with pytest.raises(TrialDiverged, match="no longer finite after epoch 1"):
         run_trial(tiny(method="dualcoop"), progress=False)
 
