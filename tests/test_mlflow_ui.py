@@ -173,10 +173,12 @@ def test_each_split_is_a_dataset_input_and_source_tags_are_set(sweep):
         assert {k: p["num_rows"] for k, p in profiles.items()} == {k: result["split_sizes"][k] for k in inputs}
         assert {k: [p["labels_known"], p["labels_total"]] for k, p in profiles.items()} == \
             {k: result["split_labels"][k] for k in inputs}
-        ratio = "" if zeroshot else f" · {name.split(' · ')[1]} labels"
-        assert inputs["test"].name == "synthetic · test" and inputs["val"].name == f"synthetic · val{ratio}"
+        # zero-shot ignores the ratio: its val split carries the default ratio's mask, and says so
+        ratio = "50%" if zeroshot else name.split(" · ")[1]
+        assert inputs["test"].name == "synthetic · test" and inputs["val"].name == f"synthetic · val · {ratio} labels"
+        assert zeroshot == ("reads no labels" in json.loads(inputs["val"].source)["labels"])
         if not zeroshot:
-            assert inputs["train"].name == f"synthetic · train{ratio}"
+            assert inputs["train"].name == f"synthetic · train · {ratio} labels"
             assert "the mask is drawn from the ratio and seed" in json.loads(inputs["val"].source)["labels"]
             known, total = profiles["train"]["labels_known"], profiles["train"]["labels_total"]
             assert 0 < known < total  # partial labels: the labelled count tells the ratios apart
