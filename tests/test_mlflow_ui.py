@@ -23,6 +23,7 @@ from ablate.server import healthy
 from ablate.sweep import run_sweep
 from ablate.tracking import NOT_READ, NOTE_TAG, SOURCE_TAGS, git_commit, report_link, ui_address, ui_hint
 from ablate.tracking.names import ARM_FIELDS, GIT_DIRTY_TAG, REPO_URL_TAG, SPEC_TAGS
+from ablate.tracking.notes import view_links
 from ablate.tracking.view import SECTION, VIEW_TAG_PREFIX, decode, view_key
 
 DESCRIPTION = "Baseline vs DualCoOp vs zero-shot on the synthetic set, two label ratios"
@@ -207,6 +208,7 @@ def test_descriptions_carry_the_spec_description_results_and_report_link(sweep):
     assert note.startswith(DESCRIPTION) and report_link(sweep["experiment_id"], sweep["parent_run_id"]) in note
     assert "| dualcoop |" in note and "| zeroshot ‡ |" in note  # the report's table
     assert client.get_experiment(sweep["experiment_id"]).tags[NOTE_TAG] == note
+    assert note.endswith(view_links(sweep["experiment_id"], sweep["parent_run_id"]))  # one click to the view
     assert any(a.path == "report/report.html" for a in client.list_artifacts(sweep["parent_run_id"], "report"))
 
 
@@ -274,6 +276,8 @@ def test_the_mlflow_ui_shows_names_charts_and_the_report_link(sweep, server, tmp
     parent = chromium(tmp_path, f"{server}/#/experiments/{sweep['experiment_id']}/runs/{sweep['parent_run_id']}",
                       "--window-size=1600,1200", "--dump-dom")
     assert DESCRIPTION in parent and f'href="{report_link(sweep["experiment_id"], sweep["parent_run_id"])}"' in parent
+    view = f'href="#/experiments/{sweep["experiment_id"]}/runs?viewStateShareKey=ablate-{sweep["parent_run_id"]}'
+    assert view in parent  # the description links the prepared view
     for name in NAMES:  # the parent lists its trials by name
         assert name in parent
     shot = tmp_path / "runs.png"

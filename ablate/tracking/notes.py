@@ -34,9 +34,19 @@ def sweep_note(description: str, *sections: str) -> str:
 
 
 def set_sweep_note(client: MlflowClient, experiment_id: str, parent_run_id: str, text: str) -> None:
-    """The description of the parent run and of the experiment (which shows its newest sweep's)."""
+    """The description of the parent run and of the experiment (which shows its newest sweep's), ending with
+    links to the sweep's prepared view, so a reader who arrives without the printed address is one click
+    from it."""
+    text = sweep_note(text, view_links(experiment_id, parent_run_id))
     _retry(client.set_tag, parent_run_id, NOTE_TAG, text)
     _retry(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
+
+
+def view_links(experiment_id: str, parent_run_id: str) -> str:
+    """Markdown links to the prepared view and its charts, relative to the UI (any host serving it)."""
+    table = ui_address("", experiment_id, parent_run_id).split("/#", 1)[1]
+    charts = ui_address("", experiment_id, parent_run_id, charts=True).split("/#", 1)[1]
+    return f"This sweep in the prepared view: [runs by label ratio](#{table}) · [charts](#{charts})"
 
 
 def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts: bool = False) -> str:
