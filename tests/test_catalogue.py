@@ -86,3 +86,16 @@ def test_optuna_and_asha_accept_only_metrics_reported_every_epoch(gap_metric):
         assert "val_cf1" in searchable() and AshaSpec(metric="val_cf1").metric == "val_cf1"
     finally:
         del CATALOGUE["val_cf1"]
+
+
+def test_the_console_table_shows_the_catalogues_trial_columns_rounded(gap_metric, capsys):
+    from ablate.cli import print_table
+
+    row = {"dataset": "world", "method": "dualcoop", "label_ratio": "0.5", "seed": "0", "status": "FINISHED",
+           "test_map": 42.0712, "trainable_params": 10240.0, "train_time_s": 12.345, "device_hours": 0.0012345,
+           "val_test_gap": 1.5}
+    print_table([row])
+    head, line = capsys.readouterr().out.splitlines()
+    for title in ("test mAP", "params", "train s", "device-h", "val − test"):
+        assert title in head
+    assert line.split()[-5:] == ["42.07", "10,240", "12.3", "0.0012", "1.50"]

@@ -23,6 +23,7 @@ from ablate.server import healthy
 from ablate.sweep import run_sweep
 from ablate.tracking import NOT_READ, NOTE_TAG, SOURCE_TAGS, git_commit, report_link, ui_address, ui_hint
 from ablate.tracking.names import ARM_FIELDS, GIT_DIRTY_TAG, REPO_URL_TAG, SPEC_TAGS
+from ablate.tracking.notes import view_links
 from ablate.tracking.view import SECTION, VIEW_TAG_PREFIX, decode, view_key
 
 DESCRIPTION = "Baseline vs DualCoOp vs zero-shot on the synthetic set, two label ratios"
@@ -173,10 +174,12 @@ def test_each_split_is_a_dataset_input_and_source_tags_are_set(sweep):
         assert {k: p["num_rows"] for k, p in profiles.items()} == {k: result["split_sizes"][k] for k in inputs}
         assert {k: [p["labels_known"], p["labels_total"]] for k, p in profiles.items()} == \
             {k: result["split_labels"][k] for k in inputs}
-        ratio = "" if zeroshot else f" · {name.split(' · ')[1]} labels"
-        assert inputs["test"].name == "synthetic · test" and inputs["val"].name == f"synthetic · val{ratio}"
+        # zero-shot ignores the ratio: its val split carries the default ratio's mask, and says so
+        ratio = "50%" if zeroshot else name.split(" · ")[1]
+        assert inputs["test"].name == "synthetic · test" and inputs["val"].name == f"synthetic · val · {ratio} labels"
+        assert zeroshot == ("reads no labels" in json.loads(inputs["val"].source)["labels"])
         if not zeroshot:
-            assert inputs["train"].name == f"synthetic · train{ratio}"
+            assert inputs["train"].name == f"synthetic · train · {ratio} labels"
             assert "the mask is drawn from the ratio and seed" in json.loads(inputs["val"].source)["labels"]
             known, total = profiles["train"]["labels_known"], profiles["train"]["labels_total"]
             assert 0 < known < total  # partial labels: the labelled count tells the ratios apart
@@ -205,6 +208,7 @@ def test_descriptions_carry_the_spec_description_results_and_report_link(sweep):
     assert note.startswith(DESCRIPTION) and report_link(sweep["experiment_id"], sweep["parent_run_id"]) in note
     assert "| dualcoop |" in note and "| zeroshot ‡ |" in note  # the report's table
     assert client.get_experiment(sweep["experiment_id"]).tags[NOTE_TAG] == note
+    assert note.endswith(view_links(sweep["experiment_id"], sweep["parent_run_id"]))  # one click to the view
     assert any(a.path == "report/report.html" for a in client.list_artifacts(sweep["parent_run_id"], "report"))
 
 
@@ -272,6 +276,8 @@ def test_the_mlflow_ui_shows_names_charts_and_the_report_link(sweep, server, tmp
     parent = chromium(tmp_path, f"{server}/#/experiments/{sweep['experiment_id']}/runs/{sweep['parent_run_id']}",
                       "--window-size=1600,1200", "--dump-dom")
     assert DESCRIPTION in parent and f'href="{report_link(sweep["experiment_id"], sweep["parent_run_id"])}"' in parent
+    view = f'href="#/experiments/{sweep["experiment_id"]}/runs?viewStateShareKey=ablate-{sweep["parent_run_id"]}'
+    assert view in parent  # the description links the prepared view
     for name in NAMES:  # the parent lists its trials by name
         assert name in parent
     shot = tmp_path / "runs.png"

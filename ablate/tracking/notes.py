@@ -34,9 +34,19 @@ def sweep_note(description: str, *sections: str) -> str:
 
 
 def set_sweep_note(client: MlflowClient, experiment_id: str, parent_run_id: str, text: str) -> None:
-    """The description of the parent run and of the experiment (which shows its newest sweep's)."""
+    """The description of the parent run and of the experiment (which shows its newest sweep's), ending with
+    links to the sweep's prepared view, so a reader who arrives without the printed address is one click
+    from it."""
+    text = sweep_note(text, view_links(experiment_id, parent_run_id))
     _retry(client.set_tag, parent_run_id, NOTE_TAG, text)
     _retry(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
+
+
+def view_links(experiment_id: str, parent_run_id: str) -> str:
+    """Markdown links to the prepared view and its charts, relative to the UI (any host serving it)."""
+    table = ui_address("", experiment_id, parent_run_id).split("/#", 1)[1]
+    charts = ui_address("", experiment_id, parent_run_id, charts=True).split("/#", 1)[1]
+    return f"This sweep in the prepared view: [runs by label ratio](#{table}) · [charts](#{charts})"
 
 
 def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts: bool = False) -> str:
@@ -112,13 +122,15 @@ def trial_note(result: TrialResult) -> str:
 def split_input(result: TrialResult, split: str, digest: str) -> DatasetInput:
     """One split as an MLflow dataset input: a name that tells ratios apart, its size and labelled count."""
     counts = result.split_labels.get(split)
-    partial = split != "test" and "label_ratio" not in ignored_fields(result.method)
+    partial = counts[0] < counts[1] if counts else split != "test"
     name = " · ".join([result.dataset, split, *([f"{result.label_ratio * 100:g}% labels"] if partial else [])])
+    unread = (" The method reads no labels: only its val mAP is scored on them." if "label_ratio" in
+              ignored_fields(result.method) else "")
     source = {"dataset": result.dataset, "split": split,
               "labels": (f"partial: each (image, class) label kept with probability {result.label_ratio:g}, "
                          "the rest unknown; the mask is drawn from the ratio and seed, so the digest differs by "
                          "ratio" + (" (val is held out of train and keeps its masked labels)" if split == "val"
-                                    else "")) if partial else "complete"}
+                                    else "") + "." + unread) if partial else "complete"}
     profile = {"num_rows": result.split_sizes.get(split, 0),
                **({"labels_known": counts[0], "labels_total": counts[1]} if counts else {})}
     return DatasetInput(Dataset(name=name, digest=digest, source_type="ablate", source=json.dumps(source),
