@@ -230,3 +230,23 @@ def test_resumed_search_equals_the_uninterrupted_one_for_every_trial_finished_be
     reached = [max(m.step for m in client.get_metric_history(r.info.run_id, "train_loss")) for r in after.values()]
     for milestone, values in rungs_after.items():
         assert len(values) == sum(epochs >= int(milestone) for epochs in reached)
+
+
+def test_asha_over_seeds_records_each_samples_mean_at_its_rungs(tmp_path, cache_dir, local_ray):
+    """With real Ray: a rung holds one value per sample, the mean of its seeds' val_map at that epoch."""
+    import json
+
+    spec = write_spec(tmp_path, cache_dir, base={"method": "baseline", "epochs": 3}, max_concurrent_trials=2,
+                      optuna={"num_samples": 3, "seeds": [0, 1], "space": LR},
+                      asha={"grace_period": 1, "reduction_factor": 2})
+    summary = run_sweep(spec)
+    assert summary["trials"] == 6 and summary["errored"] == 0
+    client = connect(summary["tracking_uri"])
+    at_epoch_1: dict[str, list[float]] = {}
+    for child in runs(tmp_path)[1]:
+        [first] = [m.value for m in client.get_metric_history(child.info.run_id, "val_map") if m.step == 1]
+        at_epoch_1.setdefault(child.data.tags[SAMPLE_TAG], []).append(first)
+    records = json.loads(next((tmp_path / "ray" / "t").glob("asha-rungs-*.json")).read_text())
+    assert sorted(records["rungs"]["1"]) == pytest.approx(sorted(np.mean(v) for v in at_epoch_1.values()))
+    for sample in records["stopped"]:  # the seed whose result decided it was stopped (an earlier one may have ended)
+        assert any(c.info.status == "KILLED" for c in runs(tmp_path)[1] if c.data.tags[SAMPLE_TAG] == sample)
