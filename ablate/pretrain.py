@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
+from .captions import STYLES
 from .data.base import DataError, file_lock, write_atomically
 from .data.transforms import build_transform
 from .data.world import (
-    STYLES,
     WorldConfig,
     build_world,
     default_world_root,

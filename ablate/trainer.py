@@ -31,8 +31,8 @@ from .arm import SELECTION_METRIC, Arm, lr_at, trainable_state
 from .backbone import Backbone
 from .data import check_root, load_splits
 from .data.base import write_atomically
-from .data.features import check_features_mode
 from .errors import ConfigError, TrialDiverged
+from .features import check_features_mode
 from .methods import create_method
 from .methods.base import Method
 from .metrics import multilabel_metrics
