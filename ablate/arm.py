@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data.base import write_atomically
 from .errors import ConfigError, TrialDiverged
+from .files import write_atomically
 from .loss import AsymmetricLoss
 from .methods import create_method
 from .methods.base import FREE, LINEAR, Method

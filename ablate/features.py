@@ -40,11 +40,12 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, BackboneInfo
-from .data.base import LabelledImages, file_lock, write_atomically
+from .data.base import LabelledImages
 from .data.dataset import MultiLabelDataset
 from .data.splits import check_root, load_splits
 from .data.transforms import Interpolation, build_transform
 from .errors import ConfigError
+from .files import file_lock, write_atomically
 from .methods import method_info
 from .runtime import backbone_from_config
 from .spec import TrialConfig

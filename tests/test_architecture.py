@@ -83,7 +83,7 @@ def test_the_package_has_no_import_cycle():
 # The layers, bottom first: a module imports only from its own layer or below (type-only imports aside).
 # A name ending in "." is every module under that package; the longest match decides.
 LAYERS = [
-    ("foundation", ["ablate.errors", "ablate.registry", "ablate.captions", "ablate.stats", "ablate.output",
+    ("foundation", ["ablate.errors", "ablate.registry", "ablate.captions", "ablate.stats", "ablate.files",
                     "ablate.catalogue", "ablate.pathnames", "ablate.extras"]),
     ("config", ["ablate.pretrain_recipe", "ablate.data", "ablate.methods", "ablate.methods.registry", "ablate.probes",
                 "ablate.probes.registry", "ablate.spec", "ablate.pack", "ablate.result", "ablate.published"]),

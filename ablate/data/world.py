@@ -42,7 +42,8 @@ from pycocotools.coco import COCO
 from tqdm.auto import tqdm
 
 from ..captions import STYLES
-from .base import DataError, LabelledImages, file_lock, fill_atomically
+from ..files import file_lock, fill_atomically
+from .base import DataError, LabelledImages
 from .coco import check_coco_root, load_coco
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 
-from ..data.base import current_umask
 from ..errors import ReportError
+from ..files import current_umask
 from ..tracking import (
     connect,
     report_link,
