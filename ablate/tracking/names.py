@@ -36,8 +36,10 @@ def flatten_config(cfg: TrialConfig) -> dict[str, str]:
     """The trial's params: every TrialConfig field, NOT_READ for the fields its method ignores (their value
     is a default that changes nothing, and would match filters and compare views as if it did)."""
     ignored = ignored_fields(cfg.method)
-    return {k: NOT_READ if k in ignored else "" if v is None else str(v)
-            for k, v in cfg.model_dump(mode="json").items()}
+    dumped = cfg.model_dump(mode="json")
+    options = dumped.pop("options")  # the method's own settings, one param each: options.<name>
+    return {**{k: NOT_READ if k in ignored else "" if v is None else str(v) for k, v in dumped.items()},
+            **{f"options.{k}": "" if v is None else str(v) for k, v in options.items()}}
 
 
 def trial_key(parent_run_id: str, trial_id: str) -> str:
