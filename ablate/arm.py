@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data.base import write_atomically
 from .errors import ConfigError, TrialDiverged
+from .files import write_atomically
 from .loss import AsymmetricLoss
-from .methods import create_method
+from .methods import METHODS, create_method, method_info
 from .methods.base import FREE, LINEAR, Method
 from .prompts import PROMPT
 from .result import TrialResult
@@ -32,9 +32,13 @@ GROWTH_WARNING = 1e6
 
 
 def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
+    """SGD with one group per parameter kind: the built-in kinds' multipliers and decays are TrialConfig
+    fields; a kind the method registers names fields of its own options."""
     mult = {PROMPT: cfg.prompt_lr_mult, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
     linear_decay = cfg.weight_decay if cfg.linear_weight_decay is None else cfg.linear_weight_decay
     decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: linear_decay}
+    for kind, spec in (method_info(cfg.method).kinds.items() if cfg.method in METHODS else ()):
+        mult[kind], decay[kind] = cfg.options[spec.lr_mult], cfg.options[spec.weight_decay]
     by_kind = method.param_groups()
     unknown = set(by_kind) - set(mult)
     if unknown:

@@ -26,8 +26,8 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
-from .data.base import file_lock
 from .errors import WeightsError
+from .files import file_lock
 from .torchscript import is_torchscript, read_torchscript
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, create_backbone
-from .data.base import DataError, file_lock, write_atomically
+from .captions import STYLES
+from .data.base import DataError
 from .data.transforms import build_transform
 from .data.world import (
-    STYLES,
     WorldConfig,
     build_world,
     default_world_root,
@@ -44,6 +44,7 @@ from .data.world import (
     world_hash,
 )
 from .errors import ConfigError
+from .files import file_lock, write_atomically
 from .metrics import multilabel_metrics
 from .pretrain_recipe import DEFAULT_PRETRAIN, PretrainConfig, alias_of, parse_alias
 

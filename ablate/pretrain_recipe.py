@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .data.world import STYLES, CaptionStyle
+from .captions import STYLES, CaptionStyle
 from .errors import ConfigError
 
 

@@ -157,6 +157,9 @@ class TrialConfig(StrictModel):
     amp: bool = Field(True, description="autocast (fp16) on CUDA")
     num_workers: Int = Field(2, ge=0)
     cache_dir: Path | None = Field(None, description="where masks and generated data go (default ./.ablate_cache)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the method's own settings, validated by the options model it registers "
+        "(in a spec: under per_method.<method> beside the other fields)")
 
     @field_validator("method")
     @classmethod
@@ -197,6 +200,9 @@ class TrialConfig(StrictModel):
         for name in ("zeroshot_positive", "zeroshot_negative"):
             if "{}" not in getattr(self, name):
                 raise ValueError(f"{name} must contain '{{}}' where the class name goes")
+        parsed = method_info(self.method).parse_options(self.options)
+        if parsed != self.options:  # defaults filled in, so equal trials compare (and key) equal
+            object.__setattr__(self, "options", parsed)
         return self
 
     @property
@@ -467,10 +473,20 @@ class SweepSpec(StrictModel):
                 if name not in registry:
                     raise ValueError(f"{section}.{name}: unknown {registry.kind}; registered: "
                                      f"{', '.join(registry.names())}")
-                for key, value in overrides.items():
+                fields, options = method_settings(overrides) if section == "per_method" else (overrides, {})
+                for key, value in fields.items():
                     if key == registry.kind:
                         raise ValueError(f"{section}.{name}.{key}: not a settable TrialConfig field")
                     self._check_value(f"{section}.{name}.{key}", key, value)
+                if options:
+                    info = method_info(name)
+                    if info.options is None:
+                        raise ValueError(f"{section}.{name}.{next(iter(options))}: not a TrialConfig field, and "
+                                         f"method {name} registers no options of its own")
+                    try:
+                        info.parse_options(options)
+                    except ValueError as err:
+                        raise ValueError(f"{section}.{name}.{str(err).removeprefix('options.')}") from None
 
     def _check_grid(self) -> None:
         for key, values in self.grid.items():
@@ -523,13 +539,26 @@ def load_sweep_spec(path: Path) -> SweepSpec:
         raise ConfigError(format_validation_error(err, str(path))) from None
 
 
+def method_settings(section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A per_method section split into TrialConfig fields and the method's own options (every other key;
+    an explicit `options:` mapping counts too)."""
+    fields = {k: v for k, v in section.items() if k in TrialConfig.model_fields and k != "options"}
+    options = {**section.get("options", {}), **{k: v for k, v in section.items() if k not in TrialConfig.model_fields}}
+    return fields, options
+
+
 def arm_config(spec: SweepSpec, combo: dict[str, Any]) -> TrialConfig:
-    """Base, then the dataset's own settings, then the method's, then the grid values."""
+    """Base, then the dataset's own settings, then the method's (its own options among them), then the grid
+    values."""
     dataset = combo.get("dataset", spec.base.dataset)
     method = combo.get("method", spec.base.method)
+    fields, options = method_settings(spec.per_method.get(method, {}))
+    base = spec.base.model_dump()
+    if base["method"] != method:  # the base's options are its own method's
+        base["options"] = {}
     try:
-        return TrialConfig.model_validate({**spec.base.model_dump(), **spec.per_dataset.get(dataset, {}),
-                                           **spec.per_method.get(method, {}), **combo})
+        return TrialConfig.model_validate({**base, **spec.per_dataset.get(dataset, {}), **fields,
+                                           "options": {**base["options"], **options}, **combo})
     except ValidationError as err:
         where = f"the arm {combo} (base + per_dataset.{dataset} + per_method.{method} + grid)"
         raise ConfigError(format_validation_error(err, where)) from None

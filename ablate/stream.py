@@ -20,9 +20,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from .backbone import Backbone
 from .data import LabelledImages
 from .data.dataset import read_image
-from .data.features import FeatureCache, ensure_trial_caches
 from .data.transforms import build_transform
 from .errors import AblateError, worker_message
+from .features import FeatureCache, ensure_trial_caches
 from .runtime import resolve_device
 from .spec import TrialConfig
 

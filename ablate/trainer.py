@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 from .arm import SELECTION_METRIC, Arm, lr_at, trainable_state
 from .backbone import Backbone
 from .data import check_root, load_splits
-from .data.base import write_atomically
-from .data.features import check_features_mode
 from .errors import ConfigError, TrialDiverged
+from .features import check_features_mode
+from .files import check_free_space, ensure_writable_folder, exclusive_folder, write_atomically
 from .methods import create_method
 from .methods.base import Method
 from .metrics import multilabel_metrics
-from .output import check_free_space, ensure_writable_folder, exclusive_folder
 from .pack import pack_key, stream_config
 from .result import TrialResult
 from .runtime import backbone_from_config, resolve_device, seed_everything

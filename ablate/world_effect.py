@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .data.world import STYLES, CaptionStyle  # ("presence", "negation"): the effect is the second minus the first
+from .captions import STYLES, CaptionStyle  # ("presence", "negation"): the effect is the second minus the first
 from .pretrain_recipe import DEFAULT_PRETRAIN, alias_of, is_alias, parse_alias
 from .stats import Interval, pooled_sd, welch_interval
 

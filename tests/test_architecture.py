@@ -80,6 +80,43 @@ def test_the_package_has_no_import_cycle():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
+# The layers, bottom first: a module imports only from its own layer or below (type-only imports aside).
+# A name ending in "." is every module under that package; the longest match decides.
+LAYERS = [
+    ("foundation", ["ablate.errors", "ablate.registry", "ablate.captions", "ablate.stats", "ablate.files",
+                    "ablate.catalogue", "ablate.pathnames", "ablate.extras"]),
+    ("config", ["ablate.pretrain_recipe", "ablate.data", "ablate.methods", "ablate.methods.registry", "ablate.probes",
+                "ablate.probes.registry", "ablate.spec", "ablate.pack", "ablate.result", "ablate.published"]),
+    ("model", ["ablate.backbone", "ablate.torchscript", "ablate.prompts", "ablate.aggregation", "ablate.loss",
+               "ablate.metrics", "ablate.methods.", "ablate.pretrain", "ablate.weights", "ablate.runtime"]),
+    ("training", ["ablate.features", "ablate.stream", "ablate.arm", "ablate.trainer", "ablate.probes.",
+                  "ablate.world_effect", "ablate.pareto"]),
+    ("orchestration", ["ablate.tracking", "ablate.sweep", "ablate.report", "ablate.server", "ablate.probes.analyze"]),
+    ("entry", ["ablate.cli", "ablate.run", "ablate.probes.cli"]),
+]
+
+
+def layer_of(module: str) -> int | None:
+    matches = [(len(name), i) for i, (_, names) in enumerate(LAYERS) for name in names
+               if module == name or module.startswith(name if name.endswith(".") else name + ".")]
+    return max(matches)[1] if matches else None
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
+    graph = import_graph()
+    assert [m for m in graph if m != "ablate" and layer_of(m) is None] == [], "declare the new module's layer"
+    upwards = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"  # type: ignore[index]
+               for m, deps in sorted(graph.items()) if m != "ablate" for d in sorted(deps)
+               if d != "ablate" and layer_of(d) > layer_of(m)]  # type: ignore[operator]
+    assert not upwards, "\n".join(upwards)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("ablate.data.features") == 1 and layer_of("ablate.features") == 3
+    assert layer_of("ablate.methods.two_sided") == 2 and layer_of("ablate.methods") == 1
+    assert layer_of("ablate.sweep") > layer_of("ablate.trainer") > layer_of("ablate.backbone")  # type: ignore[operator]
+
+
 def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
@@ -93,10 +130,19 @@ def test_the_model_layer_does_not_know_where_weights_come_from():
                                     "ablate.cli", "ablate.data.check", "ablate.data.fetch", "ablate.sweep",
                                     "ablate.sweep.arms", "ablate.catalogue"])
 def test_configs_registries_reports_and_the_cli_import_without_torch(module):
+    """(the config layer itself, ablate.spec, is held to more below)"""
     code = (f"import sys, {module}; heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]; "
             "print(heavy[:3]); sys.exit(bool(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, f"{module} imports {out.stdout.strip()} {out.stderr[-500:]}"
+
+
+def test_the_config_layer_imports_no_heavy_library():
+    heavy = ("torch", "PIL", "pycocotools", "ray", "mlflow", "matplotlib", "open_clip")
+    code = (f"import sys, ablate.spec; heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})); "
+            "print(heavy); sys.exit(bool(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, f"ablate.spec imports {out.stdout.strip()} {out.stderr[-500:]}"
 
 
 def test_the_sweep_face_and_its_arms_import_no_ray():

@@ -16,7 +16,7 @@ import torch
 
 from ablate.backbone import BackboneInfo, create_backbone
 from ablate.data import load_splits
-from ablate.data.features import cache_inputs, ensure, trial_caches, visual_fingerprint
+from ablate.features import cache_inputs, ensure, trial_caches, visual_fingerprint
 from ablate.trainer import Trial, run_trial
 
 INFO = BackboneInfo(name="ablate-tiny-vit", pretrained="none", image_size=64, embed_dim=128, text_width=128,
@@ -122,7 +122,7 @@ import torch
 from pathlib import Path
 from ablate.backbone import create_backbone
 from ablate.data import load_splits
-from ablate.data.features import ensure, trial_caches
+from ablate.features import ensure, trial_caches
 from ablate.spec import TrialConfig
 
 cfg = TrialConfig.model_validate_json(sys.argv[1])

@@ -122,8 +122,8 @@ def test_every_field_outside_the_pack_key_leaves_the_stream_unchanged(tiny_cfg):
     assert stream_fingerprint(stream_config(base)) == expected  # the shared stream is the arm's own
     untested = []
     for name in TrialConfig.model_fields:
-        if name in STREAM_FIELDS:
-            continue
+        if name in STREAM_FIELDS or name == "options":  # a method's own options: validated per method, and
+            continue  # stream_config sets them to {} like every field outside the key
         value = other_value(name, getattr(base, name))
         if value is None:
             untested.append(name)

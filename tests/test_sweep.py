@@ -177,7 +177,7 @@ def test_dry_run_counts_the_full_grid(capsys):
 def test_shipped_specs_expand_into_runnable_trials(name, trials):
     """Every arm of every shipped spec passes the checks a trial makes before it starts (the zero-shot
     arm of a cached-feature spec once came out with augment: true and was refused at launch)."""
-    from ablate.data.features import check_features_mode
+    from ablate.features import check_features_mode
     from ablate.spec import canonical, load_sweep_spec
     from ablate.sweep import expand
 

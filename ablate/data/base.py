@@ -1,22 +1,15 @@
-"""What the loaders share: the error they raise, the table they return, the configured root, and safe
-writes of generated files (atomic, one writer at a time)."""
+"""What the loaders share: the error they raise, the table they return and the configured root (safe
+writes of generated files are ablate/files.py's)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
-import shutil
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 # the one DataError (an AblateError); loaders and their callers import it from here
 from ..errors import DataError
@@ -86,60 +79,3 @@ def check_images_exist(paths: list[Path], dataset: str, layout: str) -> None:
             f"{dataset}: {len(missing)} of {len(paths)} listed images are missing (e.g. {shown}); "
             f"expected layout: {layout}"
         )
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
-    """Exclusive inter-process lock (flock on `path`) held while the block runs; `waiting`, if given,
-    is printed to stderr when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                tqdm.write(waiting, file=sys.stderr)  # between progress bars, not through them
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a temp file beside `path`, then rename it: readers see the old file or the new one.
-    The file gets the mode a plain open() would give it (mkstemp's is owner-only: on a shared cache
-    other users could not read it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def fill_atomically(root: Path, fill: Callable[[Path], None]) -> None:
-    """`fill(tmp)` a fresh folder beside `root`, then rename it to `root` (atomic; replaces an empty folder)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
-        fill(tmp)
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only; a plain mkdir would not
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def current_umask() -> int:
-    """The process umask, read from /proc where there is one: setting and restoring it (the only other
-    way) briefly changes it for every thread."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

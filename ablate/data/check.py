@@ -192,13 +192,13 @@ def _voc(manifest: DatasetManifest, root: Path, report: CheckReport) -> ImagesOf
 
 
 def _coco(manifest: DatasetManifest, root: Path, report: CheckReport) -> ImagesOf:
-    from .coco import read_instances
+    from .coco import folder_files, read_instances
 
     images_of = {}
     for name, expected in manifest.splits.items():
         split = SplitCheck(name, expected)
         report.splits.append(split)
-        ann, folder = root / "annotations" / f"instances_{name}.json", root / name
+        ann, folder = folder_files(root, name)
         if not folder.is_dir():
             report.layout.append(f"{name}/: missing")
         if not ann.is_file():

@@ -37,7 +37,11 @@ _SPLITS: dict[Literal["train", "test"], str] = {"train": "train2014", "test": "v
 
 def coco_files(root: Path, split: Literal["train", "test"]) -> tuple[Path, Path]:
     """(annotation json, image folder) of a split."""
-    folder = _SPLITS[split]
+    return folder_files(root, _SPLITS[split])
+
+
+def folder_files(root: Path, folder: str) -> tuple[Path, Path]:
+    """(annotation json, image folder) of the split whose images are in `folder` (train2014, val2014)."""
     return root / "annotations" / f"instances_{folder}.json", root / folder
 
 

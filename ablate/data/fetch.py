@@ -27,7 +27,8 @@ from pathlib import Path
 import requests
 import urllib3
 
-from .base import DataError, file_lock, write_atomically
+from ..files import file_lock, write_atomically
+from .base import DataError
 from .check import check_dataset
 from .manifest import MIRROR_ENV, Archive, DatasetManifest
 from .progress import Progress

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import write_atomically
+from ..files import write_atomically
 
 
 def stable_seed(*parts: object) -> int:

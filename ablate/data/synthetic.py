@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .base import DataError, LabelledImages, fill_atomically
+from ..files import fill_atomically
+from .base import DataError, LabelledImages
 from .classnames import SYNTHETIC
 from .coco import check_coco_root, coco_files, load_coco
 

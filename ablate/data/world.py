@@ -41,7 +41,9 @@ from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 from tqdm.auto import tqdm
 
-from .base import DataError, LabelledImages, file_lock, fill_atomically
+from ..captions import STYLES
+from ..files import file_lock, fill_atomically
+from .base import DataError, LabelledImages
 from .coco import check_coco_root, load_coco
 
 if TYPE_CHECKING:
@@ -56,8 +58,6 @@ WORLD_CLASSES = [
 # diagnostics; pretrain is the image-caption corpus the world CLIPs learn from, disjoint from all of
 # them, so pre-training never sees the captions (i.e. the full labels) of downstream training images.
 SPLITS = {"train": "train2014", "val": "minival", "test": "val2014", "pretrain": "pretrain"}
-CaptionStyle = Literal["presence", "negation"]
-STYLES: tuple[CaptionStyle, ...] = ("presence", "negation")
 MANIFEST = "ablate_world.json"
 CAPTIONS_PER_IMAGE = 5
 NEGATION_RATE = 0.5  # share of negation-style captions that carry a negation

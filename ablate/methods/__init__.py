@@ -15,6 +15,7 @@ from .registry import (
     OFFSET_FIELDS,
     PROMPT_FIELDS,
     TRAINING_FIELDS,
+    Kind,
     MethodInfo,
     create_method,
     method_info,
@@ -22,7 +23,8 @@ from .registry import (
     register_method,
 )
 
-__all__ = ["FREE", "FREE_FIELDS", "HAND_PROMPT_FIELDS", "LINEAR", "METHODS", "METHOD_FIELDS", "Method", "MethodInfo",
+__all__ = ["FREE", "FREE_FIELDS", "HAND_PROMPT_FIELDS", "Kind", "LINEAR", "METHODS", "METHOD_FIELDS", "Method",
+           "MethodInfo",
            "OFFSET_FIELDS", "PROMPT_FIELDS", "TRAINING_FIELDS", "create_method", "method_info", "method_names",
            "register_method"]
 

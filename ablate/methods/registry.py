@@ -10,8 +10,10 @@ read; the trainer, feature cache and probes ask these flags instead of matching 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
 
 from ..registry import Registry, resolve
 
@@ -37,6 +39,15 @@ Builder = Callable[["Backbone", list[str], "TrialConfig"], "Method"]
 
 
 @dataclass(frozen=True)
+class Kind:
+    """A parameter kind a method brings (beyond prompt / free / linear): the fields of the method's own
+    options that give its learning-rate multiplier (x the trial's lr) and its weight decay."""
+
+    lr_mult: str
+    weight_decay: str
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     name: str
     build: str | Builder  # (backbone, classnames, cfg) -> Method, or "module:attr" naming it
@@ -45,12 +56,38 @@ class MethodInfo:
     trains: bool = True  # has trainable parameters (False: scored as built)
     embeds_classes: bool = True  # scores per-class embeddings (prompted or free) that probes can analyse
     cacheable: bool = True  # can train on cached dense features (its image input is the frozen encoder's output)
+    # the method's own settings: a pydantic model (unknown keys refused) read from TrialConfig.options, and
+    # set in a spec under per_method.<name> like any field
+    options: type[BaseModel] | None = None
+    kinds: dict[str, Kind] = field(default_factory=dict)  # its own parameter kinds, by name
 
     def __post_init__(self) -> None:
         unknown = set(self.reads) - METHOD_FIELDS
         if unknown:
             raise ValueError(f"method {self.name}: reads {sorted(unknown)}, which are not method-dependent "
                              f"fields ({sorted(METHOD_FIELDS)})")
+        declared = set(self.options.model_fields) if self.options is not None else set()
+        for kind, spec in self.kinds.items():
+            missing = {spec.lr_mult, spec.weight_decay} - declared
+            if missing:
+                raise ValueError(f"method {self.name}: kind {kind!r} names {sorted(missing)}, which its options "
+                                 "model does not declare")
+
+    def parse_options(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` validated by the method's options model, defaults filled in (ValueError naming
+        `options.<field>` otherwise)."""
+        if self.options is None:
+            if values:
+                raise ValueError(f"options: method {self.name} takes no options (got {', '.join(sorted(values))})")
+            return {}
+        try:
+            return self.options.model_validate(values).model_dump(mode="json")
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            msg = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
+            raise ValueError(f"options.{where}: {msg} (method {self.name}; its options: "
+                             f"{', '.join(self.options.model_fields)})") from None
 
     @property
     def ignores(self) -> frozenset[str]:

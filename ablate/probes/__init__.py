@@ -21,7 +21,8 @@ _LAZY = {
     **dict.fromkeys(("describe", "format_stats", "write_json", "probe_backbone", "probe_images", "image_loader",
                      "encode_images", "encode_texts"), "common"),
     **dict.fromkeys(("ProbeContext", "run_probes_for_trial", "flat_metrics", "probe_markdown"), "trial"),
-    **dict.fromkeys(("add_probe_commands", "add_config_flags", "config_from_args", "PROBE_FLAGS"), "cli"),
+    "add_probe_commands": "cli",
+    **dict.fromkeys(("add_config_flags", "config_from_args", "PROBE_FLAGS"), "flags"),
 }
 
 __all__ = ["PROBES", "PROBE_COLUMNS", "PROBE_FLAGS", "ProbeContext", "ProbeError", "ProbeInfo", "add_config_flags",

@@ -33,8 +33,8 @@ from ablate.backbone import Backbone
 from ablate.errors import ProbeError
 from ablate.spec import TrialConfig
 
-from .cli import add_config_flags, config_from_args
 from .common import encode_images, encode_texts, probe_backbone, probe_images, write_json
+from .flags import add_config_flags, config_from_args
 from .trial import ProbeContext
 
 # Meaning-preserving names; whole class names first, then the last word (the synthetic shapes).

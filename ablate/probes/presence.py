@@ -26,8 +26,8 @@ from ablate.methods import create_method
 from ablate.metrics import per_class_ap
 from ablate.spec import TrialConfig
 
-from .cli import add_config_flags, config_from_args
 from .common import image_loader, probe_backbone, probe_images, write_json
+from .flags import add_config_flags, config_from_args
 from .trial import ProbeContext
 
 

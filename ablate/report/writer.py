@@ -19,8 +19,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..data.base import current_umask
 from ..errors import ReportError
+from ..files import current_umask
 from ..pathnames import component_problem
 from ..published import PublishedTable
 from ..tracking import (

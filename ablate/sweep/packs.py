@@ -1,5 +1,6 @@
 """Which arms train together: a grid sweep's arms grouped by pack key (ablate/pack.py), each group split
-into as many packs as keep the cluster's concurrent trial slots busy, none over `max_pack_arms`.
+into packs no larger than an even share of the arms over the cluster's concurrent trial slots, and none
+over `max_pack_arms`.
 
 Packing trades parallelism for shared work: full_grid has 542 arms but only 6 image streams, so 6
 packs would leave most GPUs idle. No Ray, no torch: this also serves `--dry-run`.
@@ -41,23 +42,20 @@ def streams(arms: Sequence[Arm]) -> dict[str, list[int]]:
 
 
 def plan_packs(spec: SweepSpec, arms: Sequence[Arm], slots: int, slots_from: str) -> Plan:
-    """One pack per arm unless the spec packs; else each stream's arms in as few packs as `max_pack_arms`
-    allows, split further (largest packs first) until there are at least `slots` packs or every pack is
-    one arm. Arms are dealt round-robin, so each pack of a stream gets a like mix of methods."""
+    """One pack per arm unless the spec packs; else each stream's arms in packs of at most `max_pack_arms`
+    and at most an even share of the arms over the `slots` concurrent trials (so no slot idles while
+    another works through an oversized pack). Arms are dealt round-robin, so each pack of a stream gets a
+    like mix of methods."""
     if not spec.packing:
         why = "pack: off" if spec.pack == "off" else "Optuna / ASHA sweeps run one arm per trial"
         return Plan([[i] for i in range(len(arms))], why)
     groups = list(streams(arms).values())
-    counts = [math.ceil(len(g) / spec.max_pack_arms) for g in groups]
-    while sum(counts) < slots:
-        sizes = [math.ceil(len(g) / c) for g, c in zip(groups, counts)]
-        largest = max(range(len(groups)), key=lambda k: sizes[k])
-        if sizes[largest] <= 1:
-            break
-        counts[largest] += 1
+    share = math.ceil(len(arms) / max(slots, 1))
+    size = min(spec.max_pack_arms, share)
+    counts = [math.ceil(len(g) / size) for g in groups]
     packs = [group[k::count] for group, count in zip(groups, counts) for k in range(count)]
-    reason = (f"{len(groups)} image stream(s), split to fill {slots} concurrent trial slot(s) ({slots_from}), "
-              f"at most {spec.max_pack_arms} arms a pack (max_pack_arms)")
+    reason = (f"{len(groups)} image stream(s); at most {size} arms a pack: max_pack_arms {spec.max_pack_arms}, "
+              f"and {len(arms)} arms over {slots} concurrent trial slot(s) ({slots_from})")
     return Plan(packs, reason)
 
 

@@ -31,7 +31,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
     """
     from ..data import check_root
     from ..data.check import require_complete
-    from ..data.features import check_features_mode, feature_group
+    from ..features import check_features_mode, feature_group
     from ..weights import is_alias, resolve_pretrained
 
     seen = set()
@@ -76,7 +76,7 @@ def build_feature_caches(configs: list[TrialConfig], resources: Resources | None
     """Make the caches of every config valid (building the missing ones); one progress bar over all images."""
     from tqdm.auto import tqdm
 
-    from ..data.features import cached_images, prepare_caches
+    from ..features import cached_images, prepare_caches
 
     with tqdm(total=sum(map(cached_images, configs)), desc="feature caches", unit="img") as bar:
         if resources is None:
@@ -106,7 +106,7 @@ def _cache_task(config: dict, done_images, cpus: float, plugins: list[str]) -> N
     """Ray task: the caches of one config, on the worker's device (a GPU when the task holds one)."""
     import torch
 
-    from ..data.features import prepare_caches
+    from ..features import prepare_caches
 
     torch.set_num_threads(max(1, int(cpus)))
     import_plugins(plugins)

@@ -44,8 +44,10 @@ def flatten_config(cfg: TrialConfig) -> dict[str, str]:
     is a default that changes nothing, and would match filters and compare views as if it did); an unset
     field the method reads is UNSET, never an empty string."""
     ignored = ignored_fields(cfg.method)
-    return {k: NOT_READ if k in ignored else UNSET if v is None else str(v)
-            for k, v in cfg.model_dump(mode="json").items()}
+    dumped = cfg.model_dump(mode="json")
+    options = dumped.pop("options")  # the method's own settings, one param each: options.<name>
+    return {**{k: NOT_READ if k in ignored else UNSET if v is None else str(v) for k, v in dumped.items()},
+            **{f"options.{k}": UNSET if v is None else str(v) for k, v in options.items()}}
 
 
 def arm_tags(cfg: TrialConfig) -> dict[str, str]:

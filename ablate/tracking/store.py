@@ -19,8 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..data.base import file_lock
 from ..errors import TrackingError
+from ..files import file_lock
 
 # A sqlite store allows one writer; another process (a backup, `sqlite3`, a report) may hold it for a
 # while. Every call waits up to this long before the lock counts as a fault.

@@ -40,15 +40,16 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from ..backbone import Backbone, BackboneInfo
-from ..errors import ConfigError, DataError
-from ..methods import method_info
-from ..runtime import backbone_from_config
-from ..spec import TrialConfig
-from .base import LabelledImages, file_lock, write_atomically
-from .dataset import MultiLabelDataset
-from .splits import check_root, load_splits
-from .transforms import Interpolation, build_transform
+from .backbone import Backbone, BackboneInfo
+from .data.base import LabelledImages
+from .data.dataset import MultiLabelDataset
+from .data.splits import check_root, load_splits
+from .data.transforms import Interpolation, build_transform
+from .errors import ConfigError, DataError
+from .files import file_lock, write_atomically
+from .methods import method_info
+from .runtime import backbone_from_config
+from .spec import TrialConfig
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
 DATA_FILES = {"float16": "features.f16", "float32": "features.f32"}  # by storage dtype
