@@ -184,6 +184,7 @@ def test_ray_up_submit_report_down_on_the_onprem_config(machine, tmp_path):
     spec.chmod(0o644)
     ray_cli = str(BIN / "ray")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env["RAY_TMPDIR"] = str(machine["top"])  # the local provider's record of the nodes: removed with the folder
     timings: dict[str, float] = {}
     # another user's Ray on this machine (like other people's jobs): teardown must leave it running
     sentinel = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

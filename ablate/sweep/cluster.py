@@ -137,10 +137,7 @@ def reachable_from_workers(uri: str, address: str | None = None) -> str:
         print(f"tracking: trials log to {redact_uri(uri)}", file=sys.stderr)
         return uri
     node = ray.util.get_node_ip_address()
-    netloc = parsed.netloc.rsplit("@", 1)
-    host = f"[{node}]" if ":" in node else node
-    hostport = host + (f":{parsed.port}" if parsed.port else "")
-    rewritten = parsed._replace(netloc=f"{netloc[0]}@{hostport}" if len(netloc) == 2 else hostport).geturl()
+    rewritten = _on_host(uri, node)
     if parsed.scheme in ("http", "https") and not healthy(rewritten.rstrip("/"), timeout=5.0):
         raise ConfigError(f"the tracking server at {redact_uri(uri)} answers this driver on loopback only, but "
                           f"trials on other nodes would call {redact_uri(rewritten)}, which does not answer; "
@@ -149,6 +146,14 @@ def reachable_from_workers(uri: str, address: str | None = None) -> str:
     print(f"tracking: trials log to {redact_uri(rewritten)} ({parsed.hostname} in the tracking URI means this "
           f"driver's node, {node})", file=sys.stderr)
     return rewritten
+
+
+def _on_host(uri: str, host: str) -> str:
+    """`uri` with its host replaced (user, password and port kept)."""
+    parsed = urlparse(uri)
+    credentials = parsed.netloc.rsplit("@", 1)[0] + "@" if "@" in parsed.netloc else ""
+    port = f":{parsed.port}" if parsed.port else ""
+    return parsed._replace(netloc=credentials + (f"[{host}]" if ":" in host else host) + port).geturl()
 
 
 def lost_with_its_node(error: BaseException | None) -> bool:
