@@ -214,23 +214,8 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     ray_was_up = _ray_is_up()
     with Signals().installed() as signals:
         try:
-            # a tracking server or database that is down or refuses the password stops here, before Ray
-            store_uri = (SweepState.load(state_path).tracking_uri if resume and state_path.exists()
-                         else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
-            probe_store(store_uri)
-            # a bad data root stops here, before anything is recorded
-            fetch_data(spec, arms, ray_address)
-            prepare_data(arms, spec.resources, spec.plugins, ray_address)
-            res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
-            require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
-            check_storage_on_nodes(storage, spec.name)
-            worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
-            plan = plan_packs(spec, arms, *cluster_slots(spec))
-            state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
-                                        plan.packs if spec.packing else None)
-            if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
-                print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)),
-                      file=sys.stderr)
+            state, client, worker_uri = _preflight(spec, arms, path, state_path, storage, resume, tracking_uri,
+                                                   ray_address)
         except BaseException as err:
             if not ray_was_up:  # a caller in the same process gets back the Ray it had: none
                 _shutdown_ray()
@@ -241,8 +226,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
         try:
             workroot = work_root(storage, spec.name, state.parent_run_id)
             shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
-            ctx = TrackingContext(worker_uri, state.experiment_id,
-                                  state.parent_run_id)
+            ctx = TrackingContext(worker_uri, state.experiment_id, state.parent_run_id)
             tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot, state_path.parent) for arm in arms] \
                 if spec.optuna else [_tuner(spec, None, arms, ctx, storage, resume, workroot, state_path.parent,
                                             state.packs)]
@@ -262,6 +246,30 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             "parent_run_id": state.parent_run_id,
             "trials": total, "errored": errored, "storage": storage,
             "ui": ui_address(state.tracking_uri, state.experiment_id, state.parent_run_id)}
+
+
+def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, storage: str, resume: bool,
+               tracking_uri: str | None, ray_address: str | None):
+    """Everything that can refuse the sweep, before anything is recorded: the tracking store, the data, the
+    resources a trial asks for, the shared storage and the address trials will log to; then the parent run
+    (and the packs) are opened. Returns (state, client, the tracking URI the trials get)."""
+    # a tracking server or database that is down or refuses the password stops here, before Ray
+    store_uri = (SweepState.load(state_path).tracking_uri if resume and state_path.exists()
+                 else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+    probe_store(store_uri)
+    # a bad data root stops here, before anything is recorded
+    fetch_data(spec, arms, ray_address)
+    prepare_data(arms, spec.resources, spec.plugins, ray_address)
+    res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
+    require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
+    check_storage_on_nodes(storage, spec.name)
+    worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
+    plan = plan_packs(spec, arms, *cluster_slots(spec))
+    state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
+                                plan.packs if spec.packing else None)
+    if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
+        print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
+    return state, client, worker_uri
 
 
 def note_finished_sweep(client, state: SweepState, spec: SweepSpec, total: int, errored: int) -> None:

@@ -50,6 +50,29 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
     sampled = {k: v for k, v in config.items() if k not in ("arm", "pack", SAMPLE_KEY)}
     cfgs = [TrialConfig.model_validate({**arms[i], **sampled}) for i in members]
     trial_id = tune.get_context().get_trial_id()
+    runs = _attach_runs(tracking, cfgs, members, config, labels, names, sampled, trial_id)
+    workdir = trial_workdir(Path(workroot), trial_id)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as src:
+            shutil.copytree(src, workdir, dirs_exist_ok=True)
+    pack, results = _train(cfgs, runs, workdir, probes, probe_limit)
+    wall = time.monotonic() - started
+    finals = _log_finals(runs, pack, results, wall, gpus, cpus)
+    if len(members) == 1:  # the selection metrics again, so Optuna and ASHA read the trial's final standing
+        result = results[0]
+        assert result is not None, "a trial of one arm raises when it fails"
+        selection = {"val_map": result.best_val_map} if result.best_val_map is not None else {}
+        tune.report({**finals[0], **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
+    else:
+        tune.report({"arms": len(members), "arms_failed": sum(r is None for r in results),
+                     **device_time(wall, gpus, cpus), "done": True})
+
+
+def _attach_runs(tracking: TrackingContext, cfgs: list[TrialConfig], members: list[int], config: dict,
+                 labels: list[dict], names: list[str], sampled: dict, trial_id: str) -> list[TrialRun]:
+    """Each arm's MLflow run, found again or created; a packed arm's is keyed by its arm and tagged with
+    its pack, an Optuna seed run with its sample."""
     packed = len(members) > 1
     runs = [TrialRun.attach(tracking, cfg, trial_id, {**labels[i], **sampled},
                             trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None)
@@ -59,36 +82,27 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
             run.set_tag(PACK_TAG, f"{pack_id(cfgs[0])}-{config['pack']} ({len(members)} arms)")
     if SAMPLE_KEY in config:  # the seeds of one sampled configuration share it
         runs[0].set_tag(SAMPLE_TAG, str(config[SAMPLE_KEY]))
-    workdir = trial_workdir(Path(workroot), trial_id)
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as src:
-            shutil.copytree(src, workdir, dirs_exist_ok=True)
-    pack, results = _train(cfgs, runs, workdir, probes, probe_limit)
-    wall = time.monotonic() - started
+    return runs
+
+
+def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: float, cpus: float) -> list[dict]:
+    """Each finished arm's end-of-trial metrics and result, its run closed FINISHED. Its cost is what it
+    would take alone: the pack's time less the other arms' own compute; a packed arm also gets the
+    pack's real figures."""
     own = [arm.elapsed - arm.shared_s for arm in pack.arms]  # each arm's own compute, the stream's time aside
     finals: list[dict] = []
     for i, (run, result) in enumerate(zip(runs, results)):
         if result is None:
             continue
-        # what the arm would cost alone: the pack's time less the other arms' own compute
         alone = wall - sum(t for j, t in enumerate(own) if j != i)
         final = {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(result.device),
                  **device_time(alone, gpus, cpus)}
-        if packed:
+        if len(runs) > 1:
             final |= {f"pack_{k}": v for k, v in device_time(wall, gpus, cpus).items()}
         run.log_result(result, final)
         run.finish()
         finals.append(final)
-    failed = sum(r is None for r in results)
-    if not packed:  # the selection metrics again, so Optuna and ASHA read the trial's final standing
-        result = results[0]
-        assert result is not None, "a trial of one arm raises when it fails"
-        selection = {"val_map": result.best_val_map} if result.best_val_map is not None else {}
-        tune.report({**finals[0], **selection, "loss": result.last_loss, "epoch": result.epochs, "done": True})
-    else:
-        tune.report({"arms": len(members), "arms_failed": failed, **device_time(wall, gpus, cpus), "done": True})
-
+    return finals
 
 def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, probes: Sequence[str],
            probe_limit: int | None):
