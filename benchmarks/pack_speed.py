@@ -11,7 +11,7 @@ K arms alone, summed, and of the pack, and their ratios; the ratio the arms' own
 predict (from the alone runs: stream time s_i and own compute o_i, predicted = sum(s_i + o_i) /
 (mean(s) + sum(o_i))); and per arm, the pack's estimate of what the arm costs alone (train_time_s:
 the stream's time + its own compute; wall: the pack's wall less the other arms' own compute) against
-the arm alone.
+the arm alone, and the same estimate in CPU seconds (a busy machine stretches wall times unevenly).
 
     python benchmarks/pack_speed.py [--backbone RN50] [--image-size 224] [--images 128] [--epochs 2]
         [--ks 1 4 8] [--threads 1] [--device cpu|cuda]
@@ -106,6 +106,11 @@ def main() -> None:
                     round(e / a["train_time_s"][0], 3) for e, a in zip(packed["train_time_s"], solo)],
                 "per_arm_wall_estimate_over_alone": [
                     round(e / a["wall_s"], 3) for e, a in zip(packed["alone_wall_estimate_s"], solo)],
+                # the same estimate in CPU seconds (robust to a busy machine): the pack's CPU time less the
+                # other arms' share of it (their own wall time's share of the pack's wall time)
+                "per_arm_cpu_estimate_over_alone": [
+                    round((packed["cpu_s"] * (1 - (sum(packed["own_s"]) - o) / packed["wall_s"])) / a["cpu_s"], 3)
+                    for o, a in zip(packed["own_s"], solo)],
             }), flush=True)
 
 
