@@ -96,6 +96,9 @@ class Arm:
         self.history: list[dict] = []
         self.best: dict = {"map": -math.inf, "epoch": -1, "val_map": None, "state": trainable_state(self.method)}
         self.start, self.elapsed, self.shared_s = 0, 0.0, 0.0
+        # all of this arm's own work in this process (building, steps, scoring, metrics, probes): what the
+        # pack's wall time holds for it beyond the shared stream
+        self.own_s = 0.0
         self.error: TrialDiverged | None = None
         self.step_losses: list[float] = []
         self.selected_state: dict[str, Tensor] = {}

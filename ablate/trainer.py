@@ -91,7 +91,9 @@ class Pack:
             np.random.set_state(rng[1])
             random.setstate(rng[2])
             checkpoint = checkpoints[i] if checkpoints is not None else None
+            start = time.perf_counter()
             self.arms.append(Arm(cfg, self.stream, arm_splits, checkpoint))
+            self.arms[-1].own_s += time.perf_counter() - start
 
     @property
     def cfg(self) -> TrialConfig:
@@ -137,6 +139,7 @@ class Pack:
         for arm in arms:
             arm.elapsed += shared + own[id(arm)]
             arm.shared_s += shared
+            arm.own_s += own[id(arm)]
         return [a for a in arms if a.error is None]
 
     @torch.no_grad()
@@ -145,13 +148,15 @@ class Pack:
         finite: its arm is failed). Returns the seconds the stream and each arm took, too."""
         for arm, _ in jobs:
             arm.method.eval()
+        self.eval_shared, self.eval_own = 0.0, dict.fromkeys((id(a) for a, _ in jobs), 0.0)
         embeddings = []
         for arm, state in jobs:  # once per pass, not per batch
+            start = time.perf_counter()
             with arm.parameters_of(state), self.stream.autocast():
                 embeddings.append(arm.method.class_embeddings())
+            self.eval_own[id(arm)] += time.perf_counter() - start
         scores: list[list[Tensor]] = [[] for _ in jobs]
         rows: list[Tensor] = []
-        self.eval_shared, self.eval_own = 0.0, dict.fromkeys((id(a) for a, _ in jobs), 0.0)
         clock = time.perf_counter()
         for inputs, idx in batches(self.stream.loader(split, train=False)):
             dense = self.stream.dense(inputs)
@@ -167,6 +172,7 @@ class Pack:
         order = torch.cat(rows).numpy() if rows else np.zeros(0, dtype=np.int64)
         results: list[dict | None] = []
         for (arm, _), arm_scores in zip(jobs, scores):
+            start = time.perf_counter()
             probs = torch.cat(arm_scores)
             if not torch.isfinite(probs).all():  # finite but huge parameters overflow the logits
                 self._fail(arm, TrialDiverged(f"{split} scores are not finite (lr {arm.cfg.lr:g}): the trained "
@@ -175,6 +181,9 @@ class Pack:
                 continue
             targets = arm.splits[split].labels[order].astype(np.float32)
             results.append(multilabel_metrics(probs.numpy(), targets, cf1=arm.cfg.cf1))
+            self.eval_own[id(arm)] += time.perf_counter() - start
+        for arm in {id(a): a for a, _ in jobs}.values():  # all of an arm's own work, whatever the pass
+            arm.own_s += self.eval_own[id(arm)]
         return results
 
     def epoch_rows(self, epoch: int, arms: list[Arm]) -> dict[int, dict]:

@@ -89,7 +89,7 @@ def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: fl
     """Each finished arm's end-of-trial metrics and result, its run closed FINISHED. Its cost is what it
     would take alone: the pack's time less the other arms' own compute; a packed arm also gets the
     pack's real figures."""
-    own = [arm.elapsed - arm.shared_s for arm in pack.arms]  # each arm's own compute, the stream's time aside
+    own = [arm.own_s for arm in pack.arms]  # each arm's own work in this process, the stream's time aside
     finals: list[dict] = []
     for i, (run, result) in enumerate(zip(runs, results)):
         if result is None:
@@ -131,10 +131,12 @@ def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, probes:
                 if result is None:
                     run.fail(f"{type(arm.error).__name__}: {arm.error}")
                     continue
+                start = time.perf_counter()
                 trained = trained_path(workdir, i, len(cfgs))
                 run.log_artifact(trained)  # the selected parameters, for `ablate analyze`
                 if probes:
                     run_trial_probes(run, cfg, probes, trained, trained.parent.parent / "probes", probe_limit)
+                arm.own_s += time.perf_counter() - start  # this arm's own work, too
     except Exception as err:
         for run in runs:
             if run.status() == "RUNNING":
