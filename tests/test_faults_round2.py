@@ -129,13 +129,13 @@ def test_a_report_section_cannot_write_outside_the_report(experiment, tmp_path):
 def test_resources_no_node_offers_are_refused(tmp_path, cache_dir, capsys):
     import ray
 
-    from ablate.sweep.cluster import require_resources
-
     spec = write_spec(tmp_path, cache_dir, resources={"cpu": 1, "gpu": 1})
     try:
         code = main(["sweep", "--spec", str(spec), "--ray-address", "local"])
         assert_one_error(code, capsys.readouterr().err, "a trial asks for 1 CPUs and 1 GPUs")
         assert not (tmp_path / "mlflow.db").exists()  # nothing recorded
+        from ablate.sweep.cluster import require_resources
+
         # a joined cluster is waited for, boundedly (here: this process's Ray, treated as joined)
         ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
         with pytest.raises(ConfigError, match=r"after 1 s.*resources.wait_s"):

@@ -15,10 +15,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from ablate.cli import main
 from ablate.spec import SweepSpec, TrialConfig
 
+# hypothesis keeps caches in ./.hypothesis by default: the working directory is the user's
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="ablate-hypothesis-"))
 EXAMPLES = 100
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
