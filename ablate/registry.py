@@ -60,3 +60,17 @@ def resolve(ref: str | Callable[..., Any]) -> Any:
         return ref
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def lazy_face(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """`__getattr__` and `__dir__` for a package whose face names are each imported from its submodule
+    (`names`: name -> submodule of `package`) on first use, so importing the face stays light."""
+    def getattr_(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{names[name]}"), name)
+
+    def dir_() -> list[str]:
+        return sorted({*vars(importlib.import_module(package)), *names})
+
+    return getattr_, dir_
