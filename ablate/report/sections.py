@@ -23,7 +23,7 @@ from .tables import (
     paired_differences,
     table_markdown,
 )
-from .trials import CELL_NOTE, TEST_SELECTED_NOTE, Table, Trial
+from .trials import TEST_SELECTED_NOTE, Table, Trial
 
 # ---- sections ---------------------------------------------------------------------------------------
 
@@ -56,8 +56,7 @@ SectionFn = Callable[[DatasetContext], Section]
 
 
 def table_section(ctx: DatasetContext) -> Section:
-    note = f"<p>{html.escape(CELL_NOTE)}</p>"
-    note += f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
+    note = f"<p class='warn'>{html.escape(TEST_SELECTED_NOTE)}</p>" if ctx.table.test_selected else ""
     return Section(table_markdown(ctx.table), _html_table(ctx.table) + note, data={"tables": ctx.table})
 
 

@@ -181,7 +181,7 @@ def table_markdown(table: Table) -> str:
             values.append(f"**{text}**" if table.best.get(col) == row else text)
         values += [m.text(table.cost[row][m.name]) for m in costs]
         lines.append("| " + " | ".join([row + free, *values]) + " |")
-    lines += ["", table_legend(table), "", CELL_NOTE]
+    lines += ["", table_legend(table)]
     if table.ratio_free_rows:
         lines += ["", RATIO_FREE_NOTE]
     if table.test_selected:
@@ -190,10 +190,10 @@ def table_markdown(table: Table) -> str:
 
 
 def table_legend(table: Table) -> str:
+    """What the cells and marks mean, with the number of seeds said once."""
     common = table.common_n
     seeds = f"n = {common} seed{'s' if common != 1 else ''} per cell unless a cell says otherwise"
-    return (f"Cells: test mAP at the picked epoch, mean ± std over seeds ({seeds}; no ± with one seed); bold: best "
-            "in its column. Cost columns: mean per trial.")
+    return f"{CELL_NOTE.format(seeds=seeds)} Cost columns: mean per trial."
 
 
 def table_frame(table: Table) -> pd.DataFrame:
@@ -233,10 +233,10 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
 def expected_seeds(spec_text: str | None, trials: list[Trial], dataset: str) -> int:
     """Seeds per cell the sweep asks for on `dataset`: its spec's arms' seeds, with every seed a trial of it
     ran under (a sweep without its spec: the seeds seen)."""
-    seeds = {t.tag("seed") for t in trials if t.tag("dataset") == dataset}
-    if spec_text:
+    seeds = {t.tag("seed") for t in trials if t.tag("dataset") == dataset and t.tag("seed") != NOT_READ}
+    if spec_text:  # a method that ignores the seed (zero-shot) runs once, under no seed of its own
         seeds |= {str(a.config.seed) for a in expand(SweepSpec(**yaml.safe_load(spec_text)))
-                  if a.config.dataset == dataset}
+                  if a.config.dataset == dataset and "seed" not in ignored_fields(a.config.method)}
     return len(seeds)
 
 

@@ -51,10 +51,10 @@ RATIO_FREE = "‡"  # marks a row whose method reads no labels: one run repeated
 RATIO_FREE_NOTE = (f"{RATIO_FREE} ratio-independent: the method reads no labels, so its run (per seed) is the same "
                    "number in every label-ratio column and the average.")
 TIE = "≈"  # marks a column's best mean whose 95 % interval overlaps the runner-up's (and the rows it ties with)
-CELL_NOTE = (f"Cells: test mAP, mean ± half-width of its 95 % t interval over seeds (none with one seed); \"n=k\" "
-             "where a cell has another number of seeds than the table, \"n=1 of 3\": seeds still missing. Bold: "
-             f"best, its interval clear of every other row's; {TIE}: best mean but not separated from the rows also "
-             f"marked {TIE}.")
+# what a table's cells and marks mean; {seeds} says how many seeds a cell has
+CELL_NOTE = ("Cells: test mAP at the picked epoch, mean ± half-width of its 95 % t interval over seeds ({seeds}; no "
+             "interval with one seed; \"n=1 of 3\": seeds the spec asks for still missing). Bold: best, its interval "
+             f"clear of every other row's; {TIE}: best mean but not separated from the rows also marked {TIE}.")
 
 
 @dataclass
