@@ -137,7 +137,8 @@ def test_outputs_written_and_logged(report, experiment):
 def test_the_table_marks_ratio_independent_rows_and_heads_the_ratio_columns(report):
     result, out = report
     md, page = (out / "table.md").read_text(), (out / "report.html").read_text()
-    assert "| zeroshot ‡ | 60.00 (n=1) ‡ | 60.00 (n=1) ‡ |" in md and "‡ ratio-independent" in md
+    # zero-shot runs once (it ignores the seed), so it waits for no other seed; one run has no interval: ≈
+    assert "| zeroshot ‡ | 60.00 (n=1) ≈ ‡ | 60.00 (n=1) ≈ ‡ |" in md and "‡ ratio-independent" in md
     assert "<th colspan='3'>label ratio</th>" in page and "<th>0.1</th><th>0.5</th><th>avg</th>" in page
     assert result["tables"]["synthetic"].ratio_free_rows == {"zeroshot"}
     assert "std over seeds and wins count seeds" in page  # what ± and wins are taken over
@@ -233,11 +234,12 @@ def test_best_is_bold_only_when_its_interval_clears_every_other_row():
     table = build_table("synthetic", trials, row_labels(trials), expected=3)
     # dualcoop 81 ± 2.48; positivecoop 70 ± 24.8 reaches it: a tie between those two, baseline not in it
     assert table.best == {} and table.tied["0.5"] == ["dualcoop", "positivecoop"]
-    assert "81.00 ± 2.48 (n=3) ≈" in table_markdown(table) and "71.00 ± 2.48 (n=3) |" in table_markdown(table)
+    md = table_markdown(table)  # every cell has 3 seeds: n is said once, under the table
+    assert "81.00 ± 2.48 ≈" in md and "71.00 ± 2.48 |" in md and "n = 3 seeds per cell" in md
     trials = _seeded_trials({"dualcoop": [80.0, 81.0, 82.0], "baseline": [70.0, 71.0, 72.0]})
     table = build_table("synthetic", trials, row_labels(trials), expected=3)
     assert table.best == {"0.5": "dualcoop", "Avg": "dualcoop"} and table.tied == {}
-    assert "**81.00 ± 2.48 (n=3)**" in table_markdown(table)
+    assert "**81.00 ± 2.48**" in table_markdown(table)
 
 
 def test_mean_interval_is_the_t_interval_and_absent_for_one_value():
@@ -346,3 +348,22 @@ def test_shipped_positivecoop_table_is_the_posters():
     assert coco["dualcoop"].map["avg"] != pytest.approx(sum(coco["dualcoop"].map[r] for r in
                                                             ("0.1", "0.3", "0.5", "0.7")) / 4, abs=0.05)
     assert paper.protocol.avg_over is None
+
+
+def test_zero_shot_adds_no_seed_the_cells_wait_for():
+    """Zero-shot ignores the seed (its tag says n/a): a one-seed sweep with it expects one seed a cell."""
+    import yaml
+
+    from ablate.report import Trial
+    from ablate.report.tables import expected_seeds
+
+    def spec(seeds: list[int]) -> str:
+        return yaml.safe_dump({"name": "q", "base": {"dataset": "synthetic"},
+                               "grid": {"method": ["dualcoop", "zeroshot"], "seed": seeds}})
+
+    trials = [Trial("a", "FINISHED", {"ablate.dataset": "synthetic", "ablate.method": "dualcoop", "ablate.seed": "0"},
+                    {}),
+              Trial("b", "FINISHED", {"ablate.dataset": "synthetic", "ablate.method": "zeroshot", "ablate.seed": "n/a"},
+                    {})]
+    assert expected_seeds(spec([0]), trials, "synthetic") == 1
+    assert expected_seeds(spec([0, 1]), trials, "synthetic") == 2

@@ -65,15 +65,17 @@ def build_table(dataset: str, trials: list[Trial], labels: dict[str, str], expec
             free.add(row)
         row_cells = {}
         on_test = any(t.test_selected for t in members)
+        # a method that ignores the seed (zero-shot) runs once: its cells wait for no other seed
+        wanted = 1 if all(t.tag("seed") == NOT_READ for t in members) else expected
         for r in ratios:
             values = [s[r] for s in per_seed.values() if r in s]
             if values:
-                row_cells[f"{r:g}"] = _cell(values, on_test, expected)
+                row_cells[f"{r:g}"] = _cell(values, on_test, wanted)
         complete = [float(np.mean([s[r] for r in ratios])) for s in per_seed.values() if all(r in s for r in ratios)]
         if row in free and not ratios:  # only ratio-free trials in the data set: their own numbers
             complete = [t.metrics["test_map"] for t in members]
         if complete:
-            row_cells["Avg"] = _cell(complete, on_test, expected)
+            row_cells["Avg"] = _cell(complete, on_test, wanted)
         cells[row] = row_cells
         cost[row] = {m.name: float(np.mean([t.metrics.get(m.name, float("nan")) for t in members]))
                      for m in metrics(column="report")}
