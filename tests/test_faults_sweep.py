@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from sweep_helpers import free_port, runs, write_spec
 
-from ablate import tracking
 from ablate.cli import main
 from ablate.errors import ConfigError, DataError, TrackingError
 from ablate.sweep import init_ray, ray_address, run_sweep, work_root
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+from ablate.tracking import store as tracking  # the patience constants and retry counts live there
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD_LOCK = """
@@ -209,7 +209,7 @@ def test_a_lock_that_outlasts_the_retries_is_one_tracking_error_line(tmp_path, c
     db = tmp_path / "mlflow.db"
     create_store(db)
     monkeypatch.setattr(tracking, "LOCK_PATIENCE_S", 1.0)
-    holder = hold_lock(db, 20)
+    holder = hold_lock(db, 120)  # past the pre-flight (data, Ray) on a busy machine; killed once main returns
     try:
         assert main(["sweep", "--spec", str(spec)]) == 2
     finally:
@@ -341,6 +341,8 @@ def _sweep_address(monkeypatch, argv: list[str], script: Path | None = None) -> 
 
 
 def test_the_cli_passes_the_ray_address_and_run_py_joins_the_running_cluster(monkeypatch):
-    assert _sweep_address(monkeypatch, ["--spec", "x.yaml"]) is None  # resolved by init_ray: env, else local
-    assert _sweep_address(monkeypatch, ["--spec", "x.yaml", "--ray-address", "10.0.0.1:6379"]) == "10.0.0.1:6379"
-    assert _sweep_address(monkeypatch, ["--spec", "x.yaml"], ROOT / "ablate/run.py") == "auto"
+    # --yes: the size check would read the (absent) spec before run_sweep is reached
+    assert _sweep_address(monkeypatch, ["--spec", "x.yaml", "--yes"]) is None  # resolved by init_ray: env, else local
+    assert _sweep_address(monkeypatch, ["--spec", "x.yaml", "--yes", "--ray-address", "10.0.0.1:6379"]) == \
+        "10.0.0.1:6379"
+    assert _sweep_address(monkeypatch, ["--spec", "x.yaml", "--yes"], ROOT / "ablate/run.py") == "auto"

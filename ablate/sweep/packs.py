@@ -44,8 +44,7 @@ def streams(arms: Sequence[Arm]) -> dict[str, list[int]]:
 def plan_packs(spec: SweepSpec, arms: Sequence[Arm], slots: int, slots_from: str) -> Plan:
     """One pack per arm unless the spec packs; else each stream's arms in packs of at most `max_pack_arms`
     and at most an even share of the arms over the `slots` concurrent trials (so no slot idles while
-    another works through an oversized pack). Arms are dealt round-robin, so each pack of a stream gets a
-    like mix of methods."""
+    another works through an oversized pack), each with a like mix of methods."""
     if not spec.packing:
         why = "pack: off" if spec.pack == "off" else "Optuna / ASHA sweeps run one arm per trial"
         return Plan([[i] for i in range(len(arms))], why)
@@ -53,10 +52,25 @@ def plan_packs(spec: SweepSpec, arms: Sequence[Arm], slots: int, slots_from: str
     share = math.ceil(len(arms) / max(slots, 1))
     size = min(spec.max_pack_arms, share)
     counts = [math.ceil(len(g) / size) for g in groups]
-    packs = [group[k::count] for group, count in zip(groups, counts) for k in range(count)]
+    packs = [chunk for group, count in zip(groups, counts) for chunk in _deal(group, arms, count)]
     reason = (f"{len(groups)} image stream(s); at most {size} arms a pack: max_pack_arms {spec.max_pack_arms}, "
               f"and {len(arms)} arms over {slots} concurrent trial slot(s) ({slots_from})")
     return Plan(packs, reason)
+
+
+def _deal(group: list[int], arms: Sequence[Arm], count: int) -> list[list[int]]:
+    """`group` in `count` packs of near-equal size, methods interleaved first (each method's first arm,
+    then each one's second...), so every pack holds a like mix of methods whatever order the grid has."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for i in group:
+        method = arms[i].config.method
+        keyed.append((seen.get(method, 0), i))
+        seen[method] = seen.get(method, 0) + 1
+    order = [i for _, i in sorted(keyed)]
+    sizes = [len(order) // count + (k < len(order) % count) for k in range(count)]
+    starts = [sum(sizes[:k]) for k in range(count)]
+    return [order[start:start + size] for start, size in zip(starts, sizes)]
 
 
 def local_slots(spec: SweepSpec, cpus: float, gpus: float, source: str) -> tuple[int, str]:
