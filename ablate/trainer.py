@@ -145,7 +145,8 @@ class Pack:
     @torch.no_grad()
     def evaluate(self, split: str, jobs: Sequence[Job]) -> list[dict | None]:
         """Metrics of each job on `split` in one pass over its images (None for a job whose scores are not
-        finite: its arm is failed). Returns the seconds the stream and each arm took, too."""
+        finite: its arm is failed). The pass's seconds are left in
+        `eval_shared` (the stream) and `eval_own` (per arm), and each arm's are added to its `own_s`."""
         for arm, _ in jobs:
             arm.method.eval()
         self.eval_shared, self.eval_own = 0.0, dict.fromkeys((id(a) for a, _ in jobs), 0.0)
