@@ -155,8 +155,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .spec import load_sweep_spec
     from .sweep import SweepInterrupted, describe, resolve_spec_path, run_sweep
+    from .sweep.spec import load_sweep_spec
 
     if args.dry_run:
         print(json.dumps(describe(load_sweep_spec(resolve_spec_path(args.spec))), indent=2))

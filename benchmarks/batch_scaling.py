@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from bench_methods import prompted_methods
 
-from ablate.spec import arm_config, load_sweep_spec
+from ablate.sweep.spec import arm_config, load_sweep_spec
 from ablate.trainer import run_trial
 
 SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}

@@ -51,8 +51,9 @@ from ablate.data.classnames import class_names
 from ablate.loss import AsymmetricLoss
 from ablate.methods import Method, create_method
 from ablate.prompts import PLACEHOLDER
-from ablate.spec import TrialConfig, load_sweep_spec
+from ablate.spec import TrialConfig
 from ablate.sweep import expand, plan_packs, resolve_spec_path, samples_per_arm
+from ablate.sweep.spec import load_sweep_spec
 
 # (train split, test split) images: COCO train2014 / val2014, VOC2007 trainval / test
 OFFICIAL_SIZES = {"coco2014": (82_783, 40_504), "voc2007": (5_011, 4_952)}

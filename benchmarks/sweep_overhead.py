@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ablate.spec import load_sweep_spec
 from ablate.sweep import expand, init_ray, prepare_data, run_sweep
+from ablate.sweep.spec import load_sweep_spec
 from ablate.trainer import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]

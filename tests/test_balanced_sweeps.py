@@ -3,9 +3,9 @@ stopped part-way has comparable cells; the report says how many seeds each cell 
 
 from __future__ import annotations
 
-from ablate.spec import SweepSpec
 from ablate.sweep import expand
 from ablate.sweep.arms import spread_ranks
+from ablate.sweep.spec import SweepSpec
 
 METHODS = ["dualcoop", "positivecoop", "baseline"]
 RATIOS = [0.1, 0.3, 0.5, 0.7, 0.9]

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from ablate.catalogue import CATALOGUE, Metric, markdown_table, metrics, register_metric, searchable
-from ablate.spec import AshaSpec, OptunaSpec
+from ablate.sweep.spec import AshaSpec, OptunaSpec
 
 README = Path(__file__).parent.parent / "README.md"
 GAP = Metric("val_test_gap", "val − test", "%", None, "final", "best_val_map − test_map: how optimistic the "

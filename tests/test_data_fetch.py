@@ -298,8 +298,8 @@ def test_a_sweep_stops_on_an_incomplete_root_before_recording_anything(archives,
 def test_a_spec_fetches_its_data_as_a_ray_task(archives, server, tmp_path, capsys):
     import ray
 
-    from ablate.spec import load_sweep_spec
     from ablate.sweep import expand, fetch_data
+    from ablate.sweep.spec import load_sweep_spec
 
     root = tmp_path / "voc"
     spec = load_sweep_spec(_spec(tmp_path, root, data={"voc2007": {"fetch": True, "mirror": server.url}}))
@@ -314,7 +314,7 @@ def test_a_spec_fetches_its_data_as_a_ray_task(archives, server, tmp_path, capsy
 
 
 def test_spec_data_section_is_checked():
-    from ablate.spec import SweepSpec
+    from ablate.sweep.spec import SweepSpec
 
     with pytest.raises(ValueError, match="nuswide: no official archive to fetch; fetchable: voc2007, coco2014"):
         SweepSpec(name="s", data={"nuswide": {"fetch": True}})

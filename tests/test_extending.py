@@ -12,8 +12,9 @@ from ablate.aggregation import aggregate
 from ablate.arm import build_optimizer
 from ablate.methods import FREE, FREE_FIELDS, METHODS, TRAINING_FIELDS, Method, MethodInfo, register_method
 from ablate.report import SECTIONS, DatasetContext, Section, register_section, write_report
-from ablate.spec import SweepSpec, TrialConfig
+from ablate.spec import TrialConfig
 from ablate.sweep import expand
+from ablate.sweep.spec import SweepSpec
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
 from ablate.trainer import run_trial
 

@@ -20,8 +20,9 @@ from ablate.data import (
     dataset_names,
     register_dataset,
 )
-from ablate.spec import SweepSpec, TrialConfig
+from ablate.spec import TrialConfig
 from ablate.sweep import expand
+from ablate.sweep.spec import SweepSpec
 from ablate.trainer import run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")

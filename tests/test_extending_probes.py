@@ -26,7 +26,8 @@ from ablate.probes.common import write_json
 from ablate.probes.registry import PROBES
 from ablate.registry import resolve
 from ablate.report import Trial, _diagnostics_html, diagnostics
-from ablate.spec import SweepSpec, TrialConfig
+from ablate.spec import TrialConfig
+from ablate.sweep.spec import SweepSpec
 from ablate.trainer import TRAINED, load_trained, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest

@@ -23,7 +23,8 @@ from sweep_helpers import write_spec
 from ablate.cli import main
 from ablate.errors import ConfigError, DataError, ReportError, TrackingError
 from ablate.report import write_report
-from ablate.spec import TrialConfig, load_sweep_spec
+from ablate.spec import TrialConfig
+from ablate.sweep.spec import load_sweep_spec
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
 
 

@@ -231,8 +231,8 @@ def test_cached_mode_refuses_augmentation(tiny_cfg):
 def test_sweep_builds_missing_caches_as_ray_tasks_before_trials(tiny_cfg, tmp_path):
     import ray
 
-    from ablate.spec import Resources
     from ablate.sweep import Arm, prepare_data  # imports MLflow: only here
+    from ablate.sweep.spec import Resources
 
     cfg = tiny_cfg(features="cached", feature_cache_dir=tmp_path, synthetic_images=40)
     arms = [Arm({}, cfg), Arm({"label_ratio": 0.2}, cfg.model_copy(update={"label_ratio": 0.2}))]

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from ablate.cli import main
-from ablate.spec import SweepSpec, TrialConfig
+from ablate.spec import TrialConfig
+from ablate.sweep.spec import SweepSpec
 
 # hypothesis keeps caches in ./.hypothesis by default: the working directory is the user's
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="ablate-hypothesis-"))

@@ -15,8 +15,8 @@ import yaml
 
 from ablate.errors import ConfigError
 from ablate.methods import METHODS
-from ablate.spec import SweepSpec, load_sweep_spec
 from ablate.sweep import expand
+from ablate.sweep.spec import SweepSpec, load_sweep_spec
 
 PLUGIN = textwrap.dedent('''
     """Meta-embed: free class embeddings shifted by a meta-network of the global image token (CoCoOp-style)."""

@@ -21,9 +21,10 @@ from sweep_helpers import runs, write_spec
 
 from ablate.pack import STREAM_FIELDS, pack_key, stream_config
 from ablate.runtime import backbone_from_config, seed_everything
-from ablate.spec import SweepSpec, TrialConfig
+from ablate.spec import TrialConfig
 from ablate.stream import Stream, epoch_seed
 from ablate.sweep import expand, plan_packs, run_sweep
+from ablate.sweep.spec import SweepSpec
 from ablate.trainer import TRAINED, run_pack, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")

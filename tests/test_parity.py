@@ -32,8 +32,9 @@ from ablate.metrics import threshold_metrics
 from ablate.prompts import PROMPT
 from ablate.report import TEST_SELECTED, write_report
 from ablate.runtime import backbone_from_config
-from ablate.spec import ConfigError, SweepSpec, TrialConfig, load_sweep_spec
+from ablate.spec import ConfigError, TrialConfig
 from ablate.sweep import expand
+from ablate.sweep.spec import SweepSpec, load_sweep_spec
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
 from ablate.trainer import Trial, run_trial
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ablate.methods import METHODS
-from ablate.spec import load_sweep_spec
 from ablate.sweep import run_sweep
+from ablate.sweep.spec import load_sweep_spec
 from ablate.tracking import connect
 
 PLUGIN = textwrap.dedent('''

@@ -200,8 +200,8 @@ def trial_processes(cluster) -> list[int]:
 
 def test_node_loss_and_server_outage_lose_nothing_and_match_an_uninterrupted_run(server, cluster, shared, tmp_path):
     from ablate.server import start, stop
-    from ablate.spec import load_sweep_spec
     from ablate.sweep import expand
+    from ablate.sweep.spec import load_sweep_spec
     from ablate.trainer import run_trial
 
     uri = server["tracking_uri"]

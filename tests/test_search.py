@@ -114,8 +114,8 @@ def test_dry_run_counts_every_seed_of_every_sample(tmp_path, cache_dir, capsys):
 
 
 def asha(path, seeds: int = 2):
-    from ablate.spec import AshaSpec, SweepSpec
     from ablate.sweep.search import scheduler
+    from ablate.sweep.spec import AshaSpec, SweepSpec
 
     spec = SweepSpec(name="a", asha=AshaSpec(grace_period=1, reduction_factor=2))
     return scheduler(spec, 4, path, seeds)

@@ -178,8 +178,9 @@ def test_shipped_specs_expand_into_runnable_trials(name, trials):
     """Every arm of every shipped spec passes the checks a trial makes before it starts (the zero-shot
     arm of a cached-feature spec once came out with augment: true and was refused at launch)."""
     from ablate.features import check_features_mode
-    from ablate.spec import canonical, load_sweep_spec
+    from ablate.spec import canonical
     from ablate.sweep import expand
+    from ablate.sweep.spec import load_sweep_spec
 
     arms = expand(load_sweep_spec(Path("tune_specs") / f"{name}.yaml"))
     if trials is not None:

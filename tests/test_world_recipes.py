@@ -16,8 +16,9 @@ from ablate.data.world import WorldConfig
 from ablate.errors import ConfigError
 from ablate.pretrain import PretrainConfig, ensure_world_checkpoint, manifest_path
 from ablate.pretrain_recipe import canonical_alias, is_alias, parse_alias
-from ablate.spec import TrialConfig, load_sweep_spec, load_trial_config
+from ablate.spec import TrialConfig, load_trial_config
 from ablate.sweep import expand
+from ablate.sweep.spec import load_sweep_spec
 
 TINY = WorldConfig(n_train=24, n_val=18, n_test=20, n_pretrain=24, seed=3)
 

@@ -11,9 +11,10 @@ import yaml
 
 from ..catalogue import metrics
 from ..probes import probe_columns  # the registry and markdown only: no torch
-from ..spec import SweepSpec, ignored_fields
+from ..spec import ignored_fields
 from ..stats import mean_interval
 from ..sweep.arms import expand, samples_per_arm
+from ..sweep.spec import SweepSpec
 from ..tracking.names import ARM_FIELDS, NOT_READ, arm_tags
 from .trials import CELL_NOTE, RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, TIE, Cell, Table, Trial
 

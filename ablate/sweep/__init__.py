@@ -3,6 +3,7 @@
 Only this package imports Ray, and only its `trial`, `cluster`, `preflight` and `driver` modules do, inside
 functions. Importing the package is light: the names below are imported from their module on first use.
 
+- `spec`: the SweepSpec a tune_specs/*.yaml file validates into (no Ray; the config layer)
 - `arms`: a spec's arms (grid combinations; no Ray, also serves --dry-run and the report)
 - `packs`: which arms train together in one Ray trial (no Ray)
 - `trial`: the Ray trainable: one arm, reported every epoch, logged to its MLflow run
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # type checkers see the real names
     )
     from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, resume_command  # noqa: F401
     from .driver import run_sweep  # noqa: F401
+    from .spec import SweepSpec, arm_config, load_sweep_spec  # noqa: F401
     from .packs import describe, plan_packs  # noqa: F401
     from .preflight import IMAGE_CHECK_CAP, build_feature_caches, check_images, fetch_data, prepare_data  # noqa: F401
     from .trial import TRIAL_DIR_PREFIX, WORK_DIR, device_time, ray_trial, trial_run_name, trial_workdir, work_root  # noqa: F401
@@ -47,6 +49,7 @@ _LAZY = {
     "SweepState": "control", "SweepInterrupted": "control", "Signals": "control", "resume_command": "control",
     "STATE_FILE": "control",
     "run_sweep": "driver",
+    "SweepSpec": "spec", "load_sweep_spec": "spec", "arm_config": "spec",
 }
 
 __all__ = sorted(_LAZY)

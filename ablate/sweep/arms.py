@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..spec import ConfigError, SweepSpec, TrialConfig, arm_config, canonical, ignored_fields
+from ..spec import ConfigError, TrialConfig, canonical, ignored_fields
 from ..tracking.names import run_name
+from .spec import SweepSpec, arm_config
 
 
 @dataclass

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..spec import ConfigError, SweepSpec, load_sweep_spec
+from ..spec import ConfigError
 from ..tracking import (
     RUNNING_NOTE,
     TrackingContext,
@@ -43,6 +43,7 @@ from .cluster import (
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
 from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
+from .spec import SweepSpec, load_sweep_spec
 from .trial import ray_trial, work_root
 
 # One checkpoint per epoch is the design; Tune's warning about frequent snapshots is noise here.

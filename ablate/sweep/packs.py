@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..pack import feature_bytes, pack_id, pack_key
-from ..spec import SweepSpec
 from .arms import Arm, expand, samples_per_arm
+from .spec import SweepSpec
 
 
 @dataclass(frozen=True)

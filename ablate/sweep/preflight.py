@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..data.manifest import DatasetManifest
 from ..errors import AblateError, DataError
-from ..spec import ConfigError, Resources, SweepSpec, TrialConfig, import_plugins
+from ..spec import ConfigError, TrialConfig
 from .arms import Arm
 from .cluster import init_ray, require_resources
+from .spec import Resources, SweepSpec, import_plugins
 
 # up to this many listed images per split are each checked before a sweep starts; more: a seeded sample
 IMAGE_CHECK_CAP = 20_000

@@ -27,7 +27,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from ..spec import SweepSpec
+from .spec import SweepSpec
 from .trial import SAMPLE_KEY
 
 STUDY_FILE = "optuna.db"

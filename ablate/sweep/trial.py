@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..pack import pack_id
 from ..pareto import SAMPLE_TAG
-from ..spec import TrialConfig, import_plugins
+from ..spec import TrialConfig
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
+from .spec import import_plugins
 
 SAMPLE_KEY = "sample"  # config key: an Optuna trial's sample (the seeds of one configuration share it; .search)
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
