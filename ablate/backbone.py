@@ -6,7 +6,7 @@ One door, `create_backbone(name, pretrained, image_size, device)`:
 - `pretrained`: an open_clip tag (e.g. `openai`, at any image size), a local checkpoint file
   (open_clip or OpenAI-format state dict, possibly wrapped under "state_dict"/"model", an OpenAI
   TorchScript archive, or safetensors), or `none` for random weights. Aliases of ablate's own
-  weights (`world-presence`, ...) are resolved to files above this layer, in ablate.weights.
+  weights (`world-presence`, ...) are resolved to files above this layer, in ablate.factory.
 """
 
 from __future__ import annotations
@@ -402,7 +402,7 @@ def create_backbone(
     quick_gelu: bool | None = None, weights_dir: Path | None = None, *, label: str | None = None,
     trust_torchscript: bool = False,
 ) -> Backbone:
-    """`pretrained`: an open_clip tag, a local file or 'none' (ablate.weights resolves its own aliases
+    """`pretrained`: an open_clip tag, a local file or 'none' (ablate.factory resolves its own aliases
     to files first; `label` then keeps the name the user gave). `quick_gelu`: None decides from the
     weights' format and name (ambiguous files are refused). `weights_dir`: where open_clip tags are
     downloaded (None: open_clip's own cache). `trust_torchscript`: see read_checkpoint."""

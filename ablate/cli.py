@@ -11,12 +11,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .data.world import WorldConfig
 from .errors import AblateError, ConfigError, Interrupted, worker_message
 from .extras import missing_extra, require
-from .pretrain_recipe import PretrainConfig
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table, ui_hint
+from .world.dataset import WorldConfig
+from .world.recipe import PretrainConfig
 
 # flag -> TrialConfig field for the common options; any field can also come from --config.
 TRAIN_FLAGS: dict[str, tuple[str, type]] = {
@@ -78,8 +78,8 @@ def dry_run(cfg: TrialConfig) -> dict:
     device and image size are checked as a real run would check them."""
     from .backbone import create_backbone
     from .data.classnames import class_names
+    from .factory import check_image_size, resolve_device
     from .methods import create_method
-    from .runtime import check_image_size, resolve_device
 
     resolve_device(cfg.device)
     backbone = create_backbone(cfg.backbone, "none", cfg.image_size)
@@ -100,7 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(dry_run(cfg), indent=2))
         return 0
     from .trainer import run_trial
+    from .world.checkpoints import build_for
 
+    build_for([cfg], progress=not args.quiet)  # the world CLIP a `world-*` alias names, built once, first
     try:
         result = run_trial(cfg, args.out, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -226,8 +228,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _world_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("world", help="the synthetic world: build it, pre-train its tiny CLIP",
                        description="ablate's own multi-label world (COCO layout + captions) and a tiny CLIP "
-                                   "pre-trained on it; both are also built on first use by specs that name "
-                                   "dataset `world` or pretrained `world-presence` / `world-negation`, any recipe as "
+                                   "pre-trained on it; both are also built before use by sweeps, `ablate train` "
+                                   "and `ablate probe` runs that name dataset `world` or pretrained `world-presence` / `world-negation`, any recipe as "
                                    "`world-<captions>@<field>=<value>...` (e.g. `world-negation@seed=1`).")
     world_sub = p.add_subparsers(dest="world_command", required=True)
     b = world_sub.add_parser("build", help="generate the world (deterministic; skipped when already complete)")
@@ -260,8 +262,9 @@ def _config_from_flags(args: argparse.Namespace, default, **fixed):
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from .data.world import build_world, default_world_root
-    from .pretrain import ensure_world_checkpoint, manifest_path, pretrain
+    from .world.checkpoints import build_checkpoint
+    from .world.dataset import build_world, default_world_root
+    from .world.pretrain import manifest_path, pretrain
 
     if args.world_command == "build":
         world = _config_from_flags(args, WorldConfig())
@@ -270,7 +273,7 @@ def cmd_world(args: argparse.Namespace) -> int:
         return 0
     cfg = _config_from_flags(args, PretrainConfig(), model=args.model, captions=args.captions)
     if args.out is None:  # cached (and locked): a checkpoint already made for this config is reused
-        out = ensure_world_checkpoint(args.captions, args.cache_dir, model=args.model, world_root=args.world_root,
+        out = build_checkpoint(args.captions, args.cache_dir, model=args.model, world_root=args.world_root,
                                       base=cfg)
     else:
         out = args.out

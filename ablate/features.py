@@ -46,16 +46,15 @@ from .data.dataset import MultiLabelDataset
 from .data.splits import check_root, load_splits
 from .data.transforms import Interpolation, build_transform
 from .errors import ConfigError, DataError
-from .files import file_lock, write_atomically
+from .factory import backbone_from_config
+from .files import file_lock, file_sha256, write_atomically
 from .methods import method_info
-from .runtime import backbone_from_config
 from .spec import TrialConfig
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
 DATA_FILES = {"float16": "features.f16", "float32": "features.f32"}  # by storage dtype
 MANIFEST = "manifest.json"
 CACHE_SPLIT = {"train": "train", "val": "train", "test": "test"}  # trial split -> cached split
-_CHUNK = 1 << 24  # bytes per checksum read
 
 Progress = Callable[[int], None]  # told how many more images are done
 
@@ -154,7 +153,7 @@ class FeatureCache:
                 return False
         except OSError:
             return False
-        return _sha256(self.data_path) == m.get("sha256")
+        return file_sha256(self.data_path) == m.get("sha256")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -166,14 +165,6 @@ class FeatureCache:
 
     def open(self) -> np.memmap:
         return np.memmap(self.data_path, dtype=self.dtype, mode="r", shape=self.shape)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def ensure(cache: FeatureCache, backbone: Backbone, *, batch_size: int = 32, num_workers: int = 0,

@@ -19,7 +19,7 @@ from pydantic import (
 from .data import DATASETS
 from .errors import ConfigError
 from .methods import METHODS, method_info
-from .pretrain_recipe import check_pretrained
+from .world.recipe import check_pretrained
 
 
 def _not_bool(value: Any) -> Any:

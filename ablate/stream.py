@@ -22,8 +22,8 @@ from .data import LabelledImages
 from .data.dataset import read_image
 from .data.transforms import build_transform
 from .errors import AblateError, worker_message
+from .factory import resolve_device
 from .features import FeatureCache, ensure_trial_caches
-from .runtime import resolve_device
 from .spec import TrialConfig
 
 SPLITS = ("train", "val", "test")

@@ -31,6 +31,7 @@ from .arm import SELECTION_METRIC, Arm, lr_at, trainable_state
 from .backbone import Backbone
 from .data import check_root, load_splits
 from .errors import ConfigError, TrialDiverged
+from .factory import backbone_from_config, resolve_device, seed_everything
 from .features import check_features_mode
 from .files import check_free_space, ensure_writable_folder, exclusive_folder, write_atomically
 from .methods import create_method
@@ -38,7 +39,6 @@ from .methods.base import Method
 from .metrics import multilabel_metrics
 from .pack import pack_key, stream_config
 from .result import TrialResult
-from .runtime import backbone_from_config, resolve_device, seed_everything
 from .spec import TrialConfig
 from .stream import Stream, batches, epoch_seed
 

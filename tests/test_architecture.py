@@ -5,6 +5,7 @@ names are the registries' names."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,14 +85,16 @@ def test_the_package_has_no_import_cycle():
 # The layers, bottom first: a module imports only from its own layer or below (type-only imports aside).
 # A name ending in "." is every module under that package; the longest match decides.
 LAYERS = [
-    ("foundation", ["ablate.errors", "ablate.registry", "ablate.captions", "ablate.stats", "ablate.files",
+    ("foundation", ["ablate.errors", "ablate.registry", "ablate.world.captions", "ablate.stats", "ablate.files",
                     "ablate.catalogue", "ablate.pathnames", "ablate.extras"]),
-    ("config", ["ablate.pretrain_recipe", "ablate.data", "ablate.methods", "ablate.methods.registry", "ablate.probes",
-                "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack", "ablate.result", "ablate.published"]),
+    ("config", ["ablate.world", "ablate.world.recipe", "ablate.data", "ablate.methods", "ablate.methods.registry",
+                "ablate.probes", "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack",
+                "ablate.result", "ablate.published"]),
     ("model", ["ablate.backbone", "ablate.torchscript", "ablate.prompts", "ablate.aggregation", "ablate.loss",
-               "ablate.metrics", "ablate.methods.", "ablate.pretrain", "ablate.weights", "ablate.runtime"]),
+               "ablate.metrics", "ablate.methods.", "ablate.world.pretrain", "ablate.world.checkpoints",
+               "ablate.factory"]),
     ("training", ["ablate.features", "ablate.stream", "ablate.arm", "ablate.trainer", "ablate.probes.",
-                  "ablate.world_effect", "ablate.pareto"]),
+                  "ablate.world.effect", "ablate.pareto"]),
     ("orchestration", ["ablate.tracking", "ablate.sweep", "ablate.report", "ablate.server", "ablate.probes.analyze"]),
     ("entry", ["ablate.cli", "ablate.run", "ablate.probes.cli"]),
 ]
@@ -124,7 +127,15 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_the_model_layer_does_not_know_where_weights_come_from():
     graph = import_graph()
-    assert "ablate.pretrain" not in graph["ablate.backbone"] and "ablate.weights" not in graph["ablate.backbone"]
+    assert not {"ablate.world.pretrain", "ablate.world.checkpoints", "ablate.factory"} & graph["ablate.backbone"]
+
+
+def test_only_the_entry_points_build_world_checkpoints():
+    """Building a world CLIP is one explicit step: the sweep's pre-flight and the CLI call it, loading never does."""
+    calls = re.compile(r"\bbuild_(checkpoint|for)\(")
+    callers = sorted(_module_name(p) for p in PACKAGE.rglob("*.py")
+                     if calls.search(p.read_text()) and _module_name(p) != "ablate.world.checkpoints")
+    assert callers == ["ablate.cli", "ablate.probes.cli", "ablate.sweep.preflight"]
 
 
 @pytest.mark.parametrize("module", ["ablate.spec", "ablate.methods", "ablate.data", "ablate.probes", "ablate.report",
@@ -140,8 +151,8 @@ def test_configs_registries_reports_and_the_cli_import_without_torch(module):
 
 def test_the_config_layer_imports_no_heavy_library():
     heavy = ("torch", "PIL", "pycocotools", "ray", "mlflow", "matplotlib", "open_clip")
-    code = (f"import sys, ablate.spec, ablate.sweep.spec; "
-            f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})); print(heavy); sys.exit(bool(heavy))")
+    code = (f"import sys, ablate.spec, ablate.sweep.spec; heavy = sorted({{m.split('.')[0] for m in sys.modules}} "
+            f"& set({heavy!r})); print(heavy); sys.exit(bool(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, f"ablate.spec imports {out.stdout.strip()} {out.stderr[-500:]}"
 

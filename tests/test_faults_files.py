@@ -22,9 +22,9 @@ from ablate.backbone import create_backbone, read_checkpoint
 from ablate.data import load_splits
 from ablate.data.partial import partial_mask
 from ablate.errors import WeightsError
+from ablate.factory import backbone_from_config
 from ablate.features import ensure, trial_caches
 from ablate.files import fill_atomically, write_atomically
-from ablate.runtime import backbone_from_config
 from ablate.spec import TrialConfig
 from ablate.torchscript import ArchiveError, read_torchscript
 from ablate.trainer import run_trial

@@ -244,21 +244,22 @@ def test_report_parent_run_must_be_a_run(experiment, tmp_path, capsys, run_id):
 def test_world_checkpoint_is_verified_and_rebuilt(tmp_path, capsys):
     import torch
 
-    from ablate.data.world import WorldConfig
-    from ablate.pretrain import PretrainConfig, ensure_world_checkpoint, manifest_path
+    from ablate.world.checkpoints import build_checkpoint
+    from ablate.world.dataset import WorldConfig
+    from ablate.world.pretrain import PretrainConfig, manifest_path
 
     kwargs = dict(cache_dir=tmp_path, progress=False, base=PretrainConfig(epochs=1, batch_size=16),
                   world=WorldConfig(n_train=24, n_val=18, n_test=20, n_pretrain=24, seed=3))
-    path = ensure_world_checkpoint("world-negation", **kwargs)
+    path = build_checkpoint("world-negation", **kwargs)
     manifest = json.loads(manifest_path(path).read_text())
     good = path.read_bytes()
     assert len(manifest["sha256"]) == 64
     path.write_bytes(good[: len(good) // 2])  # truncated
-    assert ensure_world_checkpoint("world-negation", **kwargs) == path
+    assert build_checkpoint("world-negation", **kwargs) == path
     assert path.read_bytes() == good and "does not match its manifest" in capsys.readouterr().err
     state = torch.load(path)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, path)  # other weights
-    ensure_world_checkpoint("world-negation", **kwargs)
+    build_checkpoint("world-negation", **kwargs)
     assert path.read_bytes() == good  # pre-training is deterministic: rebuilt to the same bytes
 
 

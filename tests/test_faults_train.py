@@ -19,8 +19,8 @@ from ablate import report as report_module
 from ablate.cli import main
 from ablate.data import check_root
 from ablate.errors import ConfigError, DataError, ReportError, TrialDiverged
+from ablate.factory import backbone_from_config
 from ablate.result import TrialResult
-from ablate.runtime import backbone_from_config
 from ablate.spec import TrialConfig, load_trial_config
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
 from ablate.trainer import Pack, Trial, run_trial

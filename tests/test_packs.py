@@ -19,8 +19,8 @@ import pytest
 import torch
 from sweep_helpers import runs, write_spec
 
+from ablate.factory import backbone_from_config, seed_everything
 from ablate.pack import STREAM_FIELDS, pack_key, stream_config
-from ablate.runtime import backbone_from_config, seed_everything
 from ablate.spec import TrialConfig
 from ablate.stream import Stream, epoch_seed
 from ablate.sweep import expand, plan_packs, run_sweep

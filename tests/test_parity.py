@@ -26,12 +26,12 @@ from ablate.cli import build_parser, resolve_config
 from ablate.data import load_splits
 from ablate.data.classnames import class_names
 from ablate.data.transforms import REFERENCE_OPS, Cutout, ReferenceRandAugment, build_transform
+from ablate.factory import backbone_from_config
 from ablate.loss import AsymmetricLoss
 from ablate.methods import FREE, LINEAR, create_method
 from ablate.metrics import threshold_metrics
 from ablate.prompts import PROMPT
 from ablate.report import TEST_SELECTED, write_report
-from ablate.runtime import backbone_from_config
 from ablate.spec import ConfigError, TrialConfig
 from ablate.sweep import expand
 from ablate.sweep.spec import SweepSpec, load_sweep_spec

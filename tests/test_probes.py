@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
 from ablate.backbone import Backbone, create_backbone
+from ablate.factory import seed_everything
 from ablate.probes import (
     PROBE_COLUMNS,
     ProbeError,
@@ -47,7 +48,6 @@ from ablate.probes.hard_positive import (
 )
 from ablate.probes.negation import negation_stats, resolve_classes, run_negation_probe
 from ablate.probes.presence import presence_metrics, run_presence_probe
-from ablate.runtime import seed_everything
 from ablate.spec import ConfigError, TrialConfig
 from ablate.trainer import load_trained, run_trial
 

@@ -13,15 +13,13 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from ablate import pretrain as pretrain_mod
 from ablate.backbone import create_backbone
 from ablate.data.base import DataError
 from ablate.data.coco import load_coco
-from ablate.data.world import (
-    NEGATION_RATE,
-    PARTIAL_RATE,
+from ablate.world import checkpoints as checkpoints_mod
+from ablate.world.checkpoints import build_checkpoint, checkpoint_path, resolve_pretrained
+from ablate.world.dataset import (
     SPLITS,
-    WORLD_CLASSES,
     WorldConfig,
     build_world,
     default_world_root,
@@ -29,15 +27,8 @@ from ablate.data.world import (
     load_world,
     world_hash,
 )
-from ablate.pretrain import (
-    PretrainConfig,
-    checkpoint_path,
-    ensure_world_checkpoint,
-    manifest_path,
-    pretrain,
-    zero_shot_map,
-)
-from ablate.weights import resolve_pretrained
+from ablate.world.pretrain import PretrainConfig, manifest_path, pretrain, zero_shot_map
+from ablate.world.scenes import NEGATION_RATE, PARTIAL_RATE, WORLD_CLASSES
 
 SMALL = WorldConfig(n_train=320, n_val=32, n_test=160, n_pretrain=288, seed=0)
 TINY = WorldConfig(n_train=24, n_val=18, n_test=20, n_pretrain=24, seed=3)
@@ -237,21 +228,21 @@ def test_default_vit_checkpoint_loads_with_its_trained_weights(tmp_path):
                            state["transformer.resblocks.0.mlp.c_fc.weight"])  # text tower trained
 
 
-def test_ensure_world_checkpoint_trains_once_and_caches(tmp_path, monkeypatch):
+def test_build_checkpoint_trains_once_and_caches(tmp_path, monkeypatch):
     """Two concurrent callers: one pre-trains (for real, one step), the other waits and reuses it;
     later calls reuse the cache; a checkpoint whose manifest never got written is trained again."""
     calls: list = []
-    real = pretrain_mod.pretrain
+    real = checkpoints_mod.pretrain
 
     def counting(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool = True) -> dict:
         calls.append(cfg)
         return real(world_root, out, cfg, progress)
 
-    monkeypatch.setattr(pretrain_mod, "pretrain", counting)
+    monkeypatch.setattr(checkpoints_mod, "pretrain", counting)
     base = PretrainConfig(epochs=1, batch_size=16)
     kwargs = dict(cache_dir=tmp_path, progress=False, world=TINY, base=base)
     paths: list = []
-    threads = [threading.Thread(target=lambda: paths.append(ensure_world_checkpoint("world-negation", **kwargs)))
+    threads = [threading.Thread(target=lambda: paths.append(build_checkpoint("world-negation", **kwargs)))
                for _ in range(2)]
     for t in threads:
         t.start()
@@ -261,22 +252,22 @@ def test_ensure_world_checkpoint_trains_once_and_caches(tmp_path, monkeypatch):
     assert json.loads(manifest_path(paths[0]).read_text())["checkpoint"] == paths[0].name
     create_backbone("ablate-tiny-vit", str(paths[0]))  # a loadable checkpoint
 
-    assert ensure_world_checkpoint("negation", **kwargs) == paths[0]
+    assert build_checkpoint("negation", **kwargs) == paths[0]
     assert len(calls) == 1  # cached
     torch.manual_seed(5)
     rng = torch.get_rng_state()
-    presence = ensure_world_checkpoint("world-presence", **kwargs)
+    presence = build_checkpoint("world-presence", **kwargs)
     assert presence != paths[0] and len(calls) == 2 and calls[1].captions == "presence"
     assert torch.equal(torch.get_rng_state(), rng)  # a trial that triggers pre-training keeps its random stream
 
     manifest_path(presence).unlink()  # as if the process died between checkpoint and manifest
     presence.write_bytes(b"half a checkpoint")
-    assert ensure_world_checkpoint("world-presence", **kwargs) == presence
+    assert build_checkpoint("world-presence", **kwargs) == presence
     assert len(calls) == 3
     create_backbone("ablate-tiny-vit", str(presence))
 
     with pytest.raises(ValueError, match="unknown world checkpoint"):
-        ensure_world_checkpoint("world-bogus", **kwargs)
+        build_checkpoint("world-bogus", **kwargs)
 
 
 def test_checkpoint_key_follows_config_and_world_and_aliases_are_exact(tmp_path):
@@ -316,3 +307,24 @@ def test_world_dataset_errors_name_the_fix(tmp_path):
         check_root(TrialConfig(dataset="world", data_root=tmp_path / "missing"))
     root = build_world(tmp_path / "w", TINY, progress=False)
     assert check_root(TrialConfig(dataset="world", data_root=root)) == root  # a world of another config is fine
+
+
+def test_loading_a_world_alias_finds_the_built_checkpoint_and_never_builds_one(tmp_path, monkeypatch):
+    """Loading only looks a world CLIP up: a missing one is one error line with the command that builds it,
+    and nothing is built; after the explicit step (`build_checkpoint`) the same load finds it."""
+    from ablate.errors import ConfigError
+    from ablate.factory import load_backbone
+
+    base = PretrainConfig(epochs=1, batch_size=16)  # the embedded world and recipe, made tiny
+    monkeypatch.setattr(checkpoints_mod, "DEFAULT_WORLD", TINY)
+    monkeypatch.setattr(checkpoints_mod, "DEFAULT_PRETRAIN", base)
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match=r"world-negation@seed=1: its world CLIP .* not built .*"
+                                          r"`ablate world pretrain --captions negation .* --seed 1`"):
+        load_backbone("ablate-tiny-vit", "world-negation@seed=1", cache_dir=cache)
+    assert not cache.exists()  # no world generated, nothing pre-trained
+    built = build_checkpoint("world-negation@seed=1", cache, progress=False, world=TINY, base=base)
+    backbone = load_backbone("ablate-tiny-vit", "world-negation@seed=1", cache_dir=cache)
+    assert backbone.info.pretrained == "world-negation@seed=1"
+    assert torch.equal(backbone.model.state_dict()["text_projection"],
+                       torch.load(built, weights_only=True)["text_projection"])

@@ -12,7 +12,7 @@ from ablate.report import write_report
 from ablate.spec import TrialConfig
 from ablate.stats import pooled_sd, welch_interval
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
-from ablate.world_effect import Observation, checkpoint_scores, effects_markdown, pretraining_effects
+from ablate.world.effect import Observation, checkpoint_scores, effects_markdown, pretraining_effects
 
 T_975_DF4 = 2.7764451051977987  # Student t quantile, 97.5 %, 4 degrees of freedom
 

@@ -11,14 +11,15 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from ablate import pretrain as pretrain_mod
-from ablate.data.world import WorldConfig
 from ablate.errors import ConfigError
-from ablate.pretrain import PretrainConfig, ensure_world_checkpoint, manifest_path
-from ablate.pretrain_recipe import canonical_alias, is_alias, parse_alias
 from ablate.spec import TrialConfig, load_trial_config
 from ablate.sweep import expand
 from ablate.sweep.spec import load_sweep_spec
+from ablate.world import checkpoints as checkpoints_mod
+from ablate.world.checkpoints import build_checkpoint
+from ablate.world.dataset import WorldConfig
+from ablate.world.pretrain import PretrainConfig, manifest_path
+from ablate.world.recipe import canonical_alias, is_alias, parse_alias
 
 TINY = WorldConfig(n_train=24, n_val=18, n_test=20, n_pretrain=24, seed=3)
 
@@ -72,26 +73,26 @@ def test_a_sweep_checks_aliases_first_and_counts_a_recipe_once(tmp_path):
 
 def test_distinct_seeds_give_distinct_cached_checkpoints_and_the_same_seed_reuses(tmp_path, monkeypatch):
     calls: list[PretrainConfig] = []
-    real = pretrain_mod.pretrain
+    real = checkpoints_mod.pretrain
 
     def counting(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool = True) -> dict:
         calls.append(cfg)
         return real(world_root, out, cfg, progress)
 
-    monkeypatch.setattr(pretrain_mod, "pretrain", counting)
+    monkeypatch.setattr(checkpoints_mod, "pretrain", counting)
     kwargs = dict(cache_dir=tmp_path, progress=False, world=TINY, base=PretrainConfig(epochs=1, batch_size=16))
-    one = ensure_world_checkpoint("world-negation@seed=1", **kwargs)
-    two = ensure_world_checkpoint("world-negation@seed=2", **kwargs)
+    one = build_checkpoint("world-negation@seed=1", **kwargs)
+    two = build_checkpoint("world-negation@seed=2", **kwargs)
     assert one != two and [c.seed for c in calls] == [1, 2]
-    assert ensure_world_checkpoint("world-negation@seed=1", **kwargs) == one and len(calls) == 2  # reused
+    assert build_checkpoint("world-negation@seed=1", **kwargs) == one and len(calls) == 2  # reused
     # the manifest names the whole recipe: the alias that rebuilds this checkpoint anywhere
     assert json.loads(manifest_path(two).read_text())["alias"] == "world-negation@batch_size=16@epochs=1@seed=2"
     # different seeds are different initialisations: different weights
     a, b = (torch.load(p, weights_only=True) for p in (one, two))
     assert not torch.equal(a["text_projection"], b["text_projection"])
 
-    zero = ensure_world_checkpoint("world-negation", **kwargs)  # the plain name is seed 0 of the recipe
-    assert ensure_world_checkpoint("world-negation@seed=0", **kwargs) == zero and len(calls) == 3
+    zero = build_checkpoint("world-negation", **kwargs)  # the plain name is seed 0 of the recipe
+    assert build_checkpoint("world-negation@seed=0", **kwargs) == zero and len(calls) == 3
     assert zero not in (one, two) and calls[-1].seed == 0
-    longer = ensure_world_checkpoint("world-negation@seed=1@epochs=2", **kwargs)  # any field, on top of base
+    longer = build_checkpoint("world-negation@seed=1@epochs=2", **kwargs)  # any field, on top of base
     assert longer not in (one, two, zero) and (calls[-1].seed, calls[-1].epochs, calls[-1].batch_size) == (1, 2, 16)

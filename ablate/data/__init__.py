@@ -2,7 +2,7 @@
 
 Every split is a LabelledImages (absolute paths + int8 label matrix, 1/0/-1). Datasets are declared in
 registry.py; each one's layout and code are in its own module (coco.py, voc.py, nuswide.py,
-synthetic.py, world.py).
+synthetic.py; the world data set in ablate/world/dataset.py).
 
 Importing this package is light (no torch, PIL or ablate.spec), so configs can validate dataset names
 against the registry: the names below that need more are imported on first use.

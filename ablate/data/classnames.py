@@ -1,4 +1,4 @@
-"""Built-in class names, in the column order the loaders produce (the world's are in world.py)."""
+"""Built-in class names, in the column order the loaders produce (the world's are in ablate.world.scenes)."""
 
 from __future__ import annotations
 

@@ -106,5 +106,5 @@ register_dataset(DatasetInfo("nuswide", "ablate.data.classnames:NUSWIDE", NUSWID
                              "ablate.data.nuswide:root_from_config", "ablate.data.nuswide:load_split"))
 register_dataset(DatasetInfo("synthetic", "ablate.data.classnames:SYNTHETIC", SYNTHETIC_LAYOUT,
                              "ablate.data.synthetic:root_from_config", "ablate.data.synthetic:load_split"))
-register_dataset(DatasetInfo("world", "ablate.data.world:WORLD_CLASSES", WORLD_LAYOUT,
-                             "ablate.data.world:root_from_config", "ablate.data.world:load_split"))
+register_dataset(DatasetInfo("world", "ablate.world.scenes:WORLD_CLASSES", WORLD_LAYOUT,
+                             "ablate.world.dataset:root_from_config", "ablate.world.dataset:load_split"))

@@ -43,10 +43,23 @@ def add_probe_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[a
 def _cmd_probe(args: argparse.Namespace) -> int:
     command = PROBES.get(args.probe_name).command
     assert command is not None  # only probes with a command get a subcommand (add_probe_commands)
+    _build_world_clip(args)
     print(resolve(command)(args))
     if getattr(args, "out", None) is not None:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _build_world_clip(args: argparse.Namespace) -> None:
+    """The world CLIP a probe's `--pretrained world-*` names, built first (loading only looks it up)."""
+    from ablate.spec import TrialConfig
+    from ablate.world.checkpoints import DEFAULT_CACHE, build_checkpoint
+    from ablate.world.recipe import is_alias
+
+    pretrained = getattr(args, "pretrained", None)
+    if pretrained and is_alias(pretrained):
+        model = getattr(args, "backbone", None) or TrialConfig.model_fields["backbone"].default
+        build_checkpoint(pretrained, Path(getattr(args, "cache_dir", None) or DEFAULT_CACHE), model=model)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

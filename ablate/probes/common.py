@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ablate.backbone import Backbone
 from ablate.data import LabelledImages, MultiLabelDataset, build_transform, load_splits
 from ablate.errors import ProbeError
-from ablate.runtime import backbone_from_config
+from ablate.factory import backbone_from_config
 from ablate.spec import TrialConfig
 
 

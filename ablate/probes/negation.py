@@ -23,9 +23,8 @@ from torch import Tensor
 from ablate.backbone import Backbone
 from ablate.data import class_names
 from ablate.errors import ProbeError
-from ablate.runtime import resolve_device
+from ablate.factory import load_backbone, resolve_device
 from ablate.spec import TrialConfig
-from ablate.weights import load_backbone
 
 from .common import describe, encode_texts, format_stats, write_json
 from .trial import ProbeContext

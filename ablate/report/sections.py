@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
 
-from ..pretrain_recipe import is_alias
 from ..probes import probe_markdown  # the registry and markdown only: no torch
 from ..published import PublishedTable
-from ..world_effect import Observation, effects_html, effects_markdown, pretraining_effects
+from ..world.effect import Observation, effects_html, effects_markdown, pretraining_effects
+from ..world.recipe import is_alias
 from .plots import _img, cost_plot, per_class_heatmap
 from .tables import (
     COST_TOLERANCE,

@@ -33,7 +33,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
     from ..data import check_root
     from ..data.check import require_complete
     from ..features import check_features_mode, feature_group
-    from ..weights import is_alias, resolve_pretrained
+    from ..world.checkpoints import build_for
 
     seen = set()
     for arm in arms:
@@ -46,10 +46,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
             if not require_complete(cfg.dataset, cfg.data_root):
                 check_images(cfg, check_root(cfg))
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
-    worlds = {(a.config.backbone, a.config.pretrained, a.config.resolved_cache_dir()) for a in arms
-              if is_alias(a.config.pretrained)}
-    for backbone, pretrained, cache_dir in sorted(worlds, key=str):
-        resolve_pretrained(backbone, pretrained, cache_dir)
+    build_for(a.config for a in arms)
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}
     if cached:
         build_feature_caches(list(cached.values()), resources, plugins, ray_address)

@@ -1,5 +1,5 @@
 """The world CLIP's pre-training recipe and the weights names that stand for it, without torch (specs
-and reports parse these names; `ablate.pretrain` trains what they describe).
+and reports parse these names; `ablate.world.pretrain` trains what they describe).
 
 Grammar of a world alias, as a spec's or the CLI's `pretrained`:
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .captions import STYLES, CaptionStyle
-from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class PretrainConfig:
 
 
 DEFAULT_PRETRAIN = PretrainConfig()  # frozen: safe to share
-# the names specs use for ablate's own tiny CLIPs (ablate.weights resolves them) -> caption style
+# the names specs use for ablate's own tiny CLIPs (ablate.factory resolves them) -> caption style
 WORLD_ALIASES: dict[str, CaptionStyle] = {"world-presence": "presence", "world-negation": "negation"}
 # fields an alias may set: the model is the trial's backbone and the captions are in the name
 RECIPE_FIELDS = {f.name: type(getattr(DEFAULT_PRETRAIN, f.name)) for f in fields(PretrainConfig)

@@ -7,15 +7,12 @@ negation prior in pre-training helps learned negative prompts.
 
 The result is a plain open_clip state dict (`torch.load(weights_only=True)`-safe) that
 `create_backbone(model, pretrained=path)` loads, plus `<checkpoint>.json`: the config, the world's
-hash, the loss curve and zero-shot mAP before and after. `ensure_world_checkpoint` builds the
-default world and checkpoint on first use, cached by config hash, and is what the aliases
-`world-presence` / `world-negation` (with any recipe field, e.g. `world-negation@seed=1`: see
-ablate.pretrain_recipe) resolve through.
+hash, the loss curve and zero-shot mAP before and after. Where a recipe's checkpoint is cached, and
+the step that builds it, are ablate.world.checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -31,25 +28,22 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .backbone import Backbone, create_backbone
+from ..backbone import Backbone, create_backbone
+from ..data.base import DataError
+from ..data.transforms import build_transform
+from ..errors import ConfigError
+from ..files import file_sha256, write_atomically
+from ..metrics import multilabel_metrics
 from .captions import STYLES
-from .data.base import DataError
-from .data.transforms import build_transform
-from .data.world import (
-    WorldConfig,
-    build_world,
-    default_world_root,
+from .dataset import (
     load_captions,
     load_world,
     world_hash,
 )
-from .errors import ConfigError
-from .files import file_lock, write_atomically
-from .metrics import multilabel_metrics
-from .pretrain_recipe import DEFAULT_PRETRAIN, PretrainConfig, alias_of, parse_alias
+from .recipe import PretrainConfig, alias_of
 
 ZERO_SHOT_PROMPT = "a photo of a {}."
-_RECIPE_VERSION = 2  # bump when the training code changes what a config produces: cached checkpoints are redone
+RECIPE_VERSION = 2  # bump when the training code changes what a config produces: cached checkpoints are redone
 _BETAS = (0.9, 0.98)  # CLIP's: a shorter second-moment memory keeps large-batch contrastive training stable
 
 
@@ -214,59 +208,3 @@ def _pretrain(world_root: Path, out: Path, cfg: PretrainConfig, progress: bool) 
     }
     write_atomically(manifest_path(out), lambda p: p.write_text(json.dumps(manifest, indent=1)))
     return manifest
-
-
-# ---- the cached default -------------------------------------------------------------------------
-
-
-def checkpoint_path(cache_dir: Path, world_root: Path, cfg: PretrainConfig) -> Path:
-    """Cache location, keyed by the pre-training config and recipe version, the model's architecture
-    and the world's content."""
-    inputs = [_RECIPE_VERSION, asdict(cfg), open_clip.get_model_config(cfg.model), world_hash(world_root)]
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    return Path(cache_dir).expanduser().absolute() / "world_checkpoints" / f"{cfg.model}-{cfg.captions}-{key[:10]}.pt"
-
-
-DEFAULT_WORLD = WorldConfig()  # frozen dataclass: safe to share
-__all__ = ["DEFAULT_PRETRAIN", "PretrainConfig", "ensure_world_checkpoint", "pretrain"]
-
-
-def ensure_world_checkpoint(
-    alias_or_captions: str, cache_dir: Path, model: str = "ablate-tiny-vit", progress: bool = True,
-    *, world: WorldConfig = DEFAULT_WORLD, world_root: Path | None = None, base: PretrainConfig = DEFAULT_PRETRAIN,
-) -> Path:
-    """Path of the world checkpoint an alias names (`world-negation`, `world-negation@seed=1`, ... see
-    ablate.pretrain_recipe) or of `presence` / `negation`, building the world and pre-training on first
-    use; one process trains, others wait. The world is `world_root` (built already) or the one `world`
-    describes, built in the cache; `base` holds the training settings the alias does not set (model and
-    captions come from the arguments)."""
-    name = f"world-{alias_or_captions}" if alias_or_captions in STYLES else alias_or_captions
-    cfg = parse_alias(name, model, base)
-    root = Path(world_root) if world_root else build_world(default_world_root(cache_dir, world), world, progress)
-    path = checkpoint_path(cache_dir, root, cfg)
-    if checkpoint_matches(path):  # the manifest is written last: one whose checksum matches means complete
-        return path
-    with file_lock(path.with_suffix(".lock")):
-        if not checkpoint_matches(path):
-            if manifest_path(path).is_file():
-                print(f"world checkpoint {path} does not match its manifest (truncated, replaced or from an older "
-                      "version); pre-training it again", file=sys.stderr)
-            pretrain(root, path, cfg, progress)
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def checkpoint_matches(path: Path) -> bool:
-    """The checkpoint and its manifest exist and the file's checksum is the manifest's."""
-    try:
-        expected = json.loads(manifest_path(path).read_text()).get("sha256")
-        return isinstance(expected, str) and path.is_file() and file_sha256(path) == expected
-    except (OSError, ValueError, AttributeError):  # missing or damaged manifest
-        return False

@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..stats import Interval, pooled_sd, welch_interval
 from .captions import STYLES, CaptionStyle  # ("presence", "negation"): the effect is the second minus the first
-from .pretrain_recipe import DEFAULT_PRETRAIN, alias_of, is_alias, parse_alias
-from .stats import Interval, pooled_sd, welch_interval
+from .recipe import DEFAULT_PRETRAIN, alias_of, is_alias, parse_alias
 
 LEVEL = 0.95
 

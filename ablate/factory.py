@@ -1,18 +1,23 @@
-"""What every consumer of a TrialConfig needs the same way: the device, the seed, and the frozen
-backbone the config names (trials, feature caches, probes and `load_trained` all come through here,
-so random 'none' weights are drawn from the same seed everywhere)."""
+"""The one door to a config's frozen backbone, and what every consumer of a TrialConfig needs the same
+way: the device and the seed (trials, feature caches, probes and `load_trained` all come through here,
+so random 'none' weights are drawn from the same seed everywhere).
+
+Weights names are resolved here, above ablate.backbone, which only ever sees an open_clip tag, a local
+file or 'none': ablate's own aliases (`world-negation@seed=1`, ...) become the cached file of their world
+CLIP, which must have been built (ablate.world.checkpoints: a sweep's pre-flight and the CLI build it)."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .backbone import Backbone
+from .backbone import Backbone, create_backbone
 from .errors import ConfigError
 from .spec import TrialConfig
-from .weights import load_backbone
+from .world.checkpoints import resolve_pretrained
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,6 +32,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def load_backbone(
+    name: str, pretrained: str = "none", image_size: int | None = None, device: str | torch.device = "cpu",
+    cache_dir: Path | None = None, quick_gelu: bool | None = None, weights_dir: Path | None = None,
+    trust_torchscript: bool = False,
+) -> Backbone:
+    """`create_backbone` for any weights name, aliases included (the info keeps the alias)."""
+    weights = resolve_pretrained(name, pretrained, cache_dir)
+    return create_backbone(name, weights, image_size, device, quick_gelu, weights_dir, label=pretrained,
+                           trust_torchscript=trust_torchscript)
 
 
 def backbone_from_config(cfg: TrialConfig, device: str | torch.device | None = None) -> Backbone:
