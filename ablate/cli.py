@@ -229,7 +229,8 @@ def _world_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("world", help="the synthetic world: build it, pre-train its tiny CLIP",
                        description="ablate's own multi-label world (COCO layout + captions) and a tiny CLIP "
                                    "pre-trained on it; both are also built before use by sweeps, `ablate train` "
-                                   "and `ablate probe` runs that name dataset `world` or pretrained `world-presence` / `world-negation`, any recipe as "
+                                   "and `ablate probe` runs that name dataset `world` or pretrained `world-presence` / "
+                                   "`world-negation`, any recipe as "
                                    "`world-<captions>@<field>=<value>...` (e.g. `world-negation@seed=1`).")
     world_sub = p.add_subparsers(dest="world_command", required=True)
     b = world_sub.add_parser("build", help="generate the world (deterministic; skipped when already complete)")

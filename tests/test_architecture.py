@@ -188,3 +188,13 @@ def test_registry_refuses_duplicates_and_names_the_registered():
         METHODS.register("dualcoop", method_info("dualcoop"))
     with pytest.raises(ConfigError, match="unknown method 'nope'; registered: dualcoop"):
         METHODS.get("nope")
+
+
+def test_every_mlflow_client_call_goes_through_the_retry():
+    """A store locked by another writer or a tracking server restarting is waited out everywhere (sweeps, report,
+    analyze), not only where someone remembered: no `client.<method>(...)` call outside `retried(...)`."""
+    direct = re.compile(r"(?<!retried\()(?<![\w.])(self\.)?client\.\w+\(")
+    bypass = [f"{_module_name(p)}:{n}" for p in PACKAGE.rglob("*.py")
+              for n, line in enumerate(p.read_text().splitlines(), 1) if direct.search(line)]
+    assert bypass == [], "wrap these in ablate.tracking.retried(client.method, ...)"
+    assert direct.search("runs = client.search_runs([exp])") and not direct.search("retried(client.get_run, rid)")

@@ -25,7 +25,7 @@ from ablate.probes import (
 from ablate.probes.common import write_json
 from ablate.probes.registry import PROBES
 from ablate.registry import resolve
-from ablate.report import Trial, _diagnostics_html, diagnostics
+from ablate.report import RunRecord, _diagnostics_html, diagnostics
 from ablate.spec import TrialConfig
 from ablate.sweep.spec import SweepSpec
 from ablate.trainer import TRAINED, load_trained, run_trial
@@ -98,7 +98,7 @@ def test_a_registered_probe_runs_for_a_trial_and_reaches_spec_report_and_cli(toy
 
     assert SweepSpec(name="toy", probes=["toy_norm"]).probes == ["toy_norm"]
 
-    report_trial = Trial(run_id="r0", status="FINISHED", tags={"ablate.dataset": "synthetic"}, metrics=flat)
+    report_trial = RunRecord(run_id="r0", status="FINISHED", tags={"ablate.dataset": "synthetic"}, metrics=flat)
     rows = diagnostics("synthetic", [report_trial], {"r0": "dualcoop"})
     assert rows == {"dualcoop": {COLUMN: pytest.approx(expected)}}
     assert "mean |class embedding|" in probe_markdown(rows).splitlines()[0]

@@ -197,12 +197,12 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_directory(exp
 
 
 def test_paired_differences_compare_each_row_with_the_reference_on_its_own_weights():
-    from ablate.report import Trial, paired_differences, row_labels
+    from ablate.report import RunRecord, paired_differences, row_labels
 
-    def trial(i: int, method: str, pretrained: str, seed: int, value: float) -> Trial:
+    def trial(i: int, method: str, pretrained: str, seed: int, value: float) -> RunRecord:
         tags = {"method": method, "dataset": "world", "label_ratio": "0.5", "backbone": "ablate-tiny-vit",
                 "pretrained": pretrained, "n_ctx": "8", "csc": "False", "seed": str(seed)}
-        return Trial(f"r{i}", "FINISHED", {f"ablate.{k}": v for k, v in tags.items()}, {"test_map": value})
+        return RunRecord(f"r{i}", "FINISHED", {f"ablate.{k}": v for k, v in tags.items()}, {"test_map": value})
 
     trials = [trial(0, "dualcoop", "world-presence", 0, 40.0), trial(1, "dualcoop", "world-presence", 1, 42.0),
               trial(2, "dualcoop", "world-negation", 0, 30.0), trial(3, "dualcoop", "world-negation", 1, 34.0),
@@ -219,9 +219,9 @@ def test_paired_differences_compare_each_row_with_the_reference_on_its_own_weigh
 
 
 def _seeded_trials(values: dict[str, list[float]]) -> list:
-    from ablate.report import Trial
+    from ablate.report import RunRecord
 
-    return [Trial(f"{method}{seed}", "FINISHED", {"ablate.method": method, "ablate.dataset": "synthetic",
+    return [RunRecord(f"{method}{seed}", "FINISHED", {"ablate.method": method, "ablate.dataset": "synthetic",
                                                   "ablate.label_ratio": "0.5", "ablate.seed": str(seed)},
                   {"test_map": v}) for method, vs in values.items() for seed, v in enumerate(vs)]
 
@@ -354,16 +354,15 @@ def test_zero_shot_adds_no_seed_the_cells_wait_for():
     """Zero-shot ignores the seed (its tag says n/a): a one-seed sweep with it expects one seed a cell."""
     import yaml
 
-    from ablate.report import Trial
+    from ablate.report import RunRecord
     from ablate.report.tables import expected_seeds
 
     def spec(seeds: list[int]) -> str:
         return yaml.safe_dump({"name": "q", "base": {"dataset": "synthetic"},
                                "grid": {"method": ["dualcoop", "zeroshot"], "seed": seeds}})
 
-    trials = [Trial("a", "FINISHED", {"ablate.dataset": "synthetic", "ablate.method": "dualcoop", "ablate.seed": "0"},
-                    {}),
-              Trial("b", "FINISHED", {"ablate.dataset": "synthetic", "ablate.method": "zeroshot", "ablate.seed": "n/a"},
-                    {})]
+    tags = {"ablate.dataset": "synthetic"}
+    trials = [RunRecord("a", "FINISHED", {**tags, "ablate.method": "dualcoop", "ablate.seed": "0"}, {}),
+              RunRecord("b", "FINISHED", {**tags, "ablate.method": "zeroshot", "ablate.seed": "n/a"}, {})]
     assert expected_seeds(spec([0]), trials, "synthetic") == 1
     assert expected_seeds(spec([0, 1]), trials, "synthetic") == 2

@@ -33,7 +33,7 @@ from ablate.methods import method_info
 from ablate.methods.base import Method
 from ablate.methods.two_sided import PromptSide, TwoSided
 from ablate.spec import TrialConfig
-from ablate.tracking import TrialRun, children_filter, connect_existing, resolve_tracking_uri
+from ablate.tracking import TrialRun, children_filter, connect_existing, resolve_tracking_uri, retried
 from ablate.trainer import TRAINED, load_trained
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
@@ -203,7 +203,7 @@ def analyze_trained(trained_pt: Path, out_dir: Path | None, n_images: int = 4, o
 def _download_trained(client: MlflowClient, run_id: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(client.download_artifacts(run_id, TRAINED, str(dst)))
+        return Path(retried(client.download_artifacts, run_id, TRAINED, str(dst)))
     except Exception as err:  # the artifact stores raise several types; all mean "not there"
         raise ProbeError(f"run {run_id} has no {TRAINED} artifact (sweeps log one per trial); "
                          f"or analyse a local file with --trained: {err}") from None
@@ -215,7 +215,7 @@ def _seed_siblings(client: MlflowClient, run: Run) -> list[Run]:
     if not parent:
         return []
     mine = {k: v for k, v in run.data.params.items() if k != "seed"}
-    runs = client.search_runs([run.info.experiment_id], filter_string=children_filter(parent),
+    runs = retried(client.search_runs, [run.info.experiment_id], filter_string=children_filter(parent),
                               max_results=10000)
     return [r for r in runs if r.info.run_id != run.info.run_id and r.info.status == "FINISHED"
             and r.data.params.get("seed") != run.data.params.get("seed")
@@ -227,7 +227,7 @@ def analyze_run(run_id: str, tracking_uri: str | None, out_dir: Path, n_images: 
     uri = resolve_tracking_uri(tracking_uri)
     client = connect_existing(uri)
     try:
-        run = client.get_run(run_id)
+        run = retried(client.get_run, run_id)
     except Exception:  # MlflowException for unknown ids, with store-specific messages
         raise ProbeError(f"no MLflow run {run_id} at {uri}") from None
     siblings = _seed_siblings(client, run)
@@ -240,7 +240,7 @@ def analyze_run(run_id: str, tracking_uri: str | None, out_dir: Path, n_images: 
     write_json(Path(out_dir) / "analysis.json", result)
     if log:
         TrialRun(client, run_id, resumed=True).log_metrics(flat_metrics("prompts", result))
-        client.log_artifacts(run_id, str(out_dir), "analysis")
+        retried(client.log_artifacts, run_id, str(out_dir), "analysis")
     return result
 
 

@@ -20,9 +20,10 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from ..catalogue import significant
+from ..tracking import retried
 from ..tracking.names import method_colour
 from .tables import COST_TOLERANCE, near_ties, pareto
-from .trials import Table, Trial
+from .trials import RunRecord, Table
 
 
 def _png(fig) -> bytes:
@@ -105,7 +106,7 @@ def _cost_ticks(costs: list[float]) -> list[float]:
     return [0.0, *(steps if len(steps) >= 2 else sorted({float(significant(c).replace(",", "")) for c in costs}))]
 
 
-def per_class_heatmap(client: MlflowClient, dataset: str, trials: list[Trial], labels: dict[str, str],
+def per_class_heatmap(client: MlflowClient, dataset: str, trials: list[RunRecord], labels: dict[str, str],
                       ratios: list[float]) -> bytes | None:
     """Per-class test AP (mean over seeds), one panel per label ratio in `ratios`; classes in one order for
     every panel, by their mean AP over rows and ratios (hardest left), the value written in each cell."""
@@ -140,7 +141,7 @@ def per_class_heatmap(client: MlflowClient, dataset: str, trials: list[Trial], l
     return _png(fig)
 
 
-def _ap_grid(client: MlflowClient, dataset: str, trials: list[Trial], labels: dict[str, str],
+def _ap_grid(client: MlflowClient, dataset: str, trials: list[RunRecord], labels: dict[str, str],
              ratio: float) -> tuple[dict[str, dict[str, float]], list[str]] | None:
     """row -> class -> AP (mean over seeds) at `ratio` (ratio-free rows included), and the class list."""
     chosen = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset
@@ -149,7 +150,7 @@ def _ap_grid(client: MlflowClient, dataset: str, trials: list[Trial], labels: di
     with tempfile.TemporaryDirectory() as tmp:
         for t in chosen:
             try:
-                path = client.download_artifacts(t.run_id, "per_class_ap.json", tmp)
+                path = retried(client.download_artifacts, t.run_id, "per_class_ap.json", tmp)
             except Exception:  # a run without the artifact: leave it out of the heatmap only
                 continue
             per_row.setdefault(labels[t.run_id], []).append(json.loads(Path(path).read_text()))

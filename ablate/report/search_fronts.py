@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 from ..pareto import OBJECTIVES_TAG, PARETO_TAG, Sample, fronts, parse_objectives, samples
 from .plots import _img, _png
 from .sections import DatasetContext, Section, register_section
-from .trials import Trial
+from .trials import RunRecord
 
 
-def _configuration(trial: Trial) -> str:
+def _configuration(trial: RunRecord) -> str:
     """The sampled configuration as its arm's values, without the seed (one run per seed)."""
     arm = json.loads(trial.tags.get("ablate.arm", "{}"))
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in arm.items() if k != "seed")

@@ -23,7 +23,7 @@ from .tables import (
     paired_differences,
     table_markdown,
 )
-from .trials import TEST_SELECTED_NOTE, Table, Trial
+from .trials import TEST_SELECTED_NOTE, RunRecord, Table
 
 # ---- sections ---------------------------------------------------------------------------------------
 
@@ -32,7 +32,7 @@ class DatasetContext:
     """What a report section sees for one data set."""
 
     dataset: str
-    trials: list[Trial]
+    trials: list[RunRecord]
     labels: dict[str, str]  # run id -> row label
     table: Table
     client: MlflowClient

@@ -16,7 +16,7 @@ from ..stats import mean_interval
 from ..sweep.arms import expand, samples_per_arm
 from ..sweep.spec import SweepSpec
 from ..tracking.names import ARM_FIELDS, NOT_READ, arm_tags
-from .trials import CELL_NOTE, RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, TIE, Cell, Table, Trial
+from .trials import CELL_NOTE, RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, TIE, Cell, RunRecord, Table
 
 # ---- numbers ---------------------------------------------------------------------------------------
 
@@ -48,11 +48,11 @@ def _mark(table: Table, row: str, col: str, text: str) -> str:
     return f"{text} {TIE}" if row in table.tied.get(col, ()) else text
 
 
-def build_table(dataset: str, trials: list[Trial], labels: dict[str, str], expected: int = 0) -> Table:
+def build_table(dataset: str, trials: list[RunRecord], labels: dict[str, str], expected: int = 0) -> Table:
     """`expected`: seeds the sweep asks for per cell (`expected_seeds`); cells with fewer are marked."""
     done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
     ratios = sorted({t.ratio for t in done if t.ratio is not None})
-    by_row: dict[str, list[Trial]] = {}
+    by_row: dict[str, list[RunRecord]] = {}
     for t in done:
         by_row.setdefault(labels[t.run_id], []).append(t)
     cells, cost, free = {}, {}, set()
@@ -113,11 +113,11 @@ def near_ties(points: dict[str, tuple[float, float]], names: list[str]) -> set[s
 WEIGHT_FIELDS = ("backbone", "pretrained")  # trials on other weights are not paired
 
 
-def _weights(t: Trial) -> tuple[str, ...]:
+def _weights(t: RunRecord) -> tuple[str, ...]:
     return tuple(t.tag(f) for f in WEIGHT_FIELDS)
 
 
-def paired_differences(dataset: str, trials: list[Trial], labels: dict[str, str], reference: str) -> list[dict]:
+def paired_differences(dataset: str, trials: list[RunRecord], labels: dict[str, str], reference: str) -> list[dict]:
     """Each row vs the reference method on the same weights, label ratio and seed.
 
     Per seed, the row's difference is its mean over the label ratios both ran; `mean_diff` ± `std_diff` and
@@ -211,7 +211,7 @@ def table_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
+def expected_missing(spec_text: str | None, trials: list[RunRecord]) -> list[str]:
     """Arms the spec expects that have fewer trial runs than it asks for."""
     if not spec_text:
         return []
@@ -233,7 +233,7 @@ def expected_missing(spec_text: str | None, trials: list[Trial]) -> list[str]:
     return missing
 
 
-def expected_seeds(spec_text: str | None, trials: list[Trial], dataset: str) -> int:
+def expected_seeds(spec_text: str | None, trials: list[RunRecord], dataset: str) -> int:
     """Seeds per cell the sweep asks for on `dataset`: its spec's arms' seeds, with every seed a trial of it
     ran under (a sweep without its spec: the seeds seen)."""
     seeds = {t.tag("seed") for t in trials if t.tag("dataset") == dataset and t.tag("seed") != NOT_READ}
@@ -243,7 +243,7 @@ def expected_seeds(spec_text: str | None, trials: list[Trial], dataset: str) -> 
     return len(seeds)
 
 
-def diagnostics(dataset: str, trials: list[Trial], labels: dict[str, str]) -> dict[str, dict[str, float]]:
+def diagnostics(dataset: str, trials: list[RunRecord], labels: dict[str, str]) -> dict[str, dict[str, float]]:
     """Row label -> mean of each probe metric over its finished trials (rows without probes left out)."""
     columns = probe_columns()
     rows: dict[str, dict[str, list[float]]] = {}

@@ -10,17 +10,16 @@ from mlflow import MlflowClient
 from ..errors import ReportError
 from ..spec import ignored_fields
 from ..stats import MeanInterval
-from ..tracking import (
-    ROLE_TAG,
-    children_filter,
-)
+from ..tracking import ROLE_TAG, children_filter, retried
 
 # Fields that split a method into several rows when they vary within the experiment.
 ROW_FIELDS = ("backbone", "pretrained", "n_ctx", "csc")
 
 
 @dataclass
-class Trial:
+class RunRecord:
+    """One finished (or failed) trial run as the report reads it back from MLflow: its tags, final metrics and error."""
+
     run_id: str
     status: str
     tags: dict[str, str]
@@ -109,26 +108,26 @@ class Table:
 
 # ---- reading ---------------------------------------------------------------------------------------
 
-def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> tuple[str, list[Trial]]:
+def load_trials(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> tuple[str, list[RunRecord]]:
     """(parent run id, trial runs of that sweep); the newest sweep of the experiment by default."""
-    exp = client.get_experiment_by_name(experiment)
+    exp = retried(client.get_experiment_by_name, experiment)
     if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
+        names = sorted(e.name for e in retried(client.search_experiments))
         raise ReportError(f"no MLflow experiment named '{experiment}'; experiments: {', '.join(names) or 'none'}")
     if parent_run_id is None:
-        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+        parents = retried(client.search_runs, [exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
         if not parents:
             raise ReportError(f"experiment '{experiment}' has no sweep run (was it made by `ablate sweep`?)")
         parent_run_id = parents[0].info.run_id
-    runs = client.search_runs([exp.experiment_id], filter_string=children_filter(parent_run_id),
+    runs = retried(client.search_runs, [exp.experiment_id], filter_string=children_filter(parent_run_id),
                               max_results=50000)
-    trials = [Trial(r.info.run_id, r.info.status, r.data.tags, r.data.metrics, r.data.tags.get("ablate.error"))
+    trials = [RunRecord(r.info.run_id, r.info.status, r.data.tags, r.data.metrics, r.data.tags.get("ablate.error"))
               for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
     return parent_run_id, trials
 
 
-def row_labels(trials: list[Trial]) -> dict[str, str]:
+def row_labels(trials: list[RunRecord]) -> dict[str, str]:
     """run id -> row label: the method, plus each ROW_FIELD that varies among methods reading it."""
     varying = [f for f in ROW_FIELDS if len({t.tag(f) for t in trials
                                             if f not in ignored_fields(t.tag("method"))}) > 1]

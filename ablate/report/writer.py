@@ -27,13 +27,14 @@ from ..tracking import (
     connect_existing,
     report_link,
     resolve_tracking_uri,
+    retried,
     save_view,
     set_sweep_note,
     sweep_note,
 )
 from .sections import SECTIONS, DatasetContext
 from .tables import build_table, expected_missing, expected_seeds, table_frame
-from .trials import Trial, load_trials, row_labels
+from .trials import RunRecord, load_trials, row_labels
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -61,9 +62,9 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
     with _staged(out_dir) as staging:
         result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio, published)
         (staging / MANIFEST).write_text(json.dumps({"files": sorted(_files(staging))}, indent=1))
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    experiment_id = retried(client.get_run, parent_run_id).info.experiment_id
     if log_to_mlflow:
-        client.log_artifacts(parent_run_id, str(out_dir), "report")
+        retried(client.log_artifacts, parent_run_id, str(out_dir), "report")
         note_report(client, experiment_id, parent_run_id, out_dir)
     result.update(out_dir=str(out_dir), experiment_id=experiment_id, tracking_uri=client.tracking_uri)
     return result
@@ -75,13 +76,13 @@ def check_parent_run(client: MlflowClient, run_id: str) -> None:
         raise ReportError(f"--parent-run {run_id!r} is not an MLflow run id (letters and digits, as in the run's "
                           "page); leave it out for the experiment's newest sweep")
     try:
-        client.get_run(run_id)
+        retried(client.get_run, run_id)
     except MlflowException:
         raise ReportError(f"--parent-run {run_id}: no such MLflow run; leave it out for the experiment's newest "
                           "sweep") from None
 
 
-def check_choices(trials: list[Trial], reference: str | None, heatmap_ratio: float | None) -> None:
+def check_choices(trials: list[RunRecord], reference: str | None, heatmap_ratio: float | None) -> None:
     """ReportError when --reference or --heatmap-ratio names nothing the finished trials have (the report
     would silently leave out the differences or the heatmap); the message lists what they have."""
     done = [t for t in trials if t.status == "FINISHED"]
@@ -177,7 +178,7 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: list[Trial], out_dir: Path,
+def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: list[RunRecord], out_dir: Path,
            reference: str, heatmap_ratio: float | None, published: list[PublishedTable] | None = None) -> dict:
     """Every output of the report, written into `out_dir`; returns its numbers."""
     spec_text = _spec_text(client, parent_run_id, out_dir)
@@ -218,12 +219,12 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
 def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str | None:
     """The sweep's spec as logged on its parent run (None for runs made without one)."""
     try:
-        return Path(client.download_artifacts(parent_run_id, "spec.yaml", str(out_dir))).read_text()
+        return Path(retried(client.download_artifacts, parent_run_id, "spec.yaml", str(out_dir))).read_text()
     except Exception:  # MLflow raises several types for a missing artifact
         return None
 
 
-def _page(experiment: str, parent_run_id: str, trials: list[Trial], incomplete: list[str], pages: list[str],
+def _page(experiment: str, parent_run_id: str, trials: list[RunRecord], incomplete: list[str], pages: list[str],
           spec_text: str | None) -> str:
     listing = ("<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>"
                + "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) + "</ul>") if incomplete else ""

@@ -16,13 +16,13 @@ from ..spec import ignored_fields
 from .names import NOTE_TAG, UI_DEFAULT, children_filter
 
 RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
-from .store import _retry, open_client
+from .store import open_client, retried
 from .view import view_key
 
 
 def note_sweep_stopped(client: MlflowClient, experiment_id: str, parent_run_id: str, command: str) -> None:
     """An interrupted sweep's description stops saying it runs and says how to continue it."""
-    note = _retry(client.get_run, parent_run_id).data.tags.get(NOTE_TAG, "")
+    note = retried(client.get_run, parent_run_id).data.tags.get(NOTE_TAG, "")
     description = note.split(RUNNING_NOTE)[0]
     set_sweep_note(client, experiment_id, parent_run_id,
                    sweep_note(description, f"**Stopped** before every trial finished. Resume with: `{command}`"))
@@ -38,8 +38,8 @@ def set_sweep_note(client: MlflowClient, experiment_id: str, parent_run_id: str,
     links to the sweep's prepared view, so a reader who arrives without the printed address is one click
     from it."""
     text = sweep_note(text, view_links(experiment_id, parent_run_id))
-    _retry(client.set_tag, parent_run_id, NOTE_TAG, text)
-    _retry(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
+    retried(client.set_tag, parent_run_id, NOTE_TAG, text)
+    retried(client.set_experiment_tag, experiment_id, NOTE_TAG, text)
 
 
 def view_links(experiment_id: str, parent_run_id: str) -> str:
@@ -72,7 +72,7 @@ def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
 def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
     """One row per child run of a sweep: arm, status and the catalogue's "trials" columns."""
     client = open_client(uri)
-    runs = _retry(client.search_runs, [experiment_id], filter_string=children_filter(parent_run_id),
+    runs = retried(client.search_runs, [experiment_id], filter_string=children_filter(parent_run_id),
                   max_results=10000)
     rows = []
     for run in runs:

@@ -47,7 +47,7 @@ from .names import (
     trial_key,
 )
 from .notes import RUNNING_NOTE, set_sweep_note, split_input, sweep_note, trial_note
-from .store import TrackingContext, _retry, _retry_duplicate, open_client
+from .store import TrackingContext, _retry_duplicate, open_client, retried
 from .view import save_view
 
 
@@ -93,8 +93,8 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
                      spec_text: str, description: str = "") -> str:
     tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SPEC_TAGS[0]: hashlib.sha256(spec_text.encode()).hexdigest(),
             SPEC_TAGS[1]: str(spec_path), **source_tags(spec_path)}
-    run = _retry(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
-    _retry(client.log_text, run.info.run_id, spec_text, "spec.yaml")
+    run = retried(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
+    retried(client.log_text, run.info.run_id, spec_text, "spec.yaml")
     set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
     save_view(client, experiment_id, run.info.run_id)
     return run.info.run_id
@@ -105,10 +105,10 @@ def end_parent_run(client: MlflowClient, parent_run_id: str, status: str, metric
     """Counts and final status of a sweep; an interrupted one says how to continue it."""
     try:
         for key, value in metrics.items():
-            _retry(client.log_metric, parent_run_id, key, value)
+            retried(client.log_metric, parent_run_id, key, value)
         if resume_command:
-            _retry(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
-        _retry(client.set_terminated, parent_run_id, status)
+            retried(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
+        retried(client.set_terminated, parent_run_id, status)
     except MlflowException:
         check_not_deleted(client, parent_run_id)
         raise
@@ -117,8 +117,8 @@ def end_parent_run(client: MlflowClient, parent_run_id: str, status: str, metric
 def check_not_deleted(client: MlflowClient, parent_run_id: str) -> None:
     """TrackingError saying what happened and what is kept when the sweep's parent run or its experiment
     was deleted in MLflow while the sweep ran (MLflow refuses to log to it)."""
-    run = _retry(client.get_run, parent_run_id)
-    experiment = _retry(client.get_experiment, run.info.experiment_id)
+    run = retried(client.get_run, parent_run_id)
+    experiment = retried(client.get_experiment, run.info.experiment_id)
     deleted = [what for what, stage in ((f"experiment '{experiment.name}'", experiment.lifecycle_stage),
                                         (f"sweep run {parent_run_id}", run.info.lifecycle_stage)) if stage == "deleted"]
     if deleted:
@@ -131,14 +131,14 @@ def check_not_deleted(client: MlflowClient, parent_run_id: str) -> None:
 
 def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:
     """A resumed sweep runs again; the note on how to resume it goes."""
-    if RESUME_TAG in _retry(client.get_run, parent_run_id).data.tags:
-        _retry(client.delete_tag, parent_run_id, RESUME_TAG)
-    _retry(client.update_run, parent_run_id, status="RUNNING")
+    if RESUME_TAG in retried(client.get_run, parent_run_id).data.tags:
+        retried(client.delete_tag, parent_run_id, RESUME_TAG)
+    retried(client.update_run, parent_run_id, status="RUNNING")
 
 
 def close_running_children(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
     """A killed trial cannot close its own run: the driver marks what is still RUNNING as KILLED."""
-    found = _retry(client.search_runs, [experiment_id], max_results=10000,
+    found = retried(client.search_runs, [experiment_id], max_results=10000,
                    filter_string=f"{children_filter(parent_run_id)} and attributes.status = 'RUNNING'")
     for run in found:
         TrialRun(client, run.info.run_id, True).close("KILLED", reason)
@@ -158,7 +158,7 @@ class TrialRun:
         """The run of a Ray trial, or of one arm (`member`) of a Ray trial that trains a pack of arms."""
         client = open_client(ctx.uri)
         key = trial_key(ctx.parent_run_id, trial_id if member is None else f"{trial_id}/{member}")
-        found = _retry(client.search_runs, [ctx.experiment_id],
+        found = retried(client.search_runs, [ctx.experiment_id],
                        filter_string=f"tags.`{TRIAL_KEY}` = '{key}'", max_results=1)
         return cls(client, found[0].info.run_id, True) if found else None
 
@@ -166,7 +166,7 @@ class TrialRun:
     def find_all(cls, ctx: TrackingContext, trial_id: str) -> list[TrialRun]:
         """Every run a Ray trial holds: its own, or each arm's of its pack."""
         client = open_client(ctx.uri)
-        found = _retry(client.search_runs, [ctx.experiment_id], max_results=10_000,
+        found = retried(client.search_runs, [ctx.experiment_id], max_results=10_000,
                        filter_string=f"tags.`ablate.trial_id` = '{trial_id}' and "
                                      f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}'")
         return [cls(client, r.info.run_id, True) for r in found]
@@ -182,35 +182,35 @@ class TrialRun:
             run.reopen()
             return run
         client = open_client(ctx.uri)
-        parent_tags = _retry(client.get_run, ctx.parent_run_id).data.tags
+        parent_tags = retried(client.get_run, ctx.parent_run_id).data.tags
         key = trial_key(ctx.parent_run_id, trial_id if member is None else f"{trial_id}/{member}")
         tags = {"mlflow.parentRunId": ctx.parent_run_id, TRIAL_KEY: key,
                 ROLE_TAG: "trial", "ablate.trial_id": trial_id, RUN_COLOR_TAG: method_colour(cfg.method),
                 "ablate.arm": json.dumps(arm, sort_keys=True),
                 "ablate.selected_on": cfg.select_on,
                 **arm_tags(cfg), **{k: parent_tags[k] for k in (*SOURCE_TAGS, *SPEC_TAGS) if k in parent_tags}}
-        run_id = _retry(client.create_run, ctx.experiment_id, tags=tags,
+        run_id = retried(client.create_run, ctx.experiment_id, tags=tags,
                         run_name=name or run_name(arm) or cfg.method).info.run_id
         params = [Param(k, v) for k, v in flatten_config(cfg).items()]
         for i in range(0, len(params), 100):
-            _retry(client.log_batch, run_id, params=params[i : i + 100])
+            retried(client.log_batch, run_id, params=params[i : i + 100])
         return cls(client, run_id, False)
 
     def status(self) -> str:
-        return _retry(self.client.get_run, self.run_id).info.status
+        return retried(self.client.get_run, self.run_id).info.status
 
     def reopen(self) -> None:
         """Running again (retry, resume): the old stop reason goes, the epochs it logged stay counted."""
-        tags = _retry(self.client.get_run, self.run_id).data.tags
+        tags = retried(self.client.get_run, self.run_id).data.tags
         for key in (ERROR_TAG, STOPPED_TAG):
             if key in tags:
-                _retry(self.client.delete_tag, self.run_id, key)
-        _retry(self.client.update_run, self.run_id, status="RUNNING")
+                retried(self.client.delete_tag, self.run_id, key)
+        retried(self.client.update_run, self.run_id, status="RUNNING")
         self.logged_epochs = self.last_step(EPOCH_METRICS["loss"])
         self.logged_steps = self.last_step(STEP_LOSS)
 
     def last_step(self, key: str) -> int:
-        history = _retry(self.client.get_metric_history, self.run_id, key)
+        history = retried(self.client.get_metric_history, self.run_id, key)
         return max((m.step for m in history), default=0)
 
     def log_epoch(self, row: dict, step_losses: Sequence[float] = ()) -> None:
@@ -228,18 +228,18 @@ class TrialRun:
         metrics += [Metric(EPOCH_METRICS.get(k, k), float(v), now, epoch) for k, v in row.items()
                     if k != "epoch" and v is not None]
         for i in range(0, len(metrics), BATCH_LIMIT):
-            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
+            retried(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
         self.logged_epochs, self.logged_steps = epoch, first + len(step_losses)
 
     def count_node_loss(self) -> None:
         """The trial lost its node and continues elsewhere: how often is a tag on its run."""
-        tags = _retry(self.client.get_run, self.run_id).data.tags
+        tags = retried(self.client.get_run, self.run_id).data.tags
         self.set_tag(NODE_LOSSES_TAG, str(int(tags.get(NODE_LOSSES_TAG, 0)) + 1))
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
-        _retry(self.client.log_batch, self.run_id, metrics=metrics)
+        retried(self.client.log_batch, self.run_id, metrics=metrics)
 
     def log_result(self, result: TrialResult, final: dict[str, float]) -> None:
         """The end of a trial: `final` metrics at FINAL_STEP, the splits it read as dataset inputs, per-class
@@ -279,23 +279,23 @@ class TrialRun:
             monitor.finish()
 
     def log_dict(self, data: dict, name: str) -> None:
-        _retry(self.client.log_dict, self.run_id, data, name)
+        retried(self.client.log_dict, self.run_id, data, name)
 
     def log_artifact(self, path: Path) -> None:
-        _retry(self.client.log_artifact, self.run_id, str(path))
+        retried(self.client.log_artifact, self.run_id, str(path))
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
-        _retry(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
+        retried(self.client.log_artifacts, self.run_id, str(folder), artifact_path)
 
     def set_tag(self, key: str, value: str) -> None:
-        _retry(self.client.set_tag, self.run_id, key, value[:5000])
+        retried(self.client.set_tag, self.run_id, key, value[:5000])
 
     def finish(self) -> None:
-        _retry(self.client.set_terminated, self.run_id, "FINISHED")
+        retried(self.client.set_terminated, self.run_id, "FINISHED")
 
     def close(self, status: str, reason: str) -> None:
-        _retry(self.client.set_tag, self.run_id, ERROR_TAG if status == "FAILED" else STOPPED_TAG, reason[:5000])
-        _retry(self.client.set_terminated, self.run_id, status)
+        retried(self.client.set_tag, self.run_id, ERROR_TAG if status == "FAILED" else STOPPED_TAG, reason[:5000])
+        retried(self.client.set_terminated, self.run_id, status)
 
     def fail(self, reason: str) -> None:
         self.close("FAILED", reason)

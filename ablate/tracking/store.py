@@ -67,7 +67,7 @@ def connect(uri: str) -> MlflowClient:
     with file_lock(Path(f"{db}.lock")) if db else contextlib.nullcontext():
         try:
             client = open_client(uri)
-            _retry(client.search_experiments, max_results=1)
+            retried(client.search_experiments, max_results=1)
         except Exception as err:  # the store raises many types; all mean "not usable"
             if is_locked(err):
                 raise TrackingError(f"MLflow tracking store {uri} stayed locked by another process for "
@@ -179,13 +179,13 @@ def artifact_location(tracking_uri: str, name: str) -> str | None:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    exp = _retry(client.get_experiment_by_name, name)
+    exp = retried(client.get_experiment_by_name, name)
     if exp is None:
         try:
-            return _retry(client.create_experiment, name,
+            return retried(client.create_experiment, name,
                           artifact_location=artifact_location(client.tracking_uri, name))
         except MlflowException as err:  # another process created it since we looked
-            exp = _retry(client.get_experiment_by_name, name)
+            exp = retried(client.get_experiment_by_name, name)
             if exp is None:
                 raise TrackingError(f"cannot create experiment '{name}': {err}") from err
     if exp.lifecycle_stage == "deleted":
@@ -208,7 +208,7 @@ def is_locked(err: BaseException) -> bool:
 
 def open_client(uri: str) -> MlflowClient:
     """Opening a sqlite store reads its schema, which a lock holds up too."""
-    return _retry(MlflowClient, tracking_uri=uri)
+    return retried(MlflowClient, tracking_uri=uri)
 
 
 def server_unavailable(err: BaseException) -> bool:
@@ -225,7 +225,7 @@ def server_unavailable(err: BaseException) -> bool:
     return "Max retries exceeded" in text or bool(re.search(r"error code 5\d\d|too many 5\d\d error", text))
 
 
-def _retry(fn, *args, **kwargs):
+def retried(fn, *args, **kwargs):
     """Wait out what passes instead of failing the trial or the sweep: a sqlite store locked by another
     writer (up to LOCK_PATIENCE_S) and a tracking server that is down or answers 5xx (up to
     SERVER_PATIENCE_S; past it a TrackingError says for how long). A logged batch carries its own
@@ -262,7 +262,7 @@ def _retry_duplicate(fn, *args, attempts: int = 5, **kwargs):
     same split at once race, and the loser's insert fails. Asked again, the store finds the winner's row."""
     for attempt in range(attempts):
         try:
-            return _retry(fn, *args, **kwargs)
+            return retried(fn, *args, **kwargs)
         except Exception as err:
             if not is_duplicate(err) or attempt == attempts - 1:
                 raise

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from ..catalogue import metrics
 from .names import SWEPT_AXES, children_filter
-from .store import _retry
+from .store import retried
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's own tag for shared views
 SECTION = "ablate: the sweep at a glance"
@@ -90,5 +90,5 @@ def decode(value: str) -> dict:
 def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str) -> str:
     """Store the sweep's prepared view as the experiment tag the UI reads; returns its key."""
     key = view_key(parent_run_id)
-    _retry(client.set_experiment_tag, experiment_id, VIEW_TAG_PREFIX + key, encode(view_state(parent_run_id)))
+    retried(client.set_experiment_tag, experiment_id, VIEW_TAG_PREFIX + key, encode(view_state(parent_run_id)))
     return key
