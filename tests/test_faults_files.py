@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablate.backbone import create_backbone, read_checkpoint
+from ablate.backbone import create_backbone
 from ablate.data import load_splits
 from ablate.data.partial import partial_mask
 from ablate.errors import WeightsError
@@ -28,6 +28,7 @@ from ablate.files import fill_atomically, write_atomically
 from ablate.spec import TrialConfig
 from ablate.torchscript import ArchiveError, read_torchscript
 from ablate.trainer import run_trial
+from ablate.weight_files import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
