@@ -10,10 +10,8 @@ against the registry: the names below that need more are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ..errors import DataError
+from ..registry import lazy_face
 from .registry import DATASETS, DatasetInfo, dataset_names, register_dataset
 
 # exported name -> the module that defines it, imported when the name is first used
@@ -38,13 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_face(__name__, _LAZY)

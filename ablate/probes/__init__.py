@@ -9,10 +9,10 @@ report without importing torch; everything else is imported on first access.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from ablate.errors import ProbeError
+from ablate.registry import lazy_face
 
 from .registry import PROBES, ProbeInfo, probe_columns, probe_names, register_probe
 
@@ -31,9 +31,10 @@ __all__ = ["PROBES", "PROBE_COLUMNS", "PROBE_FLAGS", "ProbeContext", "ProbeError
            "probe_names", "register_probe", "run_probes_for_trial", "write_json"]
 
 
+_lazy_getattr, __dir__ = lazy_face(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name == "PROBE_COLUMNS":  # computed on each read: it follows registrations
         return probe_columns()
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy_getattr(name)
