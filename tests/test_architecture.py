@@ -87,7 +87,8 @@ LAYERS = [
     ("foundation", ["ablate.errors", "ablate.registry", "ablate.captions", "ablate.stats", "ablate.files",
                     "ablate.catalogue", "ablate.pathnames", "ablate.extras"]),
     ("config", ["ablate.pretrain_recipe", "ablate.data", "ablate.methods", "ablate.methods.registry", "ablate.probes",
-                "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack", "ablate.result", "ablate.published"]),
+                "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack", "ablate.result",
+                "ablate.published"]),
     ("model", ["ablate.backbone", "ablate.torchscript", "ablate.prompts", "ablate.aggregation", "ablate.loss",
                "ablate.metrics", "ablate.methods.", "ablate.pretrain", "ablate.weights", "ablate.runtime"]),
     ("training", ["ablate.features", "ablate.stream", "ablate.arm", "ablate.trainer", "ablate.probes.",
@@ -141,7 +142,8 @@ def test_configs_registries_reports_and_the_cli_import_without_torch(module):
 def test_the_config_layer_imports_no_heavy_library():
     heavy = ("torch", "PIL", "pycocotools", "ray", "mlflow", "matplotlib", "open_clip")
     code = (f"import sys, ablate.spec, ablate.sweep.spec; "
-            f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})); print(heavy); sys.exit(bool(heavy))")
+            f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})); print(heavy); "
+            "sys.exit(bool(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, f"ablate.spec imports {out.stdout.strip()} {out.stderr[-500:]}"
 

@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # type checkers see the real names
     )
     from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, resume_command  # noqa: F401
     from .driver import run_sweep  # noqa: F401
-    from .spec import SweepSpec, arm_config, load_sweep_spec  # noqa: F401
     from .packs import describe, plan_packs  # noqa: F401
     from .preflight import IMAGE_CHECK_CAP, build_feature_caches, check_images, fetch_data, prepare_data  # noqa: F401
+    from .spec import SweepSpec, arm_config, load_sweep_spec  # noqa: F401
     from .trial import TRIAL_DIR_PREFIX, WORK_DIR, device_time, ray_trial, trial_run_name, trial_workdir, work_root  # noqa: F401
 
 _LAZY = {
