@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -22,7 +23,7 @@ from .methods import METHODS, create_method, method_info
 from .methods.base import FREE, LINEAR, Method
 from .prompts import PROMPT
 from .result import TrialResult
-from .spec import TrialConfig
+from .spec import STORED, TrialConfig
 from .stream import Stream
 
 # the per-epoch metric that picks the reported epoch, by `select_on`
@@ -187,6 +188,9 @@ class Arm:
         assert self.optimizer is not None
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved, now = state.get("config") or {}, self.cfg.model_dump(mode="json")
+        if saved != now:  # a checkpoint of an older release: its config as this one writes it
+            with contextlib.suppress(ValidationError):
+                saved = TrialConfig.model_validate(saved, context=STORED).model_dump(mode="json")
         if saved != now:
             changed = ", ".join(sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)))
             raise ConfigError(f"output folder {path.parent} holds a checkpoint of a different configuration "

@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from .errors import AblateError, ConfigError, Interrupted, worker_message
+from .errors import AblateError, ConfigError, Interrupted, MovedSetting, worker_message
 from .extras import missing_extra, require
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import trial_table, ui_hint
@@ -344,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:
-        return handlers[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_notices(warnings.showwarning)
+            return handlers[args.command](args)
     except AblateError as err:
         if args.debug:
             raise
@@ -366,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: ablate {_command(args)} failed unexpectedly ({what}); rerun with --debug for the traceback",
               file=sys.stderr)
         return 1
+
+
+def _one_line_notices(show: Callable[..., None]) -> Callable[..., None]:
+    """Python's way of showing warnings, but a moved setting's notice is one `warning:` line on stderr."""
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, MovedSetting):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -51,3 +51,8 @@ def worker_message(err: BaseException) -> str:
     marker = f"{type(err).__module__}.{type(err).__qualname__}: "
     at = text.rfind(marker)
     return text[at + len(marker):].strip() if text.startswith("Caught ") and at >= 0 else text
+
+
+class MovedSetting(FutureWarning):
+    """A setting written where an older release kept it: still honoured for one release, with a one-line
+    notice naming its new place (a FutureWarning, so it shows by default)."""

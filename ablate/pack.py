@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .spec import TrialConfig
 
 STREAM_FIELDS = (
-    # which images: the data set, its root and options, the validation rows (val_fraction, seed)
-    "dataset", "data_root", "coco_empty_images", "voc_difficult", "synthetic_images", "val_fraction", "seed",
+    # which images: the data set, its root and own settings, the validation rows (val_fraction, seed)
+    "dataset", "data_root", "dataset_options", "val_fraction", "seed",
     # in which order: batches drawn per (seed, epoch); worker processes draw the augmentation
     "batch_size", "epochs", "num_workers",
     # with which pixels

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -12,12 +13,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from .data import DATASETS
-from .errors import ConfigError
+from .data import DATASETS, option_owners
+from .errors import ConfigError, MovedSetting
 from .methods import METHODS, method_info
 from .world.recipe import check_pretrained
 
@@ -31,6 +33,46 @@ def _not_bool(value: Any) -> Any:
 
 # an integer field that refuses true/false; numbers and numeric strings are converted as usual
 Int = Annotated[int, BeforeValidator(_not_bool)]
+Options = TypeVar("Options", bound=BaseModel)
+
+# settings of one dataset each that older releases kept as TrialConfig fields: accepted there (moved into
+# dataset_options, or dropped for a dataset without them, which ignored them) until the next release
+FLAT_DATASET_FIELDS = ("coco_empty_images", "voc_difficult", "synthetic_images")
+# the model_validate context of a config ablate wrote itself (a checkpoint, trained.pt, a trial's arms):
+# its flat fields are upgraded without a notice, which is for what users write
+STORED = {"stored": True}
+_noticed: set[str] = set()
+
+
+def notice_moved(field: str) -> None:
+    """Say once per process where a flat dataset field now lives."""
+    if field in _noticed:
+        return
+    _noticed.add(field)
+    owners = option_owners(field)
+    where = (f"a setting of dataset {' / '.join(owners)} ({', '.join(f'per_dataset.{d}.{field}' for d in owners)} "
+             "in a spec, dataset_options in a trial config)") if owners else "a setting of no registered dataset"
+    warnings.warn(f"{field}: now {where}; the flat field is accepted until the next release (and ignored for "
+                  "other datasets, as before)", MovedSetting, stacklevel=2)
+
+
+def move_flat_fields(data: dict[str, Any], notify: bool = True) -> dict[str, Any]:
+    """`data` (TrialConfig input) with its flat dataset fields moved into dataset_options (over any value
+    there, as the later layer of a spec) where its dataset declares them, dropped where it does not."""
+    flat = [k for k in FLAT_DATASET_FIELDS if k in data]
+    if not flat:
+        return data
+    data = dict(data)
+    moved = {k: data.pop(k) for k in flat}
+    for k in flat if notify else ():
+        notice_moved(k)
+    dataset = data.get("dataset", TrialConfig.model_fields["dataset"].default)
+    info = DATASETS.get(dataset) if isinstance(dataset, str) and dataset in DATASETS else None
+    kept = {k: v for k, v in moved.items() if info is not None and info.owns(k)}
+    options = data.get("dataset_options")
+    if kept and (options is None or isinstance(options, dict)):  # any other value: refused as it is
+        data["dataset_options"] = {**(options or {}), **kept}
+    return data
 
 
 class StrictModel(BaseModel):
@@ -57,11 +99,10 @@ class TrialConfig(StrictModel):
     select_on: Literal["val", "test"] = Field(
         "val", description="split that picks the reported epoch: val (held out from train, honest) or test "
         "(the reference's protocol: optimistic, and marked as such in every report)")
-    coco_empty_images: Literal["drop", "keep"] = Field(
-        "drop", description="coco2014 images without any annotation: drop (the reference and most multi-label "
-        "work; counted in the log) or keep as all-negative rows")
-    voc_difficult: Literal["negative", "positive", "ignore"] = "negative"
-    synthetic_images: Int = Field(240, ge=20, description="train images of the generated synthetic set")
+    dataset_options: dict[str, Any] = Field(
+        default_factory=dict, description="the dataset's own settings, validated by the options model it registers "
+        "(coco2014: coco_empty_images; voc2007: voc_difficult; synthetic: synthetic_images; in a spec: under "
+        "per_dataset.<dataset> beside the other fields)")
 
     # backbone
     backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
@@ -178,11 +219,14 @@ class TrialConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _legacy(cls, data: Any) -> Any:
-        """Configs saved before `prompt_offset` (trained.pt, checkpoints) said `prompt_residual: bool`."""
+    def _legacy(cls, data: Any, info: ValidationInfo) -> Any:
+        """Configs saved before `prompt_offset` (trained.pt, checkpoints) said `prompt_residual: bool`; the
+        flat dataset fields of older releases move into dataset_options."""
         if isinstance(data, dict) and "prompt_residual" in data and "prompt_offset" not in data:
             data = dict(data)
             data["prompt_offset"] = "zeros" if data.pop("prompt_residual") else "none"
+        if isinstance(data, dict):
+            data = move_flat_fields(data, notify=not (info.context or {}).get("stored"))
         return data
 
     @model_validator(mode="after")
@@ -198,7 +242,15 @@ class TrialConfig(StrictModel):
         parsed = method_info(self.method).parse_options(self.options)
         if parsed != self.options:  # defaults filled in, so equal trials compare (and key) equal
             object.__setattr__(self, "options", parsed)
+        parsed = DATASETS.get(self.dataset).parse_options(self.dataset_options)
+        if parsed != self.dataset_options:
+            object.__setattr__(self, "dataset_options", parsed)
         return self
+
+    def dataset_settings(self, model: type[Options]) -> Options:
+        """The dataset's own settings as `model` (its options model, or the one a shared loader reads, such
+        as CocoOptions): the values of dataset_options that `model` declares, its defaults for the rest."""
+        return model.model_validate({k: v for k, v in self.dataset_options.items() if k in model.model_fields})
 
     @property
     def resolved_gamma_neg(self) -> float:

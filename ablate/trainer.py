@@ -39,7 +39,7 @@ from .methods.base import Method
 from .metrics import multilabel_metrics
 from .pack import pack_key, stream_config
 from .result import TrialResult
-from .spec import TrialConfig
+from .spec import STORED, TrialConfig
 from .stream import Stream, batches, epoch_seed
 
 CHECKPOINT = "checkpoint.pt"
@@ -355,7 +355,7 @@ def check_space(state_bytes: int, *folders: Path | None) -> None:
 def load_trained(path: Path, device: str | torch.device = "cpu") -> tuple[TrialConfig, Backbone, Method]:
     """Rebuild a trained method (and its frozen backbone) from a `trained.pt` file."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = TrialConfig.model_validate(saved["config"])
+    cfg = TrialConfig.model_validate(saved["config"], context=STORED)
     backbone = backbone_from_config(cfg, device)
     method = create_method(cfg, backbone, saved["classnames"]).to(device)
     method.load_state_dict(saved["state"], strict=False)

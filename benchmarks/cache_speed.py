@@ -90,7 +90,8 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="ablate-bench-"))
     for backbone in args.backbones:
         for method in args.methods:
-            cfg = TrialConfig(method=method, backbone=backbone, dataset="synthetic", synthetic_images=args.images,
+            cfg = TrialConfig(method=method, backbone=backbone, dataset="synthetic",
+                              dataset_options={"synthetic_images": args.images},
                               epochs=args.epochs, warmup_epochs=0, batch_size=args.batch_size, n_ctx=args.n_ctx,
                               lr=default_lr(method), image_size=args.image_size, augment=False, num_workers=0,
                               device=args.device, cache_dir=cache)

@@ -29,7 +29,8 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="ablate-bench-")
     for backbone in args.backbones:
         for method in trained_methods():
-            cfg = TrialConfig(method=method, backbone=backbone, dataset="synthetic", synthetic_images=args.images,
+            cfg = TrialConfig(method=method, backbone=backbone, dataset="synthetic",
+                              dataset_options={"synthetic_images": args.images},
                               epochs=args.epochs, warmup_epochs=0, batch_size=args.batch_size, augment=False,
                               num_workers=0, n_ctx=16, lr=3e-4, device=args.device, cache_dir=cache)
             metrics = run_trial(cfg, progress=False)

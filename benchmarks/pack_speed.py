@@ -78,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="ablate-pack-speed-"))
-    base = dict(dataset="synthetic", synthetic_images=args.images, backbone=args.backbone, pretrained="none",
+    base = dict(dataset="synthetic", dataset_options={"synthetic_images": args.images}, backbone=args.backbone,
+                pretrained="none",
                 image_size=args.image_size, epochs=args.epochs, warmup_epochs=1, batch_size=args.batch_size,
                 augment=True, augment_recipe="reference", resize="bilinear", num_workers=1, n_ctx=16,
                 device=args.device, cache_dir=str(scratch / "cache"))

@@ -117,7 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(tempfile.mkdtemp(prefix="ablate-bench-"))
-    common = dict(backbone=args.backbone, dataset="synthetic", synthetic_images=args.images, epochs=1,
+    common = dict(backbone=args.backbone, dataset="synthetic", dataset_options={"synthetic_images": args.images},
+                  epochs=1,
                   batch_size=args.batch_size, n_ctx=args.n_ctx, augment=False, num_workers=0, device=args.device,
                   cache_dir=cache)
     online = Trial(TrialConfig(method="baseline", **common), progress=False)

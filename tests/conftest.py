@@ -70,9 +70,12 @@ def tiny_cfg(cache_dir: Path):
     random ResNet), CPU."""
 
     def make(**overrides) -> TrialConfig:
-        base = dict(dataset="synthetic", synthetic_images=80, backbone="ablate-tiny-vit", pretrained="none",
+        base = dict(dataset="synthetic", dataset_options={"synthetic_images": 80},
+                    backbone="ablate-tiny-vit", pretrained="none",
                     n_ctx=4, epochs=2, warmup_epochs=0, batch_size=16, num_workers=0, augment=False,
                     device="cpu", cache_dir=cache_dir)
+        if overrides.get("dataset", "synthetic") != "synthetic":
+            base.pop("dataset_options")  # the synthetic set's own setting
         base.update(overrides)
         return TrialConfig(**base)
 

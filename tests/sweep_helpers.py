@@ -19,7 +19,8 @@ def free_port() -> int:
 
 
 def write_spec(tmp_path: Path, cache_dir: Path, **spec) -> Path:
-    base = dict(dataset="synthetic", synthetic_images=60, backbone="ablate-tiny-vit", n_ctx=4, epochs=2,
+    base = dict(dataset="synthetic", dataset_options={"synthetic_images": 60},
+                backbone="ablate-tiny-vit", n_ctx=4, epochs=2,
                 warmup_epochs=0, batch_size=16, num_workers=0, augment=False, lr=3e-4, device="cpu",
                 cache_dir=str(cache_dir))
     base.update(spec.pop("base", {}))

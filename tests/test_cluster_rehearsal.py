@@ -177,7 +177,8 @@ def test_ray_up_submit_report_down_on_the_onprem_config(machine, tmp_path):
     cache = machine["shared"] / "cache"
     spec.write_text(yaml.safe_dump({
         "name": name, "grid": {"method": ["baseline", "dualembed"]},
-        "base": dict(dataset="synthetic", synthetic_images=48, backbone="ablate-tiny-vit", n_ctx=4, epochs=2,
+        "base": dict(dataset="synthetic", dataset_options={"synthetic_images": 48},
+                     backbone="ablate-tiny-vit", n_ctx=4, epochs=2,
                      warmup_epochs=0, batch_size=16, num_workers=0, augment=False, lr=3e-4, device="cpu",
                      cache_dir=str(cache)),
         "storage_path": str(machine["shared"] / "ray_results"), "tracking_uri": f"http://localhost:{ports['mlflow']}"}))

@@ -279,7 +279,8 @@ def test_synthetic_skips_existing_and_refuses_foreign(tmp_path):
 
 
 def _cfg(tmp_path: Path, **kw) -> TrialConfig:
-    return TrialConfig(dataset="synthetic", synthetic_images=40, cache_dir=tmp_path / "cache", **kw)
+    return TrialConfig(dataset="synthetic", dataset_options={"synthetic_images": 40},
+                       cache_dir=tmp_path / "cache", **kw)
 
 
 def test_check_root_generates_default_synthetic(tmp_path):

@@ -77,7 +77,8 @@ def toy():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache_dir: Path) -> tuple[TrialConfig, Path]:
-    cfg = TrialConfig(dataset="synthetic", synthetic_images=40, backbone="ablate-tiny-vit", pretrained="none",
+    cfg = TrialConfig(dataset="synthetic", dataset_options={"synthetic_images": 40},
+                      backbone="ablate-tiny-vit", pretrained="none",
                       epochs=1, warmup_epochs=0, batch_size=8, num_workers=0, device="cpu", augment=False,
                       cache_dir=cache_dir)
     out = tmp_path_factory.mktemp("toy_trial")

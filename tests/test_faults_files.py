@@ -307,7 +307,7 @@ def test_label_masks_are_readable_like_their_neighbours(tmp_path):
 
 
 def test_trial_outputs_and_checkpoints_are_readable_like_their_neighbours(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(epochs=1, synthetic_images=40, cache_dir=tmp_path / "cache")
+    cfg = tiny_cfg(epochs=1, dataset_options={"synthetic_images": 40}, cache_dir=tmp_path / "cache")
     with _umask(0o022):
         run_trial(cfg, tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", progress=False)
     written = [p for folder in ("out", "ckpt", "cache") for p in (tmp_path / folder).rglob("*")]
@@ -317,7 +317,8 @@ def test_trial_outputs_and_checkpoints_are_readable_like_their_neighbours(tiny_c
 
 
 def test_feature_cache_manifest_is_readable_like_its_data(tmp_path):
-    cfg = TrialConfig(dataset="synthetic", synthetic_images=40, backbone=TINY_VIT, features="cached",
+    cfg = TrialConfig(dataset="synthetic", dataset_options={"synthetic_images": 40},
+                      backbone=TINY_VIT, features="cached",
                       device="cpu", num_workers=0, cache_dir=tmp_path)
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size)
     with _umask(0o022):

@@ -265,13 +265,15 @@ def test_world_checkpoint_is_verified_and_rebuilt(tmp_path, capsys):
 
 # ---- the trial CLI: a tiny set-up --------------------------------------------------------------------------
 
-TINY = dict(dataset="synthetic", synthetic_images=40, backbone="ablate-tiny-vit", pretrained="none", n_ctx=4,
+TINY = dict(dataset="synthetic", dataset_options={"synthetic_images": 40},
+            backbone="ablate-tiny-vit", pretrained="none", n_ctx=4,
             epochs=1, warmup_epochs=0, batch_size=16, num_workers=0, augment=False, device="cpu")
 
 
 def config_file(folder: Path, **fields) -> Path:
     path = folder / "trial.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **{k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}}))
+    tiny = TINY if fields.get("dataset", "synthetic") == "synthetic" else {**TINY, "dataset_options": {}}
+    path.write_text(yaml.safe_dump({**tiny, **{k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}}))
     return path
 
 

@@ -102,7 +102,7 @@ def trial_folders(tmp_path: Path) -> list[Path]:
 # ---- item: an interrupted sweep stops loudly, is recorded as KILLED and resumes cleanly ----------------
 
 def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_path, cache_dir):
-    spec = write_spec(tmp_path, cache_dir, base={"synthetic_images": 120, "epochs": 6},
+    spec = write_spec(tmp_path, cache_dir, base={"dataset_options": {"synthetic_images": 120}, "epochs": 6},
                       grid={"method": ["baseline", "dualembed"], "label_ratio": [0.3, 0.7]})
     before = set(Path(tempfile.gettempdir()).glob("ablate-trial-*"))
     proc, log = sweep_process(spec, tmp_path)
@@ -137,7 +137,7 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_p
 
 
 def test_sigterm_stops_the_sweep_like_ctrl_c(tmp_path, cache_dir):
-    spec = write_spec(tmp_path, cache_dir, base={"synthetic_images": 120, "epochs": 6},
+    spec = write_spec(tmp_path, cache_dir, base={"dataset_options": {"synthetic_images": 120}, "epochs": 6},
                       grid={"method": ["baseline", "dualembed"]})
     proc, log = sweep_process(spec, tmp_path)
     wait_for_logged_epoch(proc, tmp_path, log)

@@ -27,7 +27,8 @@ from ablate.trainer import Pack, Trial, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(dataset="synthetic", synthetic_images=40, backbone="ablate-tiny-vit", pretrained="none", n_ctx=4,
+TINY = dict(dataset="synthetic", dataset_options={"synthetic_images": 40},
+            backbone="ablate-tiny-vit", pretrained="none", n_ctx=4,
             epochs=1, warmup_epochs=0, batch_size=16, num_workers=0, augment=False, device="cpu")
 
 

@@ -54,7 +54,7 @@ def test_key_changes_with_every_input_and_only_with_them(tiny_cfg):
     backbone = create_backbone("ablate-tiny-vit")
     for cfg in (tiny_cfg(), tiny_cfg(val_fraction=0.3, label_ratio=0.2)):
         caches = trial_caches(cfg, backbone, load_splits(cfg))
-        assert caches["train"] is caches["val"] and len(caches["train"]) == cfg.synthetic_images
+        assert caches["train"] is caches["val"] and len(caches["train"]) == cfg.dataset_options["synthetic_images"]
         keys.add((caches["train"].inputs.key, caches["test"].inputs.key))
     assert len(keys) == 1
 
@@ -76,7 +76,8 @@ def small_cache(tmp_path_factory):
     """A cache of the synthetic test split (40 images) and the backbone that builds it."""
     from ablate.spec import TrialConfig
 
-    cfg = TrialConfig(dataset="synthetic", synthetic_images=80, backbone="ablate-tiny-vit", augment=False,
+    cfg = TrialConfig(dataset="synthetic", dataset_options={"synthetic_images": 80},
+                      backbone="ablate-tiny-vit", augment=False,
                       features="cached", device="cpu", num_workers=0,
                       cache_dir=tmp_path_factory.mktemp("feat"))
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.image_size)
@@ -234,7 +235,7 @@ def test_sweep_builds_missing_caches_as_ray_tasks_before_trials(tiny_cfg, tmp_pa
     from ablate.sweep import Arm, prepare_data  # imports MLflow: only here
     from ablate.sweep.spec import Resources
 
-    cfg = tiny_cfg(features="cached", feature_cache_dir=tmp_path, synthetic_images=40)
+    cfg = tiny_cfg(features="cached", feature_cache_dir=tmp_path, dataset_options={"synthetic_images": 40})
     arms = [Arm({}, cfg), Arm({"label_ratio": 0.2}, cfg.model_copy(update={"label_ratio": 0.2}))]
     try:
         prepare_data(arms, Resources(cpu=1, gpu=0))

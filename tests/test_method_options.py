@@ -115,7 +115,8 @@ def test_a_swept_method_with_options_reaches_mlflow_and_the_report(meta_plugin, 
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({
         "name": "meta", "plugins": ["ablate_meta_plugin"],
-        "base": {"dataset": "synthetic", "synthetic_images": 40, "backbone": "ablate-tiny-vit", "epochs": 1,
+        "base": {"dataset": "synthetic", "dataset_options": {"synthetic_images": 40},
+                 "backbone": "ablate-tiny-vit", "epochs": 1,
                  "warmup_epochs": 0, "batch_size": 16, "num_workers": 0, "augment": False, "lr": 0.05,
                  "device": "cpu", "cache_dir": str(cache_dir)},
         "per_method": {"meta-embed": {"meta_lr_mult": 4, "meta_hidden": 6}},

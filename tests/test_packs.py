@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # an augmented stream (the reference recipe) read by worker processes: what the paper specs run
 STREAM = dict(augment=True, augment_recipe="reference", num_workers=2, epochs=2, warmup_epochs=1, batch_size=16,
-              synthetic_images=60, n_ctx=4)
+              dataset_options={"synthetic_images": 60}, n_ctx=4)
 ARMS = [dict(method=m, label_ratio=r, **extra) for r in (0.3, 0.7) for m, extra in
         (("dualcoop", {}), ("positivecoop", {"prompt_offset": "normal"}), ("baseline", {"lr": 2e-2}))]
 
@@ -275,7 +275,7 @@ def test_a_diverging_arm_in_a_packed_sweep_is_failed_with_its_message(tmp_path, 
 
 
 def test_sigint_resume_of_a_packed_sweep_reattaches_every_arm(tmp_path, cache_dir):
-    spec = write_spec(tmp_path, cache_dir, base={"synthetic_images": 120, "epochs": 6},
+    spec = write_spec(tmp_path, cache_dir, base={"dataset_options": {"synthetic_images": 120}, "epochs": 6},
                       grid={"method": ["baseline", "dualembed"], "label_ratio": [0.3, 0.7]}, max_concurrent_trials=1)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)

@@ -339,7 +339,7 @@ def test_coco_images_without_annotations_are_dropped_by_default_and_counted(tmp_
     err = capsys.readouterr().err
     assert "coco2014 train: dropped 3 of 15 images without any annotation" in err
     assert "coco2014 test: dropped 2 of 14 images" in err
-    kept = load_splits(cfg.model_copy(update={"coco_empty_images": "keep"}))
+    kept = load_splits(cfg.model_copy(update={"dataset_options": {"coco_empty_images": "keep"}}))
     assert len(kept["train"]) + len(kept["val"]) == 15 and len(kept["test"]) == 14
 
 
@@ -474,11 +474,12 @@ def test_cf1_definitions_by_hand():
 def test_every_recipe_choice_is_recorded_as_a_param():
     from ablate.tracking import flatten_config
 
-    params = flatten_config(TrialConfig())
+    params = flatten_config(TrialConfig(dataset="coco2014"))
     for field in ("reduction", "loss_weight", "eps", "prompt_offset", "prompt_offset_std", "prompt_lr_mult",
                   "free_lr_mult", "linear_lr_mult", "weight_decay", "free_weight_decay", "linear_weight_decay",
-                  "warmup_lr", "warmup_rule", "cosine_span", "augment_recipe", "resize", "coco_empty_images",
-                  "val_fraction", "select_on", "cf1", "grad_scaler", "weights_dir"):
+                  "warmup_lr", "warmup_rule", "cosine_span", "augment_recipe", "resize",
+                  "dataset_options.coco_empty_images", "val_fraction", "select_on", "cf1", "grad_scaler",
+                  "weights_dir"):
         assert field in params, field
 
 

@@ -59,7 +59,8 @@ def test_a_spec_plugin_registers_in_the_driver_and_every_worker(plugin_dir, tmp_
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({
         "name": "plug", "plugins": ["ablate_toy_plugin"],
-        "base": {"dataset": "synthetic", "synthetic_images": 40, "backbone": "ablate-tiny-vit", "epochs": 1,
+        "base": {"dataset": "synthetic", "dataset_options": {"synthetic_images": 40},
+                 "backbone": "ablate-tiny-vit", "epochs": 1,
                  "warmup_epochs": 0, "batch_size": 16, "num_workers": 0, "augment": False, "lr": 0.05,
                  "device": "cpu", "cache_dir": str(cache_dir)},
         "grid": {"method": ["plugin-embed"], "seed": [0, 1]},

@@ -67,7 +67,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 @pytest.fixture(scope="module")
 def cfg(cache_dir: Path) -> TrialConfig:
-    return TrialConfig(dataset="synthetic", synthetic_images=40, backbone=TINY_VIT, pretrained="none", n_ctx=4,
+    return TrialConfig(dataset="synthetic", dataset_options={"synthetic_images": 40},
+                       backbone=TINY_VIT, pretrained="none", n_ctx=4,
                        epochs=0, warmup_epochs=0, batch_size=16, num_workers=0, augment=False, device="cpu",
                        cache_dir=cache_dir)
 

@@ -81,7 +81,8 @@ def shared(tmp_path_factory) -> Path:
 
 
 def write_spec(folder: Path, shared: Path, uri: str, name: str, grid: dict, **spec) -> Path:
-    base = dict(dataset="synthetic", synthetic_images=96, backbone="ablate-tiny-vit", n_ctx=4, epochs=6,
+    base = dict(dataset="synthetic", dataset_options={"synthetic_images": 96},
+                backbone="ablate-tiny-vit", n_ctx=4, epochs=6,
                 warmup_epochs=0, batch_size=16, num_workers=0, augment=False, lr=3e-4, device="cpu",
                 cache_dir=str(shared / "cache"))
     base.update(spec.pop("base", {}))

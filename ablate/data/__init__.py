@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from ..errors import DataError
 from ..registry import lazy_face
-from .registry import DATASETS, DatasetInfo, dataset_names, register_dataset
+from .registry import (
+    DATASETS,
+    CocoOptions,
+    DatasetInfo,
+    DatasetOptions,
+    SyntheticOptions,
+    VocOptions,
+    dataset_names,
+    option_owners,
+    register_dataset,
+)
 
 # exported name -> the module that defines it, imported when the name is first used
 _LAZY = {
@@ -30,9 +40,10 @@ _LAZY = {
 }
 
 __all__ = [
-    "DATASETS", "DataError", "DatasetInfo", "LabelledImages", "MultiLabelDataset", "apply_partial", "build_transform",
-    "check_root", "class_names", "dataset_names", "generate_synthetic", "load_splits", "partial_mask",
-    "register_dataset", "split_val", "synthetic_sizes",
+    "DATASETS", "CocoOptions", "DataError", "DatasetInfo", "DatasetOptions", "LabelledImages", "MultiLabelDataset",
+    "SyntheticOptions", "VocOptions", "apply_partial", "build_transform", "check_root", "class_names",
+    "dataset_names", "generate_synthetic", "load_splits", "option_owners", "partial_mask", "register_dataset",
+    "split_val", "synthetic_sizes",
 ]
 
 

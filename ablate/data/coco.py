@@ -28,6 +28,7 @@ from pycocotools.coco import COCO
 from .base import DataError, LabelledImages, check_folder, check_images_exist, required_root
 from .classnames import class_names
 from .registry import COCO_LAYOUT as LAYOUT
+from .registry import CocoOptions
 
 if TYPE_CHECKING:
     from ablate.spec import TrialConfig
@@ -150,8 +151,10 @@ def root_from_config(cfg: TrialConfig) -> Path:
 
 
 def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
-    """One split; images without any annotation are dropped (and counted on stderr) with coco_empty_images: drop."""
-    images = load_coco(root, split, dataset=cfg.dataset, drop_empty=cfg.coco_empty_images == "drop")
+    """One split; images without any annotation are dropped (and counted on stderr) with coco_empty_images: drop
+    (a CocoOptions setting: a dataset in this layout that does not declare it drops them)."""
+    drop = cfg.dataset_settings(CocoOptions).coco_empty_images == "drop"
+    images = load_coco(root, split, dataset=cfg.dataset, drop_empty=drop)
     if images.dropped_empty:
         total = images.dropped_empty + len(images)
         print(f"{cfg.dataset} {split}: dropped {images.dropped_empty:,} of {total:,} images without any "

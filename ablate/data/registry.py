@@ -2,7 +2,9 @@
 rest of ablate never matches dataset names and a new dataset is one `register_dataset` call.
 
 Declarations import nothing heavy: root and loader are "module:attribute" references imported on
-first use, so configs naming a dataset validate without torch, PIL or the dataset's own code.
+first use, so configs naming a dataset validate without torch, PIL or the dataset's own code. A dataset
+owns its settings: a pydantic options model, read from TrialConfig.dataset_options and set in a spec
+under per_dataset.<name> beside any other field.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError
 from ..registry import Registry, resolve
@@ -26,6 +30,32 @@ RootFn = Callable[["TrialConfig"], Path]
 LoadFn = Callable[["TrialConfig", Path, Split], "LabelledImages"]
 
 
+class DatasetOptions(BaseModel):
+    """A base for a dataset's options model (any pydantic model will do): as in every config, unknown keys
+    are errors, values are checked on assignment, and no float is infinite or NaN."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class CocoOptions(DatasetOptions):
+    """What `ablate.data.coco:load_split` reads: a dataset in the COCO layout declares these to offer them."""
+
+    coco_empty_images: Literal["drop", "keep"] = Field(
+        "drop", description="images without any annotation: drop (the reference and most multi-label work; "
+        "counted in the log) or keep as all-negative rows")
+
+
+class VocOptions(DatasetOptions):
+    voc_difficult: Literal["negative", "positive", "ignore"] = Field(
+        "negative", description="a class seen only in objects marked difficult: a negative label (the "
+        "reference), positive, or ignore (unknown, left out of the loss and the scores)")
+
+
+class SyntheticOptions(DatasetOptions):
+    synthetic_images: int = Field(240, ge=20, strict=True, description="train images of the generated set "
+                                  "(test: half as many, at least 20)")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """How to find, check and read one dataset.
@@ -35,6 +65,8 @@ class DatasetInfo:
     root: "module:attr" or callable (cfg) -> Path: the usable root (generated if need be), or a
         DataError naming the layout.
     load: "module:attr" or callable (cfg, root, split) -> LabelledImages, split "train" or "test".
+    options: the dataset's own settings, a pydantic model (unknown keys refused; DatasetOptions is a base):
+        a trial carries them in `dataset_options`, its code reads them with `cfg.dataset_settings(Model)`.
     """
 
     name: str
@@ -42,6 +74,7 @@ class DatasetInfo:
     layout: str
     root: str | RootFn
     load: str | LoadFn
+    options: type[BaseModel] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classnames, Sequence) and not isinstance(self.classnames, str):
@@ -52,6 +85,27 @@ class DatasetInfo:
             ref = getattr(self, field)
             if isinstance(ref, str) and ":" not in ref:
                 raise ConfigError(f"dataset '{self.name}': {field} {ref!r} is not a 'module:attribute' reference")
+        if self.options is not None and not (isinstance(self.options, type) and issubclass(self.options, BaseModel)):
+            raise ConfigError(f"dataset '{self.name}': options must be a pydantic model class, got {self.options!r}")
+
+    def parse_options(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`values` validated by the dataset's options model, defaults filled in (ValueError naming
+        `dataset_options.<field>` otherwise)."""
+        if self.options is None:
+            if values:
+                raise ValueError(f"dataset_options: dataset {self.name} takes no options (got "
+                                 f"{', '.join(sorted(values))})")
+            return {}
+        try:
+            return self.options.model_validate(values).model_dump(mode="json")
+        except ValidationError as err:
+            where, msg = option_error(err)
+            raise ValueError(f"dataset_options.{where}: {msg} (dataset {self.name}; its options: "
+                             f"{', '.join(self.options.model_fields)})") from None
+
+    def owns(self, option: str) -> bool:
+        """Whether `option` is one of the dataset's own settings."""
+        return self.options is not None and option in self.options.model_fields
 
     def class_names(self) -> list[str]:
         """A fresh list of the class names (their module is imported now if they are a reference)."""
@@ -65,6 +119,13 @@ class DatasetInfo:
         return resolve(self.load)(cfg, root, split)
 
 
+def option_error(err: ValidationError) -> tuple[str, str]:
+    """(dotted field, message) of an options model's first error."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return where, "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
+
+
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
@@ -76,6 +137,11 @@ def register_dataset(info: DatasetInfo, replace: bool = False) -> DatasetInfo:
 def dataset_names() -> list[str]:
     """Registered dataset names, in registration order."""
     return DATASETS.names()
+
+
+def option_owners(option: str) -> list[str]:
+    """The registered datasets that declare `option` among their own settings."""
+    return [name for name in DATASETS.names() if DATASETS.get(name).owns(option)]
 
 
 # ---- built-in datasets: their code lives in ablate/data/<module>.py, imported on first use ------------
@@ -99,12 +165,13 @@ WORLD_LAYOUT = (
 )
 
 register_dataset(DatasetInfo("coco2014", "ablate.data.classnames:COCO2014", COCO_LAYOUT,
-                             "ablate.data.coco:root_from_config", "ablate.data.coco:load_split"))
+                             "ablate.data.coco:root_from_config", "ablate.data.coco:load_split", CocoOptions))
 register_dataset(DatasetInfo("voc2007", "ablate.data.classnames:VOC2007", VOC_LAYOUT,
-                             "ablate.data.voc:root_from_config", "ablate.data.voc:load_split"))
+                             "ablate.data.voc:root_from_config", "ablate.data.voc:load_split", VocOptions))
 register_dataset(DatasetInfo("nuswide", "ablate.data.classnames:NUSWIDE", NUSWIDE_LAYOUT,
                              "ablate.data.nuswide:root_from_config", "ablate.data.nuswide:load_split"))
 register_dataset(DatasetInfo("synthetic", "ablate.data.classnames:SYNTHETIC", SYNTHETIC_LAYOUT,
-                             "ablate.data.synthetic:root_from_config", "ablate.data.synthetic:load_split"))
+                             "ablate.data.synthetic:root_from_config", "ablate.data.synthetic:load_split",
+                             SyntheticOptions))
 register_dataset(DatasetInfo("world", "ablate.world.scenes:WORLD_CLASSES", WORLD_LAYOUT,
                              "ablate.world.dataset:root_from_config", "ablate.world.dataset:load_split"))

@@ -23,6 +23,7 @@ from ..files import fill_atomically
 from .base import DataError, LabelledImages
 from .classnames import SYNTHETIC
 from .coco import check_coco_root, coco_files, load_coco
+from .registry import SyntheticOptions
 
 if TYPE_CHECKING:
     from ablate.spec import TrialConfig
@@ -145,7 +146,8 @@ def generate_synthetic(
 
 def synthetic_sizes(cfg: TrialConfig) -> tuple[int, int]:
     """(train, test) image counts of the generated set."""
-    return cfg.synthetic_images, max(cfg.synthetic_images // 2, 20)
+    n_train = cfg.dataset_settings(SyntheticOptions).synthetic_images
+    return n_train, max(n_train // 2, 20)
 
 
 def root_from_config(cfg: TrialConfig) -> Path:

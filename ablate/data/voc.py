@@ -24,6 +24,7 @@ from ..pathnames import component_problem
 from .base import DataError, LabelledImages, check_images_exist, required_root
 from .classnames import VOC2007
 from .registry import VOC_LAYOUT as LAYOUT
+from .registry import VocOptions
 
 if TYPE_CHECKING:
     from ablate.spec import TrialConfig
@@ -105,5 +106,5 @@ def root_from_config(cfg: TrialConfig) -> Path:
 
 
 def load_split(cfg: TrialConfig, root: Path, split: Literal["train", "test"]) -> LabelledImages:
-    """One split, difficult objects handled as cfg.voc_difficult says."""
-    return load_voc(root, split, cfg.voc_difficult)
+    """One split, difficult objects handled as the dataset's voc_difficult setting says."""
+    return load_voc(root, split, cfg.dataset_settings(VocOptions).voc_difficult)

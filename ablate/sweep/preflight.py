@@ -4,6 +4,7 @@ parallel trials only read."""
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -39,7 +40,7 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
     for arm in arms:
         check_features_mode(arm.config)
         cfg = arm.config
-        key = (cfg.dataset, cfg.data_root, cfg.synthetic_images, cfg.cache_dir, cfg.coco_empty_images)
+        key = (cfg.dataset, cfg.data_root, json.dumps(cfg.dataset_options, sort_keys=True), cfg.cache_dir)
         if key not in seen:
             seen.add(key)
             # a real dataset's root: every problem at once, every listed image looked up; others: sampled

@@ -12,12 +12,13 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from ..catalogue import searchable
-from ..data import DATASETS
+from ..data import DATASETS, option_owners
+from ..data.registry import option_error
 from ..errors import ConfigError
 from ..methods import METHODS, method_info
 from ..pathnames import check_component
 from ..probes import probe_names
-from ..spec import Int, StrictModel, TrialConfig, format_validation_error
+from ..spec import FLAT_DATASET_FIELDS, Int, StrictModel, TrialConfig, format_validation_error, notice_moved
 
 
 def _searchable(name: str) -> str:
@@ -126,9 +127,11 @@ class SweepSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _import_plugins(cls, data: Any) -> Any:
-        """Plugins register names the rest of the spec may use, so they are imported first."""
+        """Plugins register names the rest of the spec may use, so they are imported first; then the flat
+        dataset fields of older releases find their datasets."""
         if isinstance(data, dict):
             import_plugins(data.get("plugins") or [])
+            data = _place_flat_fields(data)
         return data
 
     name: str = Field(description="MLflow experiment and Ray Tune run name")
@@ -138,7 +141,8 @@ class SweepSpec(StrictModel):
     description: str = ""
     base: TrialConfig = Field(default_factory=TrialConfig)
     per_dataset: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="TrialConfig fields set per dataset (data_root, lr, image_size...)")
+        default_factory=dict, description="TrialConfig fields set per dataset (data_root, lr, image_size...) "
+        "and the dataset's own settings (coco_empty_images, synthetic_images...)")
     per_method: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="TrialConfig fields set per method (lr multipliers, weight decay, "
         "warm-up lr, csc...); applied after per_dataset, before the grid")
@@ -212,10 +216,21 @@ class SweepSpec(StrictModel):
 
     def _check_value(self, where: str, key: str, value: Any) -> None:
         """`value` must be valid for TrialConfig field `key` (on top of the base); `where` names it."""
+        if key in FLAT_DATASET_FIELDS:  # an older release's field: valid if its datasets take the value
+            notice_moved(key)
+            for owner in (DATASETS.get(d) for d in DATASETS.names()):
+                if owner.owns(key):
+                    assert owner.options is not None  # it owns the key
+                    try:
+                        owner.options.model_validate({key: value})
+                    except ValidationError as err:
+                        raise ValueError(f"{where} = {value!r}: {option_error(err)[1]}") from None
+            return
         if key not in TrialConfig.model_fields:
             raise ValueError(f"{where}: not a TrialConfig field")
         try:
-            TrialConfig.model_validate({**self.base.model_dump(), key: value})
+            TrialConfig.model_validate({**base_config(self, value if key == "dataset" else self.base.dataset,
+                                                      value if key == "method" else self.base.method), key: value})
         except ValidationError as err:
             raise ValueError(f"{where} = {value!r}: {err.errors()[0]['msg']}") from None
 
@@ -225,20 +240,25 @@ class SweepSpec(StrictModel):
                 if name not in registry:
                     raise ValueError(f"{section}.{name}: unknown {registry.kind}; registered: "
                                      f"{', '.join(registry.names())}")
-                fields, options = method_settings(overrides) if section == "per_method" else (overrides, {})
+                settings = method_settings if section == "per_method" else dataset_settings
+                try:
+                    fields, options = settings(overrides)
+                except ValueError as err:
+                    raise ValueError(f"{section}.{name}.{err}") from None
                 for key, value in fields.items():
                     if key == registry.kind:
                         raise ValueError(f"{section}.{name}.{key}: not a settable TrialConfig field")
                     self._check_value(f"{section}.{name}.{key}", key, value)
                 if options:
-                    info = method_info(name)
+                    info = method_info(name) if section == "per_method" else DATASETS.get(name)
                     if info.options is None:
                         raise ValueError(f"{section}.{name}.{next(iter(options))}: not a TrialConfig field, and "
-                                         f"method {name} registers no options of its own")
+                                         f"{registry.kind} {name} registers no options of its own")
                     try:
                         info.parse_options(options)
                     except ValueError as err:
-                        raise ValueError(f"{section}.{name}.{str(err).removeprefix('options.')}") from None
+                        where = str(err).removeprefix("options.").removeprefix("dataset_options.")
+                        raise ValueError(f"{section}.{name}.{where}") from None
 
     def _check_grid(self) -> None:
         for key, values in self.grid.items():
@@ -291,26 +311,76 @@ def load_sweep_spec(path: Path) -> SweepSpec:
         raise ConfigError(format_validation_error(err, str(path))) from None
 
 
+def _settings(section: dict[str, Any], group: str, fields: frozenset[str] | set[str]) -> tuple[dict, dict]:
+    """A per_method / per_dataset section split into `fields` and the rest with the `group:` mapping's keys."""
+    explicit = section.get(group) or {}
+    if not isinstance(explicit, dict):
+        raise ValueError(f"{group}: expected a mapping of option names to values, got {explicit!r}")
+    own = {**explicit, **{k: v for k, v in section.items() if k not in fields}}
+    return {k: v for k, v in section.items() if k in fields and k != group}, own
+
+
 def method_settings(section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A per_method section split into TrialConfig fields and the method's own options (every other key;
-    an explicit `options:` mapping counts too)."""
-    fields = {k: v for k, v in section.items() if k in TrialConfig.model_fields and k != "options"}
-    options = {**section.get("options", {}), **{k: v for k, v in section.items() if k not in TrialConfig.model_fields}}
-    return fields, options
+    an explicit `options:` mapping counts too). An older release's flat dataset field counts as a field."""
+    return _settings(section, "options", {*TrialConfig.model_fields, *FLAT_DATASET_FIELDS})
+
+
+def dataset_settings(section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A per_dataset section split into TrialConfig fields and the dataset's own options (every other key;
+    an explicit `dataset_options:` mapping counts too)."""
+    return _settings(section, "dataset_options", set(TrialConfig.model_fields))
+
+
+def _place_flat_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec's flat dataset fields of an older release where this one reads them: one in `base` is also
+    each other owning dataset's setting unless its per_dataset section sets it (per_dataset came after the
+    base); one in a per_dataset section of a dataset without it is dropped (it was ignored)."""
+    base, given = data.get("base"), data.get("per_dataset")
+    if not isinstance(given, dict | None):
+        return data  # refused as it is
+    sections: dict[str, Any] = dict(given or {})
+    for name, section in list(sections.items()):
+        stale = [k for k in FLAT_DATASET_FIELDS if isinstance(section, dict) and k in section
+                 and name in DATASETS and not DATASETS.get(name).owns(k)]
+        for key in stale:
+            notice_moved(key)
+        if stale:
+            sections[name] = {k: v for k, v in section.items() if k not in stale}
+    if isinstance(base, dict):
+        for key in (k for k in FLAT_DATASET_FIELDS if k in base):
+            notice_moved(key)
+            for owner in option_owners(key):
+                section = sections.get(owner) or {}
+                explicit = section.get("dataset_options") if isinstance(section, dict) else None
+                if isinstance(section, dict) and key not in section and not (isinstance(explicit, dict)
+                                                                             and key in explicit):
+                    sections[owner] = {**section, key: base[key]}
+    return {**data, "per_dataset": sections} if sections or given is not None else data
+
+
+def base_config(spec: SweepSpec, dataset: str, method: str) -> dict[str, Any]:
+    """The spec's base as TrialConfig input for an arm of `dataset` and `method`: the base's own options
+    are its method's and its dataset's, so another one's start empty."""
+    base = spec.base.model_dump()
+    if base["method"] != method:
+        base["options"] = {}
+    if base["dataset"] != dataset:
+        base["dataset_options"] = {}
+    return base
 
 
 def arm_config(spec: SweepSpec, combo: dict[str, Any]) -> TrialConfig:
-    """Base, then the dataset's own settings, then the method's (its own options among them), then the grid
-    values."""
+    """Base, then the dataset's settings (its own options among them), then the method's (likewise), then
+    the grid values."""
     dataset = combo.get("dataset", spec.base.dataset)
     method = combo.get("method", spec.base.method)
     fields, options = method_settings(spec.per_method.get(method, {}))
-    base = spec.base.model_dump()
-    if base["method"] != method:  # the base's options are its own method's
-        base["options"] = {}
+    data_fields, data_options = dataset_settings(spec.per_dataset.get(dataset, {}))
+    base = base_config(spec, dataset, method)
     try:
-        return TrialConfig.model_validate({**base, **spec.per_dataset.get(dataset, {}), **fields,
-                                           "options": {**base["options"], **options}, **combo})
+        return TrialConfig.model_validate({**base, **data_fields, **fields, "options": {**base["options"], **options},
+                                           "dataset_options": {**base["dataset_options"], **data_options}, **combo})
     except ValidationError as err:
         where = f"the arm {combo} (base + per_dataset.{dataset} + per_method.{method} + grid)"
         raise ConfigError(format_validation_error(err, where)) from None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..pack import pack_id
 from ..pareto import SAMPLE_TAG
-from ..spec import TrialConfig
+from ..spec import STORED, TrialConfig
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
 from .spec import import_plugins
 
@@ -49,7 +49,7 @@ def ray_trial(config: dict, *, arms: list[dict], labels: list[dict], names: list
     import_plugins(list(plugins))  # the names the spec's plugins register exist in this process too
     members = list(packs[config["pack"]]) if "pack" in config else [config.get("arm", 0)]
     sampled = {k: v for k, v in config.items() if k not in ("arm", "pack", SAMPLE_KEY)}
-    cfgs = [TrialConfig.model_validate({**arms[i], **sampled}) for i in members]
+    cfgs = [TrialConfig.model_validate({**arms[i], **sampled}, context=STORED) for i in members]
     trial_id = tune.get_context().get_trial_id()
     runs = _attach_runs(tracking, cfgs, members, config, labels, names, sampled, trial_id)
     workdir = trial_workdir(Path(workroot), trial_id)

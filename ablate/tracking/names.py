@@ -42,12 +42,13 @@ SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's system metrics monitor: one sample (
 def flatten_config(cfg: TrialConfig) -> dict[str, str]:
     """The trial's params: every TrialConfig field, NOT_READ for the fields its method ignores (their value
     is a default that changes nothing, and would match filters and compare views as if it did); an unset
-    field the method reads is UNSET, never an empty string."""
+    field the method reads is UNSET, never an empty string. The method's and the dataset's own settings
+    are one param each: options.<name> and dataset_options.<name>."""
     ignored = ignored_fields(cfg.method)
     dumped = cfg.model_dump(mode="json")
-    options = dumped.pop("options")  # the method's own settings, one param each: options.<name>
+    own = {f"{group}.{k}": v for group in ("options", "dataset_options") for k, v in dumped.pop(group).items()}
     return {**{k: NOT_READ if k in ignored else UNSET if v is None else str(v) for k, v in dumped.items()},
-            **{f"options.{k}": UNSET if v is None else str(v) for k, v in options.items()}}
+            **{k: UNSET if v is None else str(v) for k, v in own.items()}}
 
 
 def arm_tags(cfg: TrialConfig) -> dict[str, str]:
