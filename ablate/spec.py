@@ -263,14 +263,13 @@ class TrialConfig(StrictModel):
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: source, dotted field path, message."""
+    """One line per problem: source, dotted field path, message (a whole-config check names its fields itself)."""
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's wrapper of a ValueError a validator raised
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check spelling; `ablate train --help` lists the fields)"
-        lines.append(f"  {path}: {msg}")
+        lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {msg}" if e["loc"] else f"  {msg}")
     return "\n".join(lines)
 
 
