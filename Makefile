@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart trial lint test rehearse cluster-rehearsal clean
+.PHONY: install quickstart trial lint test test-slow rehearse cluster-rehearsal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check ablate tests benchmarks
 	$(BIN)/mypy
 
+# The suite without its slow rehearsals (about 15 minutes on 2 cores): what CI runs.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The slow rehearsals alone: interrupt and resume, node loss and server outage, `ray up` over SSH.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m slow
 
 # The cluster rehearsal alone: PostgreSQL-backed MLflow server, a local multi-node Ray, injected faults.
 rehearse: $(STAMP)

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from sweep_helpers import free_port
 
-pytestmark = pytest.mark.cluster_rehearsal
+pytestmark = [pytest.mark.cluster_rehearsal, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment the login shell gets
 SSHD = Path("/usr/sbin/sshd")

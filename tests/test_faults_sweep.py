@@ -101,6 +101,7 @@ def trial_folders(tmp_path: Path) -> list[Path]:
 
 # ---- item: an interrupted sweep stops loudly, is recorded as KILLED and resumes cleanly ----------------
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_path, cache_dir):
     spec = write_spec(tmp_path, cache_dir, base={"dataset_options": {"synthetic_images": 120}, "epochs": 6},
                       grid={"method": ["baseline", "dualembed"], "label_ratio": [0.3, 0.7]})
@@ -136,6 +137,7 @@ def test_ctrl_c_stops_the_sweep_as_killed_and_resume_logs_every_epoch_once(tmp_p
     assert set(Path(tempfile.gettempdir()).glob("ablate-trial-*")) <= before
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_sweep_like_ctrl_c(tmp_path, cache_dir):
     spec = write_spec(tmp_path, cache_dir, base={"dataset_options": {"synthetic_images": 120}, "epochs": 6},
                       grid={"method": ["baseline", "dualembed"]})
@@ -174,6 +176,7 @@ def test_a_resumed_trial_does_not_log_an_epoch_its_run_has(tmp_path, tiny_cfg):
 
 # ---- item: a locked sqlite store makes MLflow calls wait, not fail --------------------------------
 
+@pytest.mark.slow
 def test_a_store_locked_by_another_process_delays_the_sweep_but_loses_nothing(tmp_path, cache_dir, local_ray):
     spec = write_spec(tmp_path, cache_dir, grid={"method": ["baseline", "dualembed"]})
     db = tmp_path / "mlflow.db"

@@ -235,6 +235,7 @@ def child_record(child) -> tuple:
     return child.info.status, metrics, child.data.params
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
 def test_a_packed_sweep_records_what_an_unpacked_one_does(tmp_path, cache_dir):
     grid = {"method": ["dualcoop", "positivecoop", "baseline"], "label_ratio": [0.3, 0.7]}
@@ -274,6 +275,7 @@ def test_a_diverging_arm_in_a_packed_sweep_is_failed_with_its_message(tmp_path, 
     assert status["baseline"].data.tags["ablate.pack"] == status["dualembed"].data.tags["ablate.pack"]
 
 
+@pytest.mark.slow
 def test_sigint_resume_of_a_packed_sweep_reattaches_every_arm(tmp_path, cache_dir):
     spec = write_spec(tmp_path, cache_dir, base={"dataset_options": {"synthetic_images": 120}, "epochs": 6},
                       grid={"method": ["baseline", "dualembed"], "label_ratio": [0.3, 0.7]}, max_concurrent_trials=1)

@@ -199,6 +199,7 @@ def trial_processes(cluster) -> list[int]:
 
 # ---- a worker node lost mid-trial, then the tracking server down for 20 s --------------------------
 
+@pytest.mark.slow
 def test_node_loss_and_server_outage_lose_nothing_and_match_an_uninterrupted_run(server, cluster, shared, tmp_path):
     from ablate.server import start, stop
     from ablate.sweep import expand
@@ -250,6 +251,7 @@ def test_node_loss_and_server_outage_lose_nothing_and_match_an_uninterrupted_run
 
 # ---- 8 trials logging at once; a trial process SIGKILLed; the driver SIGKILLed, then --resume --------
 
+@pytest.mark.slow
 def test_eight_trials_a_killed_trial_and_a_killed_driver_resume_into_one_run_each(server, cluster, shared,
                                                                                     tmp_path):
     uri = server["tracking_uri"]
@@ -325,6 +327,7 @@ def test_a_storage_path_the_workers_cannot_write_fails_before_trials_start(serve
 
 # ---- autoscaled workers: they join after the driver started, and log to the head's server ----------
 
+@pytest.mark.slow
 def test_workers_that_join_after_the_driver_log_to_the_drivers_node(server, shared, tmp_path):
     """cluster/gpu.yaml right after `ray up`: a head with no CPUs and no workers. The driver starts alone,
     the workers arrive later (as the autoscaler adds them); `localhost` in the spec's URI still means the

@@ -185,6 +185,7 @@ def by_sample(tmp_path) -> dict[str, object]:
     return {c.data.tags[SAMPLE_TAG]: c for c in runs(tmp_path)[1]}
 
 
+@pytest.mark.slow
 def test_resumed_search_equals_the_uninterrupted_one_for_every_trial_finished_before(tmp_path, cache_dir, local_ray):
     """What is guaranteed: every trial that had finished (or been stopped by ASHA) before the interruption
     keeps its sampled configuration, its numbers and its ASHA decision, exactly as an uninterrupted sweep

@@ -57,6 +57,7 @@ def test_grid_lands_one_child_run_per_trial(tmp_path, cache_dir):
         run_sweep(spec)
 
 
+@pytest.mark.slow
 def test_grid_times_optuna_gives_every_arm_the_same_budget(tmp_path, cache_dir):
     spec = write_spec(
         tmp_path, cache_dir, grid={"method": ["baseline", "dualembed", "zeroshot"]},
@@ -123,6 +124,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path):
     assert len(connect(uri).search_experiments(filter_string="name = 'shared'")) == 1
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path, cache_dir):
     # one arm a trial, so some finish before the interrupt (tests/test_packs.py resumes a packed sweep)
     spec = write_spec(tmp_path, cache_dir, base={"epochs": 3}, pack="off",
