@@ -275,8 +275,7 @@ def cmd_world(args: argparse.Namespace) -> int:
         return 0
     cfg = _config_from_flags(args, PretrainConfig(), model=args.model, captions=args.captions)
     if args.out is None:  # cached (and locked): a checkpoint already made for this config is reused
-        out = build_checkpoint(args.captions, args.cache_dir, model=args.model, world_root=args.world_root,
-                                      base=cfg)
+        out = build_checkpoint(args.captions, args.cache_dir, model=args.model, world_root=args.world_root, base=cfg)
     else:
         out = args.out
         pretrain(args.world_root or build_world(default_world_root(args.cache_dir)), out, cfg)

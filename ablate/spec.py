@@ -69,6 +69,13 @@ def move_flat_fields(data: dict[str, Any], notify: bool = True) -> dict[str, Any
     dataset = data.get("dataset", TrialConfig.model_fields["dataset"].default)
     info = DATASETS.get(dataset) if isinstance(dataset, str) and dataset in DATASETS else None
     kept = {k: v for k, v in moved.items() if info is not None and info.owns(k)}
+    for k, v in moved.items():  # one dropped for this dataset is still checked, as its own dataset would
+        owner = next(iter(option_owners(k)), None)
+        if k not in kept and owner is not None:
+            try:
+                DATASETS.get(owner).parse_options({k: v})
+            except ValueError as err:
+                raise ValueError(f"{k}: {str(err).split(': ', 1)[-1]}") from None
     options = data.get("dataset_options")
     if kept and (options is None or isinstance(options, dict)):  # any other value: refused as it is
         data["dataset_options"] = {**(options or {}), **kept}

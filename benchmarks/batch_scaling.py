@@ -25,6 +25,7 @@ from bench_methods import prompted_methods
 
 from ablate.sweep.spec import arm_config, load_sweep_spec
 from ablate.trainer import run_trial
+from ablate.world.checkpoints import build_for
 
 SCALING = {"none": lambda ratio: 1.0, "sqrt": lambda ratio: ratio**0.5, "linear": lambda ratio: ratio}
 
@@ -47,6 +48,7 @@ def main() -> None:
         if base.features != "cached":
             raise SystemExit(f"{args.spec}: base.features is '{base.features}'; this compares cached-feature runs")
         base = base.model_copy(update={"epochs": args.epochs or base.epochs, "num_workers": 0})
+        build_for([base])  # the spec's world CLIP, built once before the timings (loading only finds it)
         reference_s = None
         for batch in args.batch_sizes:
             factor = SCALING[args.lr_scaling](batch / base.batch_size)

@@ -131,11 +131,11 @@ def test_the_model_layer_does_not_know_where_weights_come_from():
 
 
 def test_only_the_entry_points_build_world_checkpoints():
-    """Building a world CLIP is one explicit step: the sweep's pre-flight and the CLI call it, loading never does."""
+    """Building a world CLIP is one explicit step: the sweep's pre-flight and the commands take it, never loading."""
     calls = re.compile(r"\bbuild_(checkpoint|for)\(")
     callers = sorted(_module_name(p) for p in PACKAGE.rglob("*.py")
                      if calls.search(p.read_text()) and _module_name(p) != "ablate.world.checkpoints")
-    assert callers == ["ablate.cli", "ablate.probes.cli", "ablate.sweep.preflight"]
+    assert callers == ["ablate.cli", "ablate.probes.analyze", "ablate.probes.cli", "ablate.sweep.preflight"]
 
 
 @pytest.mark.parametrize("module", ["ablate.spec", "ablate.methods", "ablate.data", "ablate.probes", "ablate.report",

@@ -180,6 +180,9 @@ def test_flat_fields_still_work_with_one_notice_each(fresh_notices):
     assert [a.config.dataset_options["synthetic_images"] for a in expand(spec)] == [40, 60]
     with pytest.raises(ValueError, match=r"grid\.synthetic_images\[0\] = 3: Input should be greater than"):
         SweepSpec(name="g", grid={"synthetic_images": [3]})
+    # a flat field dropped for another dataset is still checked, as the dataset owning it would
+    with pytest.raises(ValueError, match=r"voc_difficult: Input should be 'negative', 'positive' or 'ignore'"):
+        TrialConfig(dataset="coco2014", voc_difficult="bogus")
 
 
 def test_a_flat_field_notice_is_one_line_on_the_cli(fresh_notices, tmp_path, capsys):

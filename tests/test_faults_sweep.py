@@ -294,7 +294,7 @@ def test_a_server_gone_past_the_deadline_fails_the_trial_with_how_long(monkeypat
     port = free_port()
     run = TrialRun(MlflowClient(f"http://127.0.0.1:{port}"), "0" * 32, False)
     before = tracking.retries_done["server"]
-    with pytest.raises(TrackingError, match=r"the MLflow tracking server did not answer for 2 s .*retries it"):
+    with pytest.raises(TrackingError, match=r"the MLflow tracking server did not answer for 2 s .*Ray Tune retries it"):
         run.log_metrics({"test_map": 1.0})
     assert tracking.retries_done["server"] - before >= 3  # waited (0.2 + 0.4 + 0.8 s ...) before giving up
 
@@ -349,3 +349,17 @@ def test_the_cli_passes_the_ray_address_and_run_py_joins_the_running_cluster(mon
     assert _sweep_address(monkeypatch, ["--spec", "x.yaml", "--yes", "--ray-address", "10.0.0.1:6379"]) == \
         "10.0.0.1:6379"
     assert _sweep_address(monkeypatch, ["--spec", "x.yaml", "--yes"], ROOT / "ablate/run.py") == "auto"
+
+
+def test_a_file_the_driver_built_that_a_node_cannot_see_is_refused_before_trials(local_ray, tmp_path):
+    """The world CLIPs are built by the driver and only loaded by trials: a checkpoint on a disk some node does
+    not share is one error line before anything starts, not a failure in every trial on that node."""
+    from ablate.sweep.cluster import check_files_on_nodes
+
+    here = tmp_path / "clip.pt"
+    here.write_bytes(b"weights")
+    check_files_on_nodes([here], "the world CLIP checkpoint", "share cache_dir")  # every node sees it: passes
+    gone = tmp_path / "elsewhere.pt"
+    with pytest.raises(ConfigError, match=rf"the world CLIP checkpoint {gone} is not there on 1 of 1 Ray node.*"
+                                          "share cache_dir"):
+        check_files_on_nodes([here, gone], "the world CLIP checkpoint", "share cache_dir")

@@ -310,3 +310,19 @@ def test_sigint_resume_of_a_packed_sweep_reattaches_every_arm(tmp_path, cache_di
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
         assert steps == list(range(1, 7)), (child.info.run_name, steps)  # every epoch once
+
+
+def test_a_resume_whose_spec_now_expands_into_other_arms_is_refused_before_anything_reopens(tmp_path):
+    """Ray restores a packed trial by pack index: a spec this release expands into other arms than at launch
+    (a flat dataset field of the last release, now dropped where no dataset owns it, merges arms) would
+    restore the wrong arms, so the resume is one error line and the parent run stays as it was."""
+    from ablate.errors import ConfigError
+    from ablate.sweep.control import SweepState, _sha
+    from ablate.sweep.driver import _open_sweep
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: old\n")
+    state_path = tmp_path / "ablate_sweep.json"
+    SweepState("sqlite:///nowhere.db", "1", "run", _sha(path), [[0, 2], [1, 3]]).save(state_path)
+    with pytest.raises(ConfigError, match=r"launched with 4 arms and its spec now expands into 3 .*anew under"):
+        _open_sweep(SweepSpec(name="old"), path, state_path, str(tmp_path), True, None, None, arms=3)

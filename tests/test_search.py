@@ -251,3 +251,23 @@ def test_asha_over_seeds_records_each_samples_mean_at_its_rungs(tmp_path, cache_
     assert sorted(records["rungs"]["1"]) == pytest.approx(sorted(np.mean(v) for v in at_epoch_1.values()))
     for sample in records["stopped"]:  # the seed whose result decided it was stopped (an earlier one may have ended)
         assert any(c.info.status == "KILLED" for c in runs(tmp_path)[1] if c.data.tags[SAMPLE_TAG] == sample)
+
+
+def test_optuna_searches_within_an_arm_and_its_sampled_weights_are_built_first():
+    """An arm is one method on one data set with their own settings: Optuna may not sample either. The world
+    CLIPs it may sample (`pretrained`, with `backbone`) are all in what the pre-flight builds."""
+    from ablate.spec import TrialConfig
+    from ablate.sweep.preflight import with_sampled_weights
+    from ablate.sweep.spec import SweepSpec
+
+    for field, choices in (("method", ["dualcoop", "positivecoop"]), ("dataset", ["synthetic", "world"])):
+        with pytest.raises(ValueError, match=rf"optuna\.space\.{field}: compare {field}s with grid\.{field}"):
+            SweepSpec(name="s", optuna={"space": {field: {"type": "categorical", "choices": choices}}})
+    space = SweepSpec(name="s", optuna={"space": {
+        "pretrained": {"type": "categorical", "choices": ["world-presence", "world-negation@seed=1"]},
+        "backbone": {"type": "categorical", "choices": ["ablate-tiny-vit", "ablate-tiny-rn"]},
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-1}}}).optuna.space  # type: ignore[union-attr]
+    built = {(c.backbone, c.pretrained, c.lr) for c in with_sampled_weights(TrialConfig(lr=0.01), space)}
+    assert built == {(b, p, 0.01) for b in ("ablate-tiny-vit", "ablate-tiny-rn")
+                     for p in ("world-presence", "world-negation@seed=1")}
+    assert with_sampled_weights(TrialConfig(), {}) == [TrialConfig()]

@@ -28,13 +28,14 @@ from PIL import Image
 from torch import Tensor
 
 from ablate.backbone import Backbone
-from ablate.errors import ProbeError
+from ablate.errors import ProbeError, TrackingError
 from ablate.methods import method_info
 from ablate.methods.base import Method
 from ablate.methods.two_sided import PromptSide, TwoSided
 from ablate.spec import TrialConfig
 from ablate.tracking import TrialRun, children_filter, connect_existing, resolve_tracking_uri, retried
-from ablate.trainer import TRAINED, load_trained
+from ablate.trainer import TRAINED, load_trained, trained_config
+from ablate.world.checkpoints import build_for
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
 from .trial import ProbeContext, flat_metrics
@@ -174,7 +175,9 @@ def _trained(path: Path, device: str) -> tuple[TrialConfig, Backbone, Method, li
 
 def analyze_trained(trained_pt: Path, out_dir: Path | None, n_images: int = 4, others: Sequence[Path] = (),
                     split: str = "test", device: str = "cpu") -> dict:
-    """Similarities of one trained.pt (plus the same trial at other seeds: `others`); maps and JSON to `out_dir`."""
+    """Similarities of one trained.pt (plus the same trial at other seeds: `others`); maps and JSON to `out_dir`.
+    The world CLIPs they were trained on are built first where this machine lacks them (a command's step)."""
+    build_for(trained_config(Path(p)) for p in (trained_pt, *others))
     cfg, backbone, method, classnames = _trained(Path(trained_pt), device)
     with torch.no_grad():
         pos, neg = (e.float().cpu() for e in method.class_embeddings())
@@ -204,6 +207,8 @@ def _download_trained(client: MlflowClient, run_id: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     try:
         return Path(retried(client.download_artifacts, run_id, TRAINED, str(dst)))
+    except TrackingError:  # the server stayed down: not the same as a run without the artifact
+        raise
     except Exception as err:  # the artifact stores raise several types; all mean "not there"
         raise ProbeError(f"run {run_id} has no {TRAINED} artifact (sweeps log one per trial); "
                          f"or analyse a local file with --trained: {err}") from None
@@ -228,6 +233,8 @@ def analyze_run(run_id: str, tracking_uri: str | None, out_dir: Path, n_images: 
     client = connect_existing(uri)
     try:
         run = retried(client.get_run, run_id)
+    except TrackingError:  # the server stayed down
+        raise
     except Exception:  # MlflowException for unknown ids, with store-specific messages
         raise ProbeError(f"no MLflow run {run_id} at {uri}") from None
     siblings = _seed_siblings(client, run)

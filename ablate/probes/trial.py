@@ -56,7 +56,7 @@ def run_probes_for_trial(cfg: TrialConfig, names: Iterable[str], trained: Path |
                          backbone: Backbone | None = None) -> dict[str, float]:
     """Run the named probes for one trial -> flat metrics to log into the trial's MLflow run.
 
-    Probes of the backbone share one (`backbone`, else the one `cfg` names, built on first use);
+    Probes of the backbone share one (`backbone`, else the one `cfg` names, loaded on first use);
     probes that read the trained method need `trained` and skip trials they do not apply to (the
     learned-prompt analysis skips the vision-only baseline). `limit` caps the images of the
     image-grounded probes, `n_maps` the similarity maps. JSON (and PNG) outputs go to `out_dir`

@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from ..catalogue import significant
+from ..errors import TrackingError
 from ..tracking import retried
 from ..tracking.names import method_colour
 from .tables import COST_TOLERANCE, near_ties, pareto
@@ -151,6 +152,8 @@ def _ap_grid(client: MlflowClient, dataset: str, trials: list[RunRecord], labels
         for t in chosen:
             try:
                 path = retried(client.download_artifacts, t.run_id, "per_class_ap.json", tmp)
+            except TrackingError:  # the server stayed down: the whole report waits for it, not one cell
+                raise
             except Exception:  # a run without the artifact: leave it out of the heatmap only
                 continue
             per_row.setdefault(labels[t.run_id], []).append(json.loads(Path(path).read_text()))

@@ -19,7 +19,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..errors import ReportError
+from ..errors import ReportError, TrackingError
 from ..files import current_umask
 from ..pathnames import component_problem
 from ..published import PublishedTable
@@ -220,6 +220,8 @@ def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str |
     """The sweep's spec as logged on its parent run (None for runs made without one)."""
     try:
         return Path(retried(client.download_artifacts, parent_run_id, "spec.yaml", str(out_dir))).read_text()
+    except TrackingError:  # the server stayed down: not the same as a run without a spec
+        raise
     except Exception:  # MLflow raises several types for a missing artifact
         return None
 

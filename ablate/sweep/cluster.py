@@ -188,6 +188,31 @@ def check_storage_on_nodes(storage: str, name: str) -> None:
                           "shared storage that every node mounts and can write")
 
 
+def check_files_on_nodes(paths: list[Path], what: str, fix: str) -> None:
+    """Every live Ray node sees each of `paths` (files the driver made for the trials, e.g. the world CLIPs'
+    checkpoints): one on a node-local disk fails here, naming `what` and `fix`, not in every trial on
+    that node."""
+    if not paths:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    look = ray.remote(num_cpus=0, max_retries=0)(_missing_files)
+    pending = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote([str(p) for p in paths]) for n in nodes]
+    missing = [(n, m) for n, m in zip(nodes, ray.get(pending, timeout=300)) if m]
+    if missing:
+        node, files = missing[0]
+        raise ConfigError(f"{what} {files[0]} is not there on {len(missing)} of {len(nodes)} Ray node(s) (node "
+                          f"{node['NodeManagerAddress']}); {fix}")
+
+
+def _missing_files(paths: list[str]) -> list[str]:
+    """Ray task: those of `paths` this node does not see."""
+    return [p for p in paths if not Path(p).is_file()]
+
+
 def _write_probe(folder: str) -> str | None:
     """Ray task: None when this node can create `folder` and write a file in it, else why not."""
     probe = Path(folder) / f".ablate-write-probe-{os.getpid()}-{time.monotonic_ns()}"

@@ -34,6 +34,7 @@ from .arms import Arm, expand, resolve_spec_path
 from .cluster import (
     _ray_is_up,
     _shutdown_ray,
+    check_files_on_nodes,
     check_storage_on_nodes,
     cluster_slots,
     lost_with_its_node,
@@ -148,7 +149,7 @@ def _storage_root(spec: SweepSpec, override: str | None) -> str:
 
 
 def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, resume: bool,
-                tracking_uri: str | None, packs: list[list[int]] | None = None):
+                tracking_uri: str | None, packs: list[list[int]] | None = None, arms: int = 0):
     """The sweep's MLflow parent run: created (and its state saved, with its packs), or re-opened for
     --resume (the packs it was launched with: Tune restores trials by pack index)."""
     if resume:
@@ -158,6 +159,10 @@ def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, res
         if state.spec_sha256 != _sha(path):
             raise ConfigError(f"{path} changed since sweep '{spec.name}' started; resume needs the same spec "
                               "(restore the file, or start a new sweep under another name)")
+        if state.packs is not None and sorted(i for pack in state.packs for i in pack) != list(range(arms)):
+            raise ConfigError(f"sweep '{spec.name}' was launched with {sum(map(len, state.packs))} arms and its spec "
+                              f"now expands into {arms} (this release reads it differently); start it anew under "
+                              "another name")
         client = connect(state.tracking_uri)
         reopen_parent_run(client, state.parent_run_id)
         set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(spec.description, RUNNING_NOTE))
@@ -260,14 +265,16 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     probe_store(store_uri)
     # a bad data root stops here, before anything is recorded
     fetch_data(spec, arms, ray_address)
-    prepare_data(arms, spec.resources, spec.plugins, ray_address)
+    clips = prepare_data(arms, spec.resources, spec.plugins, ray_address, spec.optuna.space if spec.optuna else None)
     res = spec.resources  # a trial no node can ever hold stops here, instead of waiting forever
     require_resources(res.cpu, res.gpu, ray_address, res.wait_s)
     check_storage_on_nodes(storage, spec.name)
+    check_files_on_nodes(clips, "the world CLIP checkpoint", "cache_dir must be shared storage that every node "
+                         "mounts (trials load the checkpoints the driver built there)")
     worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
     plan = plan_packs(spec, arms, *cluster_slots(spec))
     state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
-                                plan.packs if spec.packing else None)
+                                plan.packs if spec.packing else None, len(arms))
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
     return state, client, worker_uri

@@ -4,6 +4,7 @@ parallel trials only read."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sys
@@ -16,17 +17,18 @@ from ..errors import AblateError, DataError
 from ..spec import ConfigError, TrialConfig
 from .arms import Arm
 from .cluster import init_ray, require_resources
-from .spec import Resources, SweepSpec, import_plugins
+from .spec import ParamSpace, Resources, SweepSpec, import_plugins
 
 # up to this many listed images per split are each checked before a sweep starts; more: a seeded sample
 IMAGE_CHECK_CAP = 20_000
 
 
 def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: Sequence[str] = (),
-                 ray_address: str | None = None) -> None:
+                 ray_address: str | None = None, space: Mapping[str, ParamSpace] | None = None) -> list[Path]:
     """Before any trial: check every data root (generating the synthetic set and world) in the driver,
-    pre-train the world CLIPs the arms name, then build the feature caches that `features: cached` arms
-    read, so parallel trials only read them.
+    pre-train the world CLIPs the arms name (or an Optuna `space` may sample for them), then build the
+    feature caches that `features: cached` arms read, so parallel trials only read them. Returns the world
+    CLIPs' checkpoint files (which every node must see).
 
     With `resources` (a trial's), each cache group is a Ray task on those resources (the GPU workers
     on a cluster), all groups in parallel; without, they are built in this process.
@@ -47,10 +49,23 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
             if not require_complete(cfg.dataset, cfg.data_root):
                 check_images(cfg, check_root(cfg))
     # ablate's own world CLIPs are pre-trained here, once, with every core, not in a 1-cpu trial
-    build_for(a.config for a in arms)
+    checkpoints = build_for(c for a in arms for c in with_sampled_weights(a.config, space or {}))
     cached = {feature_group(a.config): a.config for a in arms if a.config.features == "cached"}
     if cached:
         build_feature_caches(list(cached.values()), resources, plugins, ray_address)
+    return checkpoints
+
+
+# the fields that name a world CLIP's checkpoint
+WEIGHT_FIELDS = ("backbone", "pretrained", "cache_dir")
+
+
+def with_sampled_weights(cfg: TrialConfig, space: Mapping[str, ParamSpace]) -> list[TrialConfig]:
+    """`cfg` under every combination of the weights an Optuna space samples (its categorical choices of
+    WEIGHT_FIELDS), so the pre-flight builds every world CLIP a sampled trial may load."""
+    choices = [[(f, v) for v in space[f].choices or []] for f in WEIGHT_FIELDS
+               if f in space and space[f].type == "categorical"]
+    return [cfg.model_copy(update=dict(combo)) for combo in itertools.product(*choices)]
 
 
 def check_images(cfg: TrialConfig, root: Path) -> None:

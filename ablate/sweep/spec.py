@@ -272,6 +272,9 @@ class SweepSpec(StrictModel):
             raise ValueError("optuna.seeds and grid.seed: give the training seeds one way (optuna.seeds averages "
                              "them for the sampler; grid.seed makes each its own arm)")
         for key, p in (self.optuna.space.items() if self.optuna else []):
+            if key in ("method", "dataset"):  # an arm is one method on one data set, with their own settings
+                raise ValueError(f"optuna.space.{key}: compare {key}s with grid.{key} (each arm gets its "
+                                 f"per_{key} settings and options); Optuna searches the fields within an arm")
             if key in self.grid or (key == "seed" and self.optuna and self.optuna.seeds):
                 raise ValueError(f"optuna.space.{key}: also in grid or optuna.seeds; search a field one way only")
             bounds: list[str | int | float | bool]

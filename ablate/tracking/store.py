@@ -244,8 +244,9 @@ def retried(fn, *args, **kwargs):
                 if kind == "lock":
                     raise
                 raise TrackingError(f"the MLflow tracking server did not answer for {patience:.0f} s "
-                                    f"({type(err).__name__}: {str(err)[:300]}); the trial fails and Ray Tune "
-                                    "retries it from its last checkpoint") from err
+                                    f"({type(err).__name__}: {str(err)[:300]}); a sweep's trial fails here and Ray "
+                                    "Tune retries it from its last checkpoint, a command can be run again once the "
+                                    "server answers") from err
             retries_done[kind] += 1
             time.sleep(pause)
 

@@ -3,7 +3,7 @@ ablate.world.recipe): where each is cached, whether it is there and whole, and t
 a missing one.
 
 Building is explicit: `build_checkpoint` is called by the sweep's pre-flight, by `ablate train`,
-`ablate probe` and by `ablate world pretrain`. Loading a backbone only looks one up
+`ablate probe`, `ablate analyze` and by `ablate world pretrain`. Loading a backbone only looks one up
 (`find_checkpoint`), so a trial never builds a data set or pre-trains a CLIP behind its caller's back.
 """
 
@@ -82,10 +82,13 @@ def find_checkpoint(alias: str, cache_dir: Path = DEFAULT_CACHE, model: str = "a
     root = default_world_root(cache_dir, DEFAULT_WORLD)
     path = checkpoint_path(cache_dir, root, cfg) if is_complete(root, DEFAULT_WORLD) else None
     if path is None or not checkpoint_matches(path):
-        raise ConfigError(f"pretrained {alias}: its world CLIP ({model}) is not built in {cache_dir}; build it with "
-                          f"`ablate world pretrain --captions {cfg.captions} --model {model} --cache-dir {cache_dir}"
-                          f"{_recipe_flags(cfg)}` (a sweep's pre-flight, `ablate train` and `ablate probe` build it "
-                          "themselves; on a cluster the cache dir must be shared by every node)")
+        damaged = path is not None and path.exists()
+        state = "does not match its manifest (damaged, or from an older version)" if damaged else "is not built"
+        command = (f"ablate world pretrain --captions {cfg.captions} --model {model} --cache-dir {cache_dir}"
+                   f"{_recipe_flags(cfg)}")
+        raise ConfigError(f"pretrained {alias}: its world CLIP ({model}) {state} in {cache_dir}; build it with "
+                          f"`{command}` (a sweep's pre-flight, `ablate train`, `ablate probe` and `ablate analyze` "
+                          "build it themselves; on a cluster the cache dir must be shared by every node)")
     return path
 
 
@@ -105,8 +108,9 @@ def resolve_pretrained(model: str, pretrained: str, cache_dir: Path | None = Non
     return str(build_checkpoint(pretrained, cache, model=model) if build else find_checkpoint(pretrained, cache, model))
 
 
-def build_for(configs: Iterable[TrialConfig], progress: bool = True) -> None:
-    """Build every world CLIP the configs name, each once (with every core of this process, not in a trial)."""
+def build_for(configs: Iterable[TrialConfig], progress: bool = True) -> list[Path]:
+    """Build every world CLIP the configs name, each once (with every core of this process, not in a trial);
+    their checkpoint files."""
     wanted = {(c.backbone, c.pretrained, c.resolved_cache_dir()) for c in configs if is_alias(c.pretrained)}
-    for model, alias, cache_dir in sorted(wanted, key=str):
-        build_checkpoint(alias, cache_dir, model=model, progress=progress)
+    return [build_checkpoint(alias, cache_dir, model=model, progress=progress)
+            for model, alias, cache_dir in sorted(wanted, key=str)]

@@ -1,17 +1,6 @@
-"""The synthetic world: generated multi-label images with captions, in the COCO 2014 layout.
-
-Each class is a (colour, shape) pair; colours and shapes are shared between classes, so telling
-"red circle" from "red triangle" needs both attributes. An image holds 1-4 distinct classes
-(Zipf-like class prior, a few pairs that tend to co-occur), at random positions, sizes and
-rotations with partial occlusion, over a gradient + noise background with clutter strokes and
-distractor shapes whose (colour, shape) pair is not a class.
-
-Captions come in two styles, one list of variants per image:
-- presence: name present classes only (all of them, or sometimes a subset), in varied templates
-  and orders (what web captions look like: they describe what is there, never what is absent);
-- negation: the same captions, each extended with probability NEGATION_RATE by "... and no
-  {absent}" for 1-2 truly absent classes, chosen among plausible ones (sharing a colour or shape
-  with, or usually co-occurring with, a present class), as in seed 002's recipe.
+"""The synthetic world's files: its splits of generated multi-label images with captions, in the COCO 2014
+layout, built deterministically and cached; read back as LabelledImages (and as the `world` data set).
+What an image shows and what its captions say is ablate.world.scenes.
 
 Layout (split -> folder): train -> train2014, test -> val2014 (so `load_coco` reads both),
 val -> minival (held out for pre-training diagnostics) and pretrain -> pretrain (the caption corpus

@@ -1,6 +1,18 @@
-"""What the synthetic world draws and says: its classes (colour, shape pairs), one image of 1-4 of them with
-occlusion, clutter and distractors, and its two caption styles (presence; presence plus plausible
-negations). Pure generation from a numpy Generator; the files, splits and loading are ablate.world.dataset.
+"""What the synthetic world draws and says; pure generation from a numpy Generator (the files, splits and
+loading are ablate.world.dataset).
+
+Each class is a (colour, shape) pair; colours and shapes are shared between classes, so telling
+"red circle" from "red triangle" needs both attributes. An image holds 1-4 distinct classes
+(Zipf-like class prior, a few pairs that tend to co-occur), at random positions, sizes and
+rotations with partial occlusion, over a gradient + noise background with clutter strokes and
+distractor shapes whose (colour, shape) pair is not a class.
+
+Captions come in two styles, one list of variants per image:
+- presence: name present classes only (all of them, or sometimes a subset), in varied templates
+  and orders (what web captions look like: they describe what is there, never what is absent);
+- negation: the same captions, each extended with probability NEGATION_RATE by "... and no
+  {absent}" for 1-2 truly absent classes, chosen among plausible ones (sharing a colour or shape
+  with, or usually co-occurring with, a present class), as in seed 002's recipe.
 """
 
 from __future__ import annotations
