@@ -352,12 +352,6 @@ def check_space(state_bytes: int, *folders: Path | None) -> None:
         check_free_space(ensure_writable_folder(folder), state_bytes)
 
 
-def trained_config(path: Path) -> TrialConfig:
-    """The TrialConfig a `trained.pt` file was trained with."""
-    return TrialConfig.model_validate(torch.load(path, map_location="cpu", weights_only=True)["config"],
-                                      context=STORED)
-
-
 def load_trained(path: Path, device: str | torch.device = "cpu") -> tuple[TrialConfig, Backbone, Method]:
     """Rebuild a trained method (and its frozen backbone) from a `trained.pt` file."""
     saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -32,9 +32,9 @@ from ablate.errors import ProbeError, TrackingError
 from ablate.methods import method_info
 from ablate.methods.base import Method
 from ablate.methods.two_sided import PromptSide, TwoSided
-from ablate.spec import TrialConfig
+from ablate.spec import STORED, TrialConfig
 from ablate.tracking import TrialRun, children_filter, connect_existing, resolve_tracking_uri, retried
-from ablate.trainer import TRAINED, load_trained, trained_config
+from ablate.trainer import TRAINED, load_trained
 from ablate.world.checkpoints import build_for
 
 from .common import describe, format_stats, image_loader, probe_images, write_json
@@ -177,7 +177,8 @@ def analyze_trained(trained_pt: Path, out_dir: Path | None, n_images: int = 4, o
                     split: str = "test", device: str = "cpu") -> dict:
     """Similarities of one trained.pt (plus the same trial at other seeds: `others`); maps and JSON to `out_dir`.
     The world CLIPs they were trained on are built first where this machine lacks them (a command's step)."""
-    build_for(trained_config(Path(p)) for p in (trained_pt, *others))
+    saved = [_read_trained(Path(p))["config"] for p in (trained_pt, *others)]
+    build_for(TrialConfig.model_validate(config, context=STORED) for config in saved)
     cfg, backbone, method, classnames = _trained(Path(trained_pt), device)
     with torch.no_grad():
         pos, neg = (e.float().cpu() for e in method.class_embeddings())
