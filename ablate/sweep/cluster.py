@@ -8,8 +8,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from ..spec import ConfigError
@@ -172,15 +173,9 @@ def check_storage_on_nodes(storage: str, name: str) -> None:
     is recorded, instead of as failing checkpoints in every trial. Bucket URIs are left to Tune."""
     if "://" in storage:
         return
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     folder = str(Path(storage) / name)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    probe = ray.remote(num_cpus=0, max_retries=0)(_write_probe)
-    pending = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-               .remote(folder) for n in nodes]
-    failed = [(n, err) for n, err in zip(nodes, ray.get(pending, timeout=300)) if err]
+    nodes, answers = _on_every_node(_write_probe, folder)
+    failed = [(n, err) for n, err in zip(nodes, answers) if err]
     if failed:
         node, err = failed[0]
         raise ConfigError(f"storage path {folder} is not writable on {len(failed)} of {len(nodes)} Ray node(s) "
@@ -194,18 +189,24 @@ def check_files_on_nodes(paths: list[Path], what: str, fix: str) -> None:
     that node."""
     if not paths:
         return
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    look = ray.remote(num_cpus=0, max_retries=0)(_missing_files)
-    pending = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-               .remote([str(p) for p in paths]) for n in nodes]
-    missing = [(n, m) for n, m in zip(nodes, ray.get(pending, timeout=300)) if m]
+    nodes, answers = _on_every_node(_missing_files, [str(p) for p in paths])
+    missing = [(n, m) for n, m in zip(nodes, answers) if m]
     if missing:
         node, files = missing[0]
         raise ConfigError(f"{what} {files[0]} is not there on {len(missing)} of {len(nodes)} Ray node(s) (node "
                           f"{node['NodeManagerAddress']}); {fix}")
+
+
+def _on_every_node(task: Callable[..., Any], *args: Any) -> tuple[list[dict], list]:
+    """(the live Ray nodes, `task(*args)` run on each of them: a zero-CPU task pinned to the node)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    remote = ray.remote(num_cpus=0, max_retries=0)(task)
+    pending = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+               .remote(*args) for n in nodes]
+    return nodes, ray.get(pending, timeout=300)
 
 
 def _missing_files(paths: list[str]) -> list[str]:
