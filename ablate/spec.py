@@ -280,7 +280,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     """The file's YAML; ConfigError naming the file and line of a syntax error."""
     try:
         return yaml.safe_load(path.read_text())
@@ -296,7 +296,7 @@ def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = _read_yaml(path) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of TrialConfig fields at the top level")
     data.update(overrides or {})

@@ -138,6 +138,11 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
     assert main(["train", "--config", str(config), "--dry-run"]) == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(config) in lines[0] and "line 3" in lines[0], lines
+    spec = tmp_path / "spec.yaml"  # a sweep spec is read the same way: one line, the line named
+    spec.write_text("name: s\ngrid: {method: [dualcoop\n")
+    assert main(["sweep", "--spec", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and f"{spec}: not valid YAML at line 3" in err and len(err.splitlines()) == 1, err
 
 
 def test_debug_shows_the_traceback(tmp_path):

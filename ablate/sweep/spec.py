@@ -8,7 +8,6 @@ import importlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from ..catalogue import searchable
@@ -18,7 +17,15 @@ from ..errors import ConfigError
 from ..methods import METHODS, method_info
 from ..pathnames import check_component
 from ..probes import probe_names
-from ..spec import FLAT_DATASET_FIELDS, Int, StrictModel, TrialConfig, format_validation_error, notice_moved
+from ..spec import (
+    FLAT_DATASET_FIELDS,
+    Int,
+    StrictModel,
+    TrialConfig,
+    format_validation_error,
+    notice_moved,
+    read_yaml,
+)
 
 
 def _searchable(name: str) -> str:
@@ -302,10 +309,7 @@ def load_sweep_spec(path: Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"spec file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with at least 'name' at the top level")
     try:
