@@ -39,3 +39,18 @@ def runs(tmp_path: Path, name: str = "t") -> tuple[list, list]:
     parents = [r for r in all_runs if r.data.tags.get("ablate.role") == "sweep"]
     children = [r for r in all_runs if r.data.tags.get("ablate.role") == "trial"]
     return parents, children
+
+
+def run_with_plugins(spec_path: Path, plugin_dir: Path, cpus: int = 2) -> dict:
+    """`run_sweep` on a private local Ray whose worker processes find the modules in `plugin_dir` (they are
+    fresh processes: only the spec's plugin list registers the plugins' names there)."""
+    import ray
+
+    from ablate.sweep import run_sweep
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(plugin_dir)}})
+    try:
+        return run_sweep(spec_path)
+    finally:
+        ray.shutdown()

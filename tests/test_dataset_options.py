@@ -15,6 +15,8 @@ import warnings
 import pytest
 import torch
 import yaml
+from sweep_helpers import run_with_plugins, write_spec
+from sweep_helpers import runs as sweep_runs
 
 from ablate.data import DATASETS, load_splits
 from ablate.errors import ConfigError, MovedSetting
@@ -213,30 +215,12 @@ def test_configs_stored_by_the_last_release_load_and_resume(fresh_notices, tiny_
 
 
 def test_a_swept_dataset_with_options_reaches_mlflow(bars_plugin, tmp_path, cache_dir):
-    import ray
-
-    from ablate.sweep import run_sweep
-    from ablate.tracking import connect
-
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "bars", "plugins": ["ablate_bars_plugin"],
-        "base": {"dataset": TOY, "method": "baseline", "backbone": "ablate-tiny-vit", "epochs": 1,
-                 "warmup_epochs": 0, "batch_size": 8, "num_workers": 0, "augment": False, "lr": 0.05,
-                 "device": "cpu", "cache_dir": str(cache_dir)},
-        "per_dataset": {TOY: {"bars_images": 8}},
-        "grid": {"label_ratio": [0.5]},
-        "storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }))
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(bars_plugin)}})
-    try:
-        summary = run_sweep(spec_path)
-    finally:
-        ray.shutdown()
+    spec_path = write_spec(tmp_path, cache_dir, name="bars", plugins=["ablate_bars_plugin"],
+                           base={"dataset": TOY, "dataset_options": {}, "method": "baseline", "epochs": 1,
+                                 "batch_size": 8, "lr": 0.05},
+                           per_dataset={TOY: {"bars_images": 8}}, grid={"label_ratio": [0.5]})
+    summary = run_with_plugins(spec_path, bars_plugin, cpus=1)
     assert summary["trials"] == 1 and summary["errored"] == 0
-    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("bars").experiment_id],
-                                filter_string="tags.`ablate.role` = 'trial'")
+    (run,) = sweep_runs(tmp_path, "bars")[1]
     assert run.info.status == "FINISHED" and run.data.params["dataset_options.bars_images"] == "8"
     assert run.data.params["dataset"] == TOY and "synthetic_images" not in run.data.params

@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 import yaml
+from sweep_helpers import run_with_plugins, write_spec
+from sweep_helpers import runs as sweep_runs
 
 from ablate.errors import ConfigError
 from ablate.methods import METHODS
@@ -106,34 +108,16 @@ def test_a_spec_sets_a_methods_options_under_its_name(meta_plugin):
 
 
 def test_a_swept_method_with_options_reaches_mlflow_and_the_report(meta_plugin, tmp_path, cache_dir):
-    import ray
-
     from ablate.report import write_report
-    from ablate.sweep import run_sweep
-    from ablate.tracking import connect
 
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "meta", "plugins": ["ablate_meta_plugin"],
-        "base": {"dataset": "synthetic", "dataset_options": {"synthetic_images": 40},
-                 "backbone": "ablate-tiny-vit", "epochs": 1,
-                 "warmup_epochs": 0, "batch_size": 16, "num_workers": 0, "augment": False, "lr": 0.05,
-                 "device": "cpu", "cache_dir": str(cache_dir)},
-        "per_method": {"meta-embed": {"meta_lr_mult": 4, "meta_hidden": 6}},
-        "grid": {"method": ["meta-embed", "baseline"]},
-        "storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }))
+    spec_path = write_spec(tmp_path, cache_dir, name="meta", plugins=["ablate_meta_plugin"],
+                           base={"dataset_options": {"synthetic_images": 40}, "epochs": 1, "lr": 0.05},
+                           per_method={"meta-embed": {"meta_lr_mult": 4, "meta_hidden": 6}},
+                           grid={"method": ["meta-embed", "baseline"]})
     assert load_sweep_spec(spec_path).per_method["meta-embed"]["meta_lr_mult"] == 4
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(meta_plugin)}})
-    try:
-        summary = run_sweep(spec_path)
-    finally:
-        ray.shutdown()
+    summary = run_with_plugins(spec_path, meta_plugin)
     assert summary["trials"] == 2 and summary["errored"] == 0
-    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = {r.data.tags["ablate.method"]: r for r in client.search_runs(
-        [client.get_experiment_by_name("meta").experiment_id], filter_string="tags.`ablate.role` = 'trial'")}
+    runs = {r.data.tags["ablate.method"]: r for r in sweep_runs(tmp_path, "meta")[1]}
     params = runs["meta-embed"].data.params
     assert params["options.meta_lr_mult"] == "4.0" and params["options.meta_hidden"] == "6"
     assert runs["meta-embed"].info.status == "FINISHED" and "options.meta_lr_mult" not in runs["baseline"].data.params

@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 import yaml
+from sweep_helpers import run_with_plugins, write_spec
+from sweep_helpers import runs as sweep_runs
 
 from ablate.methods import METHODS
-from ablate.sweep import run_sweep
 from ablate.sweep.spec import load_sweep_spec
-from ablate.tracking import connect
 
 PLUGIN = textwrap.dedent('''
     """A toy method, registered on import: free embeddings scored on the global token only."""
@@ -54,30 +54,13 @@ def plugin_dir(tmp_path, monkeypatch):
 
 
 def test_a_spec_plugin_registers_in_the_driver_and_every_worker(plugin_dir, tmp_path, cache_dir):
-    import ray
-
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({
-        "name": "plug", "plugins": ["ablate_toy_plugin"],
-        "base": {"dataset": "synthetic", "dataset_options": {"synthetic_images": 40},
-                 "backbone": "ablate-tiny-vit", "epochs": 1,
-                 "warmup_epochs": 0, "batch_size": 16, "num_workers": 0, "augment": False, "lr": 0.05,
-                 "device": "cpu", "cache_dir": str(cache_dir)},
-        "grid": {"method": ["plugin-embed"], "seed": [0, 1]},
-        "storage_path": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }))
+    spec_path = write_spec(tmp_path, cache_dir, name="plug", plugins=["ablate_toy_plugin"],
+                           base={"dataset_options": {"synthetic_images": 40}, "epochs": 1, "lr": 0.05},
+                           grid={"method": ["plugin-embed"], "seed": [0, 1]})
     assert load_sweep_spec(spec_path).plugins == ["ablate_toy_plugin"]
-    # workers are fresh processes: only the spec's plugin list can register the method there
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(plugin_dir)}})
-    try:
-        summary = run_sweep(spec_path)
-    finally:
-        ray.shutdown()
+    summary = run_with_plugins(spec_path, plugin_dir)  # only the spec's plugin list registers it in workers
     assert summary["trials"] == 2 and summary["errored"] == 0
-    client = connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("plug").experiment_id],
-                              filter_string="tags.`ablate.role` = 'trial'")
+    _, runs = sweep_runs(tmp_path, "plug")
     assert {r.data.tags["ablate.method"] for r in runs} == {"plugin-embed"} and len(runs) == 2
     assert all(r.info.status == "FINISHED" and r.data.metrics["trainable_params"] > 0 for r in runs)
 
