@@ -7,8 +7,9 @@ import socket
 from pathlib import Path
 
 import yaml
+from mlflow import MlflowClient
 
-from ablate.tracking import connect
+from ablate.tracking import TrackingContext, connect, ensure_experiment, start_parent_run
 
 
 def free_port() -> int:
@@ -54,3 +55,16 @@ def run_with_plugins(spec_path: Path, plugin_dir: Path, cpus: int = 2) -> dict:
         return run_sweep(spec_path)
     finally:
         ray.shutdown()
+
+
+def sweep_store(folder: Path, spec: dict) -> tuple[str, MlflowClient, TrackingContext]:
+    """(URI, client, parent-run context) of a fresh sqlite store in `folder` holding what `ablate sweep` opens
+    before its trials: the experiment `spec["name"]` and the parent run of `spec` (written to spec.yaml), for
+    tests that attach trial runs by hand."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, spec["name"])
+    parent = start_parent_run(client, experiment_id, spec["name"], path, path.read_text())
+    return uri, client, TrackingContext(uri, experiment_id, parent)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sweep_helpers import sweep_store
 
 from ablate.catalogue import CATALOGUE, Metric, markdown_table, metrics, register_metric, searchable
 from ablate.sweep.spec import AshaSpec, OptunaSpec
@@ -30,20 +31,15 @@ def test_a_new_metric_is_one_entry_and_reaches_mlflow_the_tables_and_the_report(
     from ablate.tracking import (
         TrackingContext,
         TrialRun,
-        connect,
-        ensure_experiment,
-        start_parent_run,
         trial_table,
         trials_markdown,
     )
     from ablate.trainer import run_trial
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: cat\nbase: {dataset: synthetic}\ngrid: {method: [dualcoop]}\n")
-    client = connect(uri)
-    experiment_id = ensure_experiment(client, "cat")
-    parent = start_parent_run(client, experiment_id, "cat", spec, spec.read_text())
+    uri, client, ctx = sweep_store(tmp_path, {"name": "cat", "base": {"dataset": "synthetic"},
+                                              "grid": {"method": ["dualcoop"]}})
+    experiment_id = ctx.experiment_id
+    parent = ctx.parent_run_id
     cfg = tiny_cfg(method="dualcoop", epochs=1)
     run = TrialRun.attach(TrackingContext(uri, experiment_id, parent), cfg, "t0", {"method": "dualcoop"})
     result = run_trial(cfg, tmp_path / "trial", progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
+from sweep_helpers import sweep_store
 from torch import Tensor, nn
 
 from ablate.aggregation import aggregate
@@ -15,7 +15,7 @@ from ablate.report import SECTIONS, DatasetContext, Section, register_section, w
 from ablate.spec import TrialConfig
 from ablate.sweep import expand
 from ablate.sweep.spec import SweepSpec
-from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+from ablate.tracking import TrialRun
 from ablate.trainer import run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,12 +74,7 @@ def test_a_report_section_registered_from_outside_appears(tmp_path):
         return Section(markdown=f"#### Ratios\n\n{text}\n", html=f"<p id='toy'>{text}</p>",
                        files={f"ratios_{ctx.dataset}.txt": text.encode()}, data={"ratios": ctx.table.ratios})
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({"name": "sec", "grid": {"method": ["dualcoop"]}}))
-    client = connect(uri)
-    exp = ensure_experiment(client, "sec")
-    ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "sec", spec_path, spec_path.read_text()))
+    uri, _, ctx = sweep_store(tmp_path, {"name": "sec", "grid": {"method": ["dualcoop"]}})
     run = TrialRun.attach(ctx, TrialConfig(method="dualcoop", dataset="synthetic"), "t0", {"method": "dualcoop"})
     run.log_metrics({"test_map": 42.0, "trainable_params": 1, "train_time_s": 1.0, "device_hours": 0.0})
     run.finish()

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import write_spec
+from sweep_helpers import sweep_store, write_spec
 
 from ablate.cli import main
 from ablate.errors import ConfigError, DataError, ReportError, TrackingError
 from ablate.report import write_report
 from ablate.spec import TrialConfig
 from ablate.sweep.spec import load_sweep_spec
-from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+from ablate.tracking import TrialRun, connect, ensure_experiment
 
 
 def error_lines(err: str) -> list[str]:
@@ -39,12 +39,7 @@ def assert_one_error(code: int, err: str, says: str, exit_code: int = 2) -> None
 @pytest.fixture()
 def experiment(tmp_path) -> str:
     """A sweep of two finished trials (dualcoop, baseline at ratio 0.5) and one FINISHED without metrics."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "rep", "base": {"dataset": "synthetic"}}))
-    client = connect(uri)
-    exp = ensure_experiment(client, "rep")
-    ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "rep", spec, spec.read_text()))
+    uri, _, ctx = sweep_store(tmp_path, {"name": "rep", "base": {"dataset": "synthetic"}})
     for i, method in enumerate(["dualcoop", "baseline", "positivecoop"]):
         run = TrialRun.attach(ctx, TrialConfig(method=method, dataset="synthetic"), f"trial{i}", {"method": method})
         if method != "positivecoop":  # finished without ever logging its numbers
@@ -476,12 +471,9 @@ def test_train_interrupted_names_the_epoch_and_resumes(tmp_path, cache_dir):
 def test_sweep_end_after_its_experiment_or_run_was_deleted(deleted, tmp_path):
     from ablate.tracking import end_parent_run
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: gone\n")
-    client = connect(uri)
-    exp = ensure_experiment(client, "gone")
-    parent = start_parent_run(client, exp, "gone", spec, spec.read_text())
+    _, client, ctx = sweep_store(tmp_path, {"name": "gone"})
+    exp = ctx.experiment_id
+    parent = ctx.parent_run_id
     client.delete_experiment(exp) if deleted == "experiment" else client.delete_run(parent)
     with pytest.raises(TrackingError, match=f"{deleted}.* deleted in MLflow while the sweep ran.*kept"):
         end_parent_run(client, parent, "FINISHED", {"trials": 2, "trials_errored": 0})

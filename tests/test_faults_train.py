@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from sweep_helpers import sweep_store
 
 from ablate import report as report_module
 from ablate.cli import main
@@ -22,7 +23,7 @@ from ablate.errors import ConfigError, DataError, ReportError, TrialDiverged
 from ablate.factory import backbone_from_config
 from ablate.result import TrialResult
 from ablate.spec import TrialConfig, load_trial_config
-from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+from ablate.tracking import TrialRun
 from ablate.trainer import Pack, Trial, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -260,12 +261,7 @@ def test_non_finite_parameter_is_a_divergence(tiny, monkeypatch):
 
 @pytest.fixture()
 def one_trial_experiment(tmp_path) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "rep", "base": {"dataset": "synthetic"}}))
-    client = connect(uri)
-    exp = ensure_experiment(client, "rep")
-    ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "rep", spec, spec.read_text()))
+    uri, _, ctx = sweep_store(tmp_path, {"name": "rep", "base": {"dataset": "synthetic"}})
     cfg = TrialConfig(method="dualcoop", dataset="synthetic")
     run = TrialRun.attach(ctx, cfg, "trial0", {"method": "dualcoop"})
     run.log_metrics({"test_map": 70.0, "trainable_params": 10, "train_time_s": 1.0, "device_hours": 0.0})

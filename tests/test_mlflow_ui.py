@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from sweep_helpers import free_port, write_spec
+from sweep_helpers import free_port, sweep_store, write_spec
 
 from ablate.catalogue import significant
 from ablate.report import write_report
@@ -148,14 +148,9 @@ def test_a_trial_shorter_than_one_sampling_interval_still_logs_finite_system_met
     import math
 
     from ablate.spec import TrialConfig
-    from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+    from ablate.tracking import TrialRun
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: short\n")
-    client = connect(uri)
-    experiment_id = ensure_experiment(client, "short")
-    ctx = TrackingContext(uri, experiment_id, start_parent_run(client, experiment_id, "short", spec, spec.read_text()))
+    _, client, ctx = sweep_store(tmp_path, {"name": "short"})
     run = TrialRun.attach(ctx, TrialConfig(), "t0", {"method": "dualcoop"})
     with run.system_metrics(interval_s=60):  # the trial ends long before the first sample is due
         pass
@@ -343,14 +338,9 @@ def test_trials_logging_the_same_split_at_once_all_record_it(tmp_path):
     """MLflow stores a dataset once per experiment (look up, then insert): trials sharing a split race."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from ablate.tracking import connect, ensure_experiment, start_parent_run
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: race\n")
-    client = connect(uri)
-    experiment_id = ensure_experiment(client, "race")
-    parent = start_parent_run(client, experiment_id, "race", spec, spec.read_text())
+    uri, client, ctx = sweep_store(tmp_path, {"name": "race"})
+    experiment_id = ctx.experiment_id
+    parent = ctx.parent_run_id
     start_at = time.time() + 8.0  # after every process has imported and created its run
     with ProcessPoolExecutor(6) as pool:
         run_ids = list(pool.map(_log_split_at, *zip(*[(uri, experiment_id, parent, i, start_at) for i in range(6)])))

@@ -18,8 +18,8 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
+from sweep_helpers import sweep_store
 
 from ablate.arm import build_optimizer, set_lr
 from ablate.cli import build_parser, resolve_config
@@ -35,7 +35,7 @@ from ablate.report import TEST_SELECTED, write_report
 from ablate.spec import ConfigError, TrialConfig
 from ablate.sweep import expand
 from ablate.sweep.spec import SweepSpec, load_sweep_spec
-from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+from ablate.tracking import TrialRun
 from ablate.trainer import Trial, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -432,12 +432,7 @@ def test_val_fraction_zero_needs_select_on_test():
 
 
 def test_test_selected_numbers_are_tagged_and_marked_in_the_report(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({"name": "sel", "grid": {"method": ["dualcoop", "baseline"]}}))
-    client = connect(uri)
-    exp = ensure_experiment(client, "sel")
-    ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "sel", spec_path, spec_path.read_text()))
+    uri, client, ctx = sweep_store(tmp_path, {"name": "sel", "grid": {"method": ["dualcoop", "baseline"]}})
     for i, (method, select_on) in enumerate((("dualcoop", "test"), ("baseline", "val"))):
         cfg = TrialConfig(method=method, dataset="synthetic", select_on=select_on,
                           val_fraction=0.0 if select_on == "test" else 0.1)

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
+from sweep_helpers import sweep_store
 
 from ablate.backbone import Backbone, create_backbone
 from ablate.factory import seed_everything
@@ -287,14 +288,9 @@ def test_similarity_maps_hand_computed():
 
 
 def test_analyze_run_finds_seed_siblings_draws_maps_and_logs_to_mlflow(cfg, trained, tmp_path):
-    from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
+    from ablate.tracking import TrialRun
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("name: probes\n")
-    client = connect(uri)
-    exp = ensure_experiment(client, "probes")
-    ctx = TrackingContext(uri, exp, start_parent_run(client, exp, "probes", spec, spec.read_text()))
+    uri, client, ctx = sweep_store(tmp_path, {"name": "probes"})
     runs = {}
     for name, seed in (("seed0", 0), ("seed1", 1)):
         run = TrialRun.attach(ctx, cfg.model_copy(update={"seed": seed}), name, {"seed": seed})
