@@ -95,14 +95,18 @@ _BUILT_IN = [
     Metric("wall_time_s", "wall s", "s", None, "final", "seconds the whole trial took in its worker: data, "
            "caches, training, evaluation, probes; in a pack, the pack's less the other arms' own compute (what "
            "the arm would take alone)", digits=1),
-    Metric("device_hours", "device-h", "device-h", None, "final", "wall_time_s x the devices the trial held "
-           "(its GPUs, else its CPUs) / 3600: what the trial cost on any machine", columns=("trials", "report")),
+    Metric("device_hours", "attributed device-h", "device-h", None, "final", "the arm's attributed share: "
+           "wall_time_s x the devices its Ray trial held (its GPUs, else its CPUs) / 3600, what it would cost "
+           "alone; arms of one pack share a stream, so their sum overstates the bill (the sweep's total counts "
+           "pack_device_hours once per Ray trial)", columns=("trials", "report")),
     Metric("peak_memory_mb", "peak memory", "MiB", None, "final", "peak CUDA memory allocated, or the "
            "worker's peak resident memory on CPU", digits=0),
     Metric("pack_wall_time_s", "pack wall s", "s", None, "final", "seconds the Ray trial that trained this "
-           "arm together with others (a pack) took; the same on every arm of the pack", per="pack", digits=1),
+           "arm (with the others of its pack, if any) took; the same on every arm of the pack", per="pack",
+           digits=1),
     Metric("pack_device_hours", "pack device-h", "device-h", None, "final", "pack_wall_time_s x the devices "
-           "the pack held / 3600; the same on every arm of the pack (count it once per pack)", per="pack"),
+           "the Ray trial held / 3600; the same on every arm of the pack (an arm alone is a pack of one): the "
+           "sweep's bill counts it once per Ray trial", per="pack"),
 ]
 
 CATALOGUE: dict[str, Metric] = {m.name: m for m in _BUILT_IN}

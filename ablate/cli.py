@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,48 +16,30 @@ from pydantic import ValidationError
 from .errors import AblateError, ConfigError, Interrupted, MovedSetting, worker_message
 from .extras import missing_extra, require
 from .spec import TrialConfig, format_validation_error, load_trial_config
-from .tracking import trial_table, ui_hint
+from .tracking import bill_text, trial_table, ui_hint
 from .world.dataset import WorldConfig
 from .world.recipe import PretrainConfig
 
-# flag -> TrialConfig field for the common options; any field can also come from --config.
-TRAIN_FLAGS: dict[str, tuple[str, type]] = {
-    "--method": ("method", str),
-    "--dataset": ("dataset", str),
-    "--data-root": ("data_root", str),
-    "--label-ratio": ("label_ratio", float),
-    "--backbone": ("backbone", str),
-    "--pretrained": ("pretrained", str),
-    "--image-size": ("image_size", int),
-    "--n-ctx": ("n_ctx", int),
-    "--ctx-init": ("ctx_init", str),
-    "--epochs": ("epochs", int),
-    "--batch-size": ("batch_size", int),
-    "--lr": ("lr", float),
-    "--seed": ("seed", int),
-    "--device": ("device", str),
-    "--loss": ("loss", str),
-    "--prompt-offset": ("prompt_offset", str),
-    "--select-on": ("select_on", str),
-    "--val-fraction": ("val_fraction", float),
-    "--num-workers": ("num_workers", int),
-    "--cache-dir": ("cache_dir", str),
-}
-BOOL_FLAGS = {"csc": "class-specific contexts", "augment": "training augmentation",
-              "amp": "autocast on CUDA",
-              "trust-torchscript": "run a TorchScript checkpoint's own code when loading it (only files you trust)"}
+
+def _is_bool(annotation: object) -> bool:
+    return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
+
+
+def train_flags() -> dict[str, str]:
+    """`--flag` -> TrialConfig field: every field of a single value (not the options mappings, which come
+    from --config), so a new field is a flag without editing a list."""
+    return {f"--{name.replace('_', '-')}": name for name, field in TrialConfig.model_fields.items()
+            if typing.get_origin(field.annotation) is not dict}
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train and evaluate one trial",
                        description="Train one method on one dataset at one label ratio; writes metrics.json.")
     p.add_argument("--config", type=Path, help="YAML file of TrialConfig fields (flags override it)")
-    for flag, (field, typ) in TRAIN_FLAGS.items():
-        desc = TrialConfig.model_fields[field].description or ""
-        p.add_argument(flag, dest=field, type=typ, default=None, help=desc)
-    for name, desc in BOOL_FLAGS.items():
-        p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                       default=None, help=desc)
+    for flag, field in train_flags().items():  # values are checked (and converted) by TrialConfig itself
+        info = TrialConfig.model_fields[field]
+        action = argparse.BooleanOptionalAction if _is_bool(info.annotation) else "store"
+        p.add_argument(flag, dest=field, action=action, default=None, help=(info.description or "").replace("%", "%%"))
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (metrics.json, checkpoint)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and trainable parameter count; load no data, train nothing")
@@ -64,8 +47,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> TrialConfig:
-    fields = [f for f, _ in TRAIN_FLAGS.values()] + [n.replace("-", "_") for n in BOOL_FLAGS]
-    overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    overrides = {f: getattr(args, f) for f in train_flags().values() if getattr(args, f) is not None}
     if args.config is not None:
         return load_trial_config(args.config, overrides)
     try:
@@ -173,6 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"error: {stop}", file=sys.stderr)
         return stop.exit_code
     print_table(trial_table(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]))
+    print(f"the sweep held {bill_text(summary['bill'])}")
     print(json.dumps(summary, indent=2))
     print(ui_hint(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]), file=sys.stderr)
     return 0 if summary["errored"] == 0 else 1
@@ -206,6 +189,9 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published", nargs="+", action="extend", default=[], metavar="NAME|FILE",
                    help="published tables to compare with (a Reproduction section): a shipped table's name "
                         "(ablate.published.shipped()) or a YAML file of that format")
+    p.add_argument("--columns", nargs="+", action="extend", default=[], metavar="METRIC",
+                   help="more metrics as table columns (mean per row), by their catalogue names: test_cf1, "
+                        "test_of1, test_cp, test_cr, test_op, test_or, last_test_map, best_val_map, ...")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -217,7 +203,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     published = [load_published(p) for p in args.published]  # a bad file stops here, before anything is read
     out = args.out or Path("reports") / folder_name(args.experiment)  # one folder under reports/, whatever the name
     result = write_report(args.experiment, out, args.tracking_uri, args.parent_run, args.reference,
-                          args.heatmap_ratio, log_to_mlflow=not args.no_log, published=published)
+                          args.heatmap_ratio, log_to_mlflow=not args.no_log, published=published,
+                          columns=args.columns)
     print((out / "table.md").read_text())
     for line in result["incomplete"]:
         print(f"not included: {line}", file=sys.stderr)

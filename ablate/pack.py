@@ -2,8 +2,8 @@
 augmentation and one frozen-encoder pass per batch.
 
 The stream is which images, in which order, with which pixels, reach the frozen image encoder. It is
-built (ablate/stream.py) from `stream_config(cfg)` alone: a config that keeps the STREAM_FIELDS of the
-arm's config and has every other field at its default, so nothing an arm may vary can reach it. Arms
+built (ablate/stream.py) from `stream_config(cfg)` alone: a config that keeps the fields whose Role says
+`stream` (ablate/roles.py) and has every other field at its default, so nothing an arm may vary can reach it. Arms
 whose `pack_key` is equal therefore see the same batches; what they differ in (method, label ratio,
 contexts, learning rates, loss...) changes only labels and heads. tests/test_packs.py changes every
 other TrialConfig field in turn and checks that the stream stays the same bit for bit, so a field that
@@ -16,22 +16,11 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .spec import TrialConfig
+from .spec import TrialConfig, fields_where, param_role
 
-STREAM_FIELDS = (
-    # which images: the data set, its root and own settings, the validation rows (val_fraction, seed)
-    "dataset", "data_root", "dataset_options", "val_fraction", "seed",
-    # in which order: batches drawn per (seed, epoch); worker processes draw the augmentation
-    "batch_size", "epochs", "num_workers",
-    # with which pixels
-    "image_size", "resize", "augment", "augment_recipe",
-    # through which frozen encoder, on which device and precision, from where (caches, weights)
-    "backbone", "pretrained", "weights_dir", "quick_gelu", "trust_torchscript", "device", "amp",
-    "features", "feature_cache_dir", "cache_dtype", "cache_dir",
-)
+STREAM_FIELDS = fields_where(stream=True)  # derived from the fields' roles: never listed by hand
 
 
 def stream_config(cfg: TrialConfig) -> TrialConfig:
@@ -42,9 +31,12 @@ def stream_config(cfg: TrialConfig) -> TrialConfig:
 
 
 def pack_key(cfg: TrialConfig) -> dict[str, Any]:
-    """The stream fields of `cfg`, as JSON values: arms with equal keys can share one stream."""
+    """The stream fields of `cfg` (and any of the method's own options whose Role says stream), as JSON
+    values: arms with equal keys can share one stream."""
     dumped = cfg.model_dump(mode="json")
-    return {name: dumped[name] for name in STREAM_FIELDS}
+    own = {f"options.{k}": v for k, v in dumped["options"].items()
+           if param_role(f"options.{k}", cfg.method, cfg.dataset).stream}
+    return {**{name: dumped[name] for name in STREAM_FIELDS}, **own}
 
 
 def pack_id(cfg: TrialConfig) -> str:
@@ -63,6 +55,12 @@ def feature_bytes(cfg: TrialConfig) -> int:
     size = cfg.image_size or vision["image_size"]
     stride = 32 if isinstance(vision.get("layers"), list | tuple) else vision.get("patch_size", 32)  # ResNet: 32
     return cfg.batch_size * ((size // stride) ** 2 + 1) * model["embed_dim"] * 4
+
+
+def image_size(cfg_size: int | None, backbone: str) -> int | None:
+    """The input size a trial ran at: its own, else its model's (None when the model's config is unknown)."""
+    model = _model_config(backbone)
+    return cfg_size or (model["vision_cfg"]["image_size"] if model is not None else None)
 
 
 def _model_config(name: str) -> dict | None:

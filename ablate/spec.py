@@ -21,6 +21,19 @@ from pydantic import (
 from .data import DATASETS, option_owners
 from .errors import ConfigError, MovedSetting
 from .methods import METHODS, method_info
+from .roles import (
+    ALL,
+    DATASET_OPTION,
+    FREE_EMBEDDINGS,
+    HAND_PROMPT,
+    METHOD_OPTION,
+    OFFSET,
+    PROMPT,
+    TRAINING,
+    Role,
+    role_of,
+    roles,
+)
 from .world.recipe import check_pretrained
 
 
@@ -82,6 +95,10 @@ def move_flat_fields(data: dict[str, Any], notify: bool = True) -> dict[str, Any
     return data
 
 
+STREAM = Role(stream=True)  # shapes the image stream, read by every method
+TRAINS = Role(reads=TRAINING)  # read by the methods that train
+
+
 class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, values are checked on assignment, and no float is
     infinite or NaN (`lr: .inf` would train on nothing but NaN)."""
@@ -93,114 +110,134 @@ class TrialConfig(StrictModel):
     """Everything that defines one trial: one method on one dataset at one label ratio."""
 
     # what is compared
-    method: str = Field("dualcoop", description="a registered method (ablate.methods.method_names())")
-    dataset: str = Field("synthetic", description="a registered dataset (ablate.data.dataset_names())")
-    data_root: Path | None = Field(
+    method: Annotated[str, Role(tag=True, nesting=1)] = Field(
+        "dualcoop", description="a registered method (ablate.methods.method_names())")
+    dataset: Annotated[str, Role(stream=True, tag=True, nesting=-1)] = Field(
+        "synthetic", description="a registered dataset (ablate.data.dataset_names())")
+    data_root: Annotated[Path | None, STREAM] = Field(
         None, description="dataset root; for `synthetic` a folder to generate into, for `world` a built world "
         "(default for both: generated into the cache dir)"
     )
-    label_ratio: float = Field(0.5, gt=0.0, le=1.0, description="fraction of (image, class) labels kept")
-    val_fraction: float = Field(
+    label_ratio: Annotated[float, Role(reads=TRAINING, tag=True, spread=True)] = Field(
+        0.5, gt=0.0, le=1.0, description="fraction of (image, class) labels kept")
+    val_fraction: Annotated[float, Role(stream=True, reads=TRAINING)] = Field(
         0.1, ge=0.0, lt=1.0, description="share of train images held out for model selection; 0 (train on "
         "all of train) only with select_on: test")
-    select_on: Literal["val", "test"] = Field(
+    select_on: Annotated[Literal["val", "test"], Role(reads=TRAINING)] = Field(
         "val", description="split that picks the reported epoch: val (held out from train, honest) or test "
         "(the reference's protocol: optimistic, and marked as such in every report)")
-    dataset_options: dict[str, Any] = Field(
+    dataset_options: Annotated[dict[str, Any], STREAM] = Field(
         default_factory=dict, description="the dataset's own settings, validated by the options model it registers "
         "(coco2014: coco_empty_images; voc2007: voc_difficult; synthetic: synthetic_images; in a spec: under "
         "per_dataset.<dataset> beside the other fields)")
 
     # backbone
-    backbone: str = Field("ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
-    pretrained: str = Field("none", description="open_clip tag, local checkpoint path, or 'none' (random)")
-    image_size: Int | None = Field(None, ge=16, description="input size; default: the model's own (weights of "
-                                   "another size get their positional embeddings resized bicubically)")
-    weights_dir: Path | None = Field(None, description="where open_clip tags are downloaded and found (default: "
-                                     "open_clip's cache); on a cluster a shared folder, downloaded once")
-    quick_gelu: bool | None = Field(
+    backbone: Annotated[str, Role(stream=True, tag=True, weights=True)] = Field(
+        "ablate-tiny-vit", description="open_clip model name or ablate-tiny-vit / ablate-tiny-rn")
+    pretrained: Annotated[str, Role(stream=True, tag=True, weights=True)] = Field(
+        "none", description="open_clip tag, local checkpoint path, or 'none' (random)")
+    image_size: Annotated[Int | None, STREAM] = Field(
+        None, ge=16, description="input size; default: the model's own (weights of "
+        "another size get their positional embeddings resized bicubically)")
+    weights_dir: Annotated[Path | None, Role(stream=True, identity=False, weights=True)] = Field(
+        None, description="where open_clip tags are downloaded and found (default: "
+        "open_clip's cache); on a cluster a shared folder, downloaded once")
+    quick_gelu: Annotated[bool | None, Role(stream=True, weights=True)] = Field(
         None, description="activation of weights from a file: None = from the format / name (ambiguous "
         "checkpoints of standard CLIP architectures are refused), true = QuickGELU (OpenAI and fine-tunes)")
-    trust_torchscript: bool = Field(
+    trust_torchscript: Annotated[bool, Role(stream=True, identity=False)] = Field(
         False, description="run a TorchScript checkpoint's own code when loading it: only for files you trust "
         "(by default its tensors are read without running it)")
 
-    features: Literal["online", "cached"] = Field(
+    features: Annotated[Literal["online", "cached"], STREAM] = Field(
         "online", description="online: run the frozen image encoder every step (augmentation possible); "
         "cached: read dense features computed once per (backbone, weights, size, data, split)")
-    feature_cache_dir: Path | None = Field(None, description="feature cache location (default <cache_dir>/features)")
-    cache_dtype: Literal["float16", "float32"] = Field(
+    feature_cache_dir: Annotated[Path | None, Role(stream=True, identity=False)] = Field(
+        None, description="feature cache location (default <cache_dir>/features)")
+    cache_dtype: Annotated[Literal["float16", "float32"], STREAM] = Field(
         "float16", description="storage of cached features: float16 (half the disk, rounding ~2e-4 relative) "
         "or float32 (the online path's features bit for bit)")
 
     # prompts / method options
-    n_ctx: Int = Field(16, ge=1, le=64)
-    csc: bool = Field(True, description="class-specific contexts (else one shared context)")
-    ctx_init: str | None = Field(None, description="phrase to initialise contexts from; None = N(0, 0.02)")
-    prompt_offset: Literal["none", "normal", "zeros"] = Field(
+    n_ctx: Annotated[Int, Role(reads=PROMPT, tag=True)] = Field(16, ge=1, le=64)
+    csc: Annotated[bool, Role(reads=PROMPT, tag=True)] = Field(
+        True, description="class-specific contexts (else one shared context)")
+    ctx_init: Annotated[str | None, Role(reads=PROMPT)] = Field(
+        None, description="phrase to initialise contexts from; None = N(0, 0.02)")
+    prompt_offset: Annotated[Literal["none", "normal", "zeros"], Role(reads=OFFSET)] = Field(
         "none", description="PositiveCoOp/NegativeCoOp: a free [N, D] offset added to the prompt side's text "
         "features, trained with the free embeddings: none (the papers' model), normal (drawn from "
         "N(0, prompt_offset_std^2), as the official code does), zeros")
-    prompt_offset_std: float = Field(1.0, gt=0, description="std of the prompt-side offset when normal")
-    free_init_std: float = Field(
+    prompt_offset_std: Annotated[float, Role(reads=OFFSET)] = Field(
+        1.0, gt=0, description="std of the prompt-side offset when normal")
+    free_init_std: Annotated[float, Role(reads=FREE_EMBEDDINGS)] = Field(
         1.0, gt=0, description="std of free embeddings at init; only their direction is scored, so a "
         "larger norm means smaller angular steps at the 100x learning rate")
-    temperature: float = Field(20.0, gt=0, description="cosine scale inside the spatial aggregation")
-    logit_scale: float = Field(5.0, gt=0, description="scale of the aggregated class logit")
-    zeroshot_positive: str = "a photo of a {}."
-    zeroshot_negative: str = "a photo without a {}."
+    temperature: Annotated[float, Role()] = Field(20.0, gt=0, description="cosine scale inside the spatial aggregation")
+    logit_scale: Annotated[float, Role()] = Field(5.0, gt=0, description="scale of the aggregated class logit")
+    zeroshot_positive: Annotated[str, Role(reads=HAND_PROMPT)] = "a photo of a {}."
+    zeroshot_negative: Annotated[str, Role(reads=HAND_PROMPT)] = "a photo without a {}."
 
     # loss
-    loss: Literal["asl_softmax", "asl_sigmoid"] = "asl_softmax"
-    gamma_neg: float | None = Field(None, ge=0, description="default 2 (softmax variant) or 4 (sigmoid)")
-    gamma_pos: float = Field(1.0, ge=0)
-    clip: float = Field(0.05, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0, description="probabilities are clamped to at least this before the log "
-                       "(the reference: 1e-6)")
-    reduction: Literal["mean", "sum"] = Field(
+    loss: Annotated[Literal["asl_softmax", "asl_sigmoid"], TRAINS] = "asl_softmax"
+    gamma_neg: Annotated[float | None, TRAINS] = Field(
+        None, ge=0, description="default 2 (softmax variant) or 4 (sigmoid)")
+    gamma_pos: Annotated[float, TRAINS] = Field(1.0, ge=0)
+    clip: Annotated[float, TRAINS] = Field(0.05, ge=0, lt=1)
+    eps: Annotated[float, TRAINS] = Field(
+        1e-8, gt=0, description="probabilities are clamped to at least this before the log "
+        "(the reference: 1e-6)")
+    reduction: Annotated[Literal["mean", "sum"], TRAINS] = Field(
         "mean", description="ASL over the known labels of a batch: mean (step size independent of batch size, "
         "class count and label ratio) or sum (the reference; its learning rates assume it)")
-    loss_weight: float = Field(1.0, gt=0, description="the loss is multiplied by this (the reference's loss_w)")
+    loss_weight: Annotated[float, TRAINS] = Field(
+        1.0, gt=0, description="the loss is multiplied by this (the reference's loss_w)")
 
     # optimisation
-    epochs: Int = Field(50, ge=0)
-    batch_size: Int = Field(32, ge=1)
-    lr: float = Field(0.002, gt=0, description="base learning rate; each kind of parameter learns at lr x its mult")
-    prompt_lr_mult: float = Field(1.0, gt=0, description="prompt contexts learn at lr x this")
-    free_lr_mult: float = Field(100.0, gt=0, description="free embeddings learn at lr x this")
-    linear_lr_mult: float = Field(1.0, gt=0, description="baseline linear head learns at lr x this")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    free_weight_decay: float = Field(0.0, ge=0, description="weight decay of free embeddings and offsets")
-    linear_weight_decay: float | None = Field(
+    epochs: Annotated[Int, Role(stream=True, reads=TRAINING)] = Field(50, ge=0)
+    batch_size: Annotated[Int, STREAM] = Field(32, ge=1)
+    lr: Annotated[float, TRAINS] = Field(
+        0.002, gt=0, description="base learning rate; each kind of parameter learns at lr x its mult")
+    prompt_lr_mult: Annotated[float, Role(reads=PROMPT)] = Field(
+        1.0, gt=0, description="prompt contexts learn at lr x this")
+    free_lr_mult: Annotated[float, TRAINS] = Field(100.0, gt=0, description="free embeddings learn at lr x this")
+    linear_lr_mult: Annotated[float, TRAINS] = Field(1.0, gt=0, description="baseline linear head learns at lr x this")
+    momentum: Annotated[float, TRAINS] = Field(0.9, ge=0, lt=1)
+    weight_decay: Annotated[float, TRAINS] = Field(5e-4, ge=0)
+    free_weight_decay: Annotated[float, TRAINS] = Field(
+        0.0, ge=0, description="weight decay of free embeddings and offsets")
+    linear_weight_decay: Annotated[float | None, TRAINS] = Field(
         None, ge=0, description="weight decay of the baseline's linear head; None = weight_decay")
-    warmup_epochs: Int = Field(1, ge=0)
-    warmup_lr: float = Field(1e-5, gt=0)
-    warmup_rule: Literal["scaled", "same_for_all"] = Field(
+    warmup_epochs: Annotated[Int, TRAINS] = Field(1, ge=0)
+    warmup_lr: Annotated[float, TRAINS] = Field(1e-5, gt=0)
+    warmup_rule: Annotated[Literal["scaled", "same_for_all"], TRAINS] = Field(
         "scaled", description="during warm-up each group learns at warmup_lr x its mult (scaled), or every "
         "group at warmup_lr alike (same_for_all, the reference)")
-    cosine_span: Literal["after_warmup", "all_epochs"] = Field(
+    cosine_span: Annotated[Literal["after_warmup", "all_epochs"], TRAINS] = Field(
         "after_warmup", description="the cosine decays to 0 over the epochs after warm-up (after_warmup), or "
         "has a period of all epochs and starts after warm-up, ending above 0 (all_epochs, the reference)")
-    augment: bool = Field(True, description="Cutout + RandAugment on training images")
-    augment_recipe: Literal["torchvision", "reference"] = Field(
+    augment: Annotated[bool, Role(stream=True, reads=TRAINING)] = Field(
+        True, description="Cutout + RandAugment on training images")
+    augment_recipe: Annotated[Literal["torchvision", "reference"], Role(stream=True, reads=TRAINING)] = Field(
         "torchvision", description="torchvision: mean-colour Cutout, then torchvision's RandAugment (2 ops, "
         "magnitude 9 of 31); reference: Cutout of half the side in a random colour on every image, then 2 of 15 "
         "operations each applied with probability 0.5 at a magnitude drawn from 1..9 of 10")
-    resize: Literal["bicubic", "bilinear"] = Field(
+    resize: Annotated[Literal["bicubic", "bilinear"], STREAM] = Field(
         "bicubic", description="interpolation of the square resize, train and test (CLIP's own preprocessing: "
         "bicubic; the reference: bilinear)")
-    grad_scaler: bool = Field(True, description="with amp, scale the loss against fp16 underflow (the reference "
-                              "runs autocast without a scaler)")
-    cf1: Literal["f1_of_means", "mean_of_f1"] = Field(
+    grad_scaler: Annotated[bool, TRAINS] = Field(
+        True, description="with amp, scale the loss against fp16 underflow (the reference "
+        "runs autocast without a scaler)")
+    cf1: Annotated[Literal["f1_of_means", "mean_of_f1"], Role()] = Field(
         "f1_of_means", description="CF1 = F1 of (CP, CR), the multi-label literature's usual definition, or the "
         "mean of per-class F1 (the reference's evaluation)")
-    seed: Int = 0
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    amp: bool = Field(True, description="autocast (fp16) on CUDA")
-    num_workers: Int = Field(2, ge=0)
-    cache_dir: Path | None = Field(None, description="where masks and generated data go (default ./.ablate_cache)")
-    options: dict[str, Any] = Field(
+    seed: Annotated[Int, Role(stream=True, reads=TRAINING, tag=True, nesting=-2)] = 0
+    device: Annotated[str, Role(stream=True, identity=False)] = Field("auto", description="auto, cpu, cuda, cuda:N")
+    amp: Annotated[bool, STREAM] = Field(True, description="autocast (fp16) on CUDA")
+    num_workers: Annotated[Int, Role(stream=True, identity=False)] = Field(2, ge=0)
+    cache_dir: Annotated[Path | None, Role(stream=True, identity=False, weights=True)] = Field(
+        None, description="where masks and generated data go (default ./.ablate_cache)")
+    options: Annotated[dict[str, Any], Role()] = Field(
         default_factory=dict, description="the method's own settings, validated by the options model it registers "
         "(in a spec: under per_method.<method> beside the other fields)")
 
@@ -306,12 +343,38 @@ def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
         raise ConfigError(format_validation_error(err, str(path))) from None
 
 
-# ---- trial identity ----------------------------------------------------------------------------
+# ---- trial identity: derived from the fields' roles (ablate/roles.py) ----------------------------
+
+FIELD_ROLES: dict[str, Role] = roles(TrialConfig)  # a field without a role fails here, at import
+
+
+def fields_where(**want: object) -> tuple[str, ...]:
+    """TrialConfig fields whose Role has each given value, in declaration order (`fields_where(stream=True)`)."""
+    return tuple(f for f, r in FIELD_ROLES.items() if all(getattr(r, k) == v for k, v in want.items()))
+
 
 def ignored_fields(method: str) -> frozenset[str]:
     """Fields `method` does not read (none for a name no longer registered, e.g. in old runs): trials
     differing only in these are the same trial."""
-    return METHODS.get(method).ignores if method in METHODS else frozenset()
+    if method not in METHODS:
+        return frozenset()
+    reads = METHODS.get(method).reads
+    return frozenset(f for f, r in FIELD_ROLES.items() if r.reads != ALL and r.reads not in reads)
+
+
+def param_role(name: str, method: str, dataset: str) -> Role:
+    """The Role of a trial param: a TrialConfig field, or `options.<k>` / `dataset_options.<k>`, an option
+    of the method's or data set's own options model (its declared Role, else the default for options;
+    so too for an option of a method or data set no longer registered)."""
+    if name in FIELD_ROLES:
+        return FIELD_ROLES[name]
+    group, _, key = name.partition(".")
+    registry, default = (METHODS, METHOD_OPTION) if group == "options" else (DATASETS, DATASET_OPTION)
+    owner = method if group == "options" else dataset
+    model = registry.get(owner).options if owner in registry else None
+    if model is None or key not in model.model_fields:
+        return default
+    return role_of(model, key, default)
 
 
 def canonical(cfg: TrialConfig) -> TrialConfig:

@@ -97,3 +97,15 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> MeanInterval:
         return MeanInterval(mean, math.nan, math.nan, level, len(x))
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return MeanInterval(mean, mean - half, mean + half, level, len(x))
+
+
+def prediction_interval(values: Sequence[float], level: float = 0.95) -> MeanInterval:
+    """Where one more independent run (a published number, say) falls with probability `level`, if it comes
+    from the same distribution as `values`: mean ± t(level, n-1) · sd · √(1 + 1/n). Wider than the mean's
+    interval by √(n + 1): the new run has its own noise. nan bounds with fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean()) if len(x) else math.nan
+    if len(x) < 2:
+        return MeanInterval(mean, math.nan, math.nan, level, len(x))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * float(x.std(ddof=1)) * math.sqrt(1 + 1 / len(x))
+    return MeanInterval(mean, mean - half, mean + half, level, len(x))

@@ -81,11 +81,12 @@ def test_table_numbers(report):
     assert cell(t, "baseline", "Avg") == (74.5, 0.0, 1)  # only seed 0 has every ratio
     assert cell(t, "positivecoop", "Avg") == (72.5, 0.0, 2)
     assert cell(t, "zeroshot", "0.1") == cell(t, "zeroshot", "0.5") == (60.0, 0.0, 1)  # ratio-free row
-    # two seeds give wide t intervals and single seeds none: nothing is separated, every column is a tie
-    assert t.best == {}
-    assert t.tied == {"0.1": ["baseline", "dualcoop", "positivecoop", "zeroshot"],
-                      "0.5": ["dualcoop", "baseline", "positivecoop", "zeroshot"],
-                      "Avg": ["dualcoop", "baseline", "positivecoop", "zeroshot"]}
+    # only replicated rows compete (baseline at 0.5 and zero-shot have one run: shown, not ranked); pairs are
+    # per seed: at 0.1 baseline beats dualcoop by exactly 1 on both seeds (separated), not positivecoop (1, 3)
+    assert t.best == {} and t.top == {}
+    assert t.tied == {"0.1": ["baseline", "positivecoop"], "0.5": ["dualcoop", "positivecoop"],
+                      "Avg": ["dualcoop", "positivecoop"]}
+    assert t.cells["dualcoop"]["0.1"].values == {"0": 70.0, "1": 72.0}
     assert t.cells["dualcoop"]["Avg"].high - 76.5 == pytest.approx(12.7062047 * 1.5)  # t(.975, 1) · sd / √2
     assert t.cost["positivecoop"]["trainable_params"] == 2000 and t.cost["baseline"]["train_time_s"] == 5.0
 
@@ -100,13 +101,18 @@ def test_pareto_sets(report):
 def test_paired_differences_against_dualcoop(report):
     result, _ = report
     paired = {p["row"]: p for p in result["paired"]["synthetic"]}
-    # per seed, the mean over the ratios both ran; then mean ± std and wins over seeds
+    # per seed, the mean over the ratios both ran; then the mean, its t interval and wins over seeds
     baseline = paired["baseline"]  # seed 0: (71-70, 78-80) -> -0.5; seed 1: (73-72) -> +1
-    assert (baseline["over"], baseline["pairs"], baseline["wins"], baseline["ratio_pairs"]) == ("seeds", 2, 1, 3)
-    assert baseline["mean_diff"] == pytest.approx(0.25) and baseline["std_diff"] == pytest.approx(math.sqrt(1.125))
+    assert (baseline["over"], baseline["pairs"], baseline["wins"]) == ("seeds", 2, 1)
+    half = 12.7062047 * math.sqrt(1.125) / math.sqrt(2)  # t(.975, 1) · sd / √2
+    assert baseline["mean_diff"] == pytest.approx(0.25)
+    assert (baseline["low"], baseline["high"]) == (pytest.approx(0.25 - half), pytest.approx(0.25 + half))
     assert (paired["positivecoop"]["pairs"], paired["positivecoop"]["wins"]) == (2, 0)
     assert paired["positivecoop"]["mean_diff"] == pytest.approx(-4.0)  # seeds: -2.5 and -5.5
-    assert paired["zeroshot"]["mean_diff"] == pytest.approx(60 - 76.5)
+    # zero-shot: one run, no seed to pair with: against the reference's mean, no interval, no wins counted
+    zeroshot = paired["zeroshot"]
+    assert (zeroshot["over"], zeroshot["wins"], zeroshot["low"]) == ("unpaired", None, None)
+    assert zeroshot["mean_diff"] == pytest.approx(60 - 76.5)
 
 
 def test_incomplete_trials_are_listed_not_averaged(report):
@@ -125,7 +131,7 @@ def test_outputs_written_and_logged(report, experiment):
         assert (out / name).stat().st_size > 0, name
     md = (out / "table.md").read_text()
     # mean ± 95 % half-width; the spec asks for 3 seeds, so cells with fewer say so; no interval is clear
-    assert "76.50 ± 19.06 (n=2 of 3) ≈" in md and "78.00 (n=1 of 3) ≈" in md and "**" not in md
+    assert "76.50 ± 19.06 (n=2 of 3) ≈" in md and "78.00 (n=1 of 3) |" in md and "**" not in md
     assert "| label ratio 0.1 | label ratio 0.5 | avg over ratios |" in md and "device-h" in md
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "label_ratio" in page  # plots and the spec inline
@@ -138,10 +144,11 @@ def test_the_table_marks_ratio_independent_rows_and_heads_the_ratio_columns(repo
     result, out = report
     md, page = (out / "table.md").read_text(), (out / "report.html").read_text()
     # zero-shot runs once (it ignores the seed), so it waits for no other seed; one run has no interval: ≈
-    assert "| zeroshot ‡ | 60.00 (n=1) ≈ ‡ | 60.00 (n=1) ≈ ‡ |" in md and "‡ ratio-independent" in md
+    assert "| zeroshot ‡ | 60.00 (n=1) ‡ | 60.00 (n=1) ‡ |" in md and "‡ ratio-independent" in md
+    assert "a row of one run (n=1) is shown but not ranked" in md
     assert "<th colspan='3'>label ratio</th>" in page and "<th>0.1</th><th>0.5</th><th>avg</th>" in page
     assert result["tables"]["synthetic"].ratio_free_rows == {"zeroshot"}
-    assert "std over seeds and wins count seeds" in page  # what ± and wins are taken over
+    assert "wins count the seeds above 0" in page and "unpaired: one run" in page  # what wins are taken over
     assert "Not included" in page  # this sweep has a failed, a running and never-started trials
 
 
@@ -197,7 +204,7 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_directory(exp
 
 
 def test_paired_differences_compare_each_row_with_the_reference_on_its_own_weights():
-    from ablate.report import RunRecord, paired_differences, row_labels
+    from ablate.report import RunRecord, assign_rows, paired_differences
 
     def trial(i: int, method: str, pretrained: str, seed: int, value: float) -> RunRecord:
         tags = {"method": method, "dataset": "world", "label_ratio": "0.5", "backbone": "ablate-tiny-vit",
@@ -209,7 +216,7 @@ def test_paired_differences_compare_each_row_with_the_reference_on_its_own_weigh
               trial(4, "negativecoop", "world-presence", 0, 20.0), trial(5, "negativecoop", "world-presence", 1, 24.0),
               trial(6, "negativecoop", "world-negation", 0, 31.0), trial(7, "negativecoop", "world-negation", 1, 33.0),
               trial(8, "baseline", "world-negation@seed=1", 0, 50.0)]  # weights dualcoop never ran on
-    paired = {p["row"]: p for p in paired_differences("world", trials, row_labels(trials), "dualcoop")}
+    paired = {p["row"]: p for p in paired_differences("world", trials, assign_rows(trials).label, "dualcoop")}
     assert set(paired) == {"negativecoop pretrained=world-presence", "negativecoop pretrained=world-negation"}
     presence = paired["negativecoop pretrained=world-presence"]
     negation = paired["negativecoop pretrained=world-negation"]
@@ -227,17 +234,17 @@ def _seeded_trials(values: dict[str, list[float]]) -> list:
 
 
 def test_best_is_bold_only_when_its_interval_clears_every_other_row():
-    from ablate.report import build_table, row_labels, table_markdown
+    from ablate.report import assign_rows, build_table, table_markdown
 
     trials = _seeded_trials({"dualcoop": [80.0, 81.0, 82.0], "baseline": [70.0, 71.0, 72.0],
                              "positivecoop": [60.0, 70.0, 80.0]})
-    table = build_table("synthetic", trials, row_labels(trials), expected=3)
+    table = build_table("synthetic", trials, assign_rows(trials).label, expected=3)
     # dualcoop 81 ± 2.48; positivecoop 70 ± 24.8 reaches it: a tie between those two, baseline not in it
     assert table.best == {} and table.tied["0.5"] == ["dualcoop", "positivecoop"]
     md = table_markdown(table)  # every cell has 3 seeds: n is said once, under the table
     assert "81.00 ± 2.48 ≈" in md and "71.00 ± 2.48 |" in md and "n = 3 seeds per cell" in md
     trials = _seeded_trials({"dualcoop": [80.0, 81.0, 82.0], "baseline": [70.0, 71.0, 72.0]})
-    table = build_table("synthetic", trials, row_labels(trials), expected=3)
+    table = build_table("synthetic", trials, assign_rows(trials).label, expected=3)
     assert table.best == {"0.5": "dualcoop", "Avg": "dualcoop"} and table.tied == {}
     assert "**81.00 ± 2.48**" in table_markdown(table)
 
@@ -256,7 +263,7 @@ PUBLISHED = {
     "source": {"paper": "A test paper", "venue": "TESTCONF", "year": 2024, "code": "https://example.org/code"},
     "protocol": {"selected_on": "test", "avg_over": [0.1, 0.5]},
     "results": {"synthetic": {
-        "dualcoop": {"params": "1k", "map": {0.1: 71.5, 0.5: 110.0, "avg": 76.0}},
+        "dualcoop": {"params": "1k", "map": {0.1: 71.5, 0.5: 99.0, "avg": 76.0}},
         "positivecoop": {"params": "1.6k", "map": {0.1: 70.5}},
         "baseline": {"map": {0.5: 78.5}},
         "negativecoop": {"map": {0.1: 60.0}}}},
@@ -278,21 +285,25 @@ def test_reproduction_section_gives_gap_interval_and_inside_or_outside(experimen
     cells = {(c["row"], c["column"]): c for c in data["cells"]}
     assert set(cells) == {("dualcoop", "0.1"), ("dualcoop", "0.5"), ("dualcoop", "Avg"), ("positivecoop", "0.1"),
                           ("baseline", "0.5")}
-    half = 12.7062047 * math.sqrt(2) / math.sqrt(2)  # t(.975, 1) · sd / √n for seeds 70, 72
+    half = 12.7062047 * math.sqrt(2) * math.sqrt(1 + 1 / 2)  # t(.975, 1) · sd · √(1 + 1/n), seeds 70, 72
     dual = cells["dualcoop", "0.1"]
     assert (dual["mean"], dual["n"], dual["gap"], dual["inside"]) == (71.0, 2, -0.5, True)
     assert dual["low"] == pytest.approx(71 - half) and dual["high"] == pytest.approx(71 + half)
-    assert cells["dualcoop", "0.5"]["inside"] is False and cells["dualcoop", "0.5"]["gap"] == -28.0
+    # one published run against one more run of two seeds 80, 84: the prediction interval is wide, 99 inside
+    assert cells["dualcoop", "0.5"]["inside"] is True and cells["dualcoop", "0.5"]["gap"] == -17.0
     assert cells["dualcoop", "Avg"]["gap"] == 0.5 and cells["dualcoop", "Avg"]["inside"] is True
     assert cells["positivecoop", "0.1"]["inside"] is False  # seeds 70, 70: the interval is the point 70
     assert cells["baseline", "0.5"]["n"] == 1 and cells["baseline", "0.5"]["inside"] is None  # no interval
     assert all(c["protocol_differs"] for c in cells.values())  # paper on test, this sweep on val
+    assert all(c["differences"] == ["epoch picked on: test there, val here"] for c in cells.values())
     params = {p["row"]: p for p in data["params"]}
     assert params["dualcoop"] == {"row": "dualcoop", "here": 1000.0, "printed": "1k", "ratio": 1.0}
     assert params["positivecoop"]["ratio"] == pytest.approx(2000 / 1600) and params["baseline"]["ratio"] is None
     assert data["not_in_sweep"] == ["negativecoop"]
     # as rendered: markdown on stdout and in table.md, HTML in the page
-    assert "| dualcoop | 0.5 | 82.00 | [56.59, 107.41] | 2 | 110.0 † | -28.00 | outside |" in md
+    assert "| dualcoop | 0.5 | 82.00 | [37.98, 126.02] | 2 | 99.0 † | -17.00 | inside | epoch picked on: test " \
+        "there, val here |" in md
+    assert "| positivecoop | 0.1 | 70.00 | [70.00, 70.00] | 2 | 70.5 † | -0.50 | outside |" in md
     assert "| baseline | 0.5 | 78.00 | no interval (one seed) | 1 | 78.5 † | -0.50 | — |" in md
     assert "| positivecoop | 2,000 | 1.6k | 1.25× |" in md and "there is no interval" in md
     assert "Reproduction: TESTCONF 2024: A test paper" in (out / "report.html").read_text()

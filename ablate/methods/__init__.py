@@ -8,13 +8,7 @@ import importlib
 from typing import Any
 
 from .registry import (
-    FREE_FIELDS,
-    HAND_PROMPT_FIELDS,
-    METHOD_FIELDS,
     METHODS,
-    OFFSET_FIELDS,
-    PROMPT_FIELDS,
-    TRAINING_FIELDS,
     Kind,
     MethodInfo,
     create_method,
@@ -23,10 +17,8 @@ from .registry import (
     register_method,
 )
 
-__all__ = ["FREE", "FREE_FIELDS", "HAND_PROMPT_FIELDS", "Kind", "LINEAR", "METHODS", "METHOD_FIELDS", "Method",
-           "MethodInfo",
-           "OFFSET_FIELDS", "PROMPT_FIELDS", "TRAINING_FIELDS", "create_method", "method_info", "method_names",
-           "register_method"]
+__all__ = ["FREE", "Kind", "LINEAR", "METHODS", "Method", "MethodInfo", "create_method", "method_info",
+           "method_names", "register_method"]
 
 _LAZY = {"Method": "ablate.methods.base", "FREE": "ablate.methods.base", "LINEAR": "ablate.methods.base"}
 

@@ -1,8 +1,8 @@
 """The method registry: every compared method, declared by name with what it reads and needs.
 
-A declaration says which TrialConfig fields the method reads (among those only some methods read:
-the rest of a config is common to all), whether it runs the text encoder, whether it trains and
-whether it can train on cached dense features, and where its builder lives ("module:attr",
+A declaration says which groups of TrialConfig fields the method reads (each field's Role names its
+group, ablate/roles.py; fields of group "all" apply to every method), whether it runs the text encoder,
+whether it trains and whether it can train on cached dense features, and where its builder lives ("module:attr",
 imported on first build). The sweep merges trials that differ only in fields a method does not
 read; the trainer, feature cache and probes ask these flags instead of matching names.
 """
@@ -16,24 +16,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from ..registry import Registry, resolve
+from ..roles import FREE_EMBEDDINGS, GROUPS, HAND_PROMPT, OFFSET, PROMPT, TRAINING
 
 if TYPE_CHECKING:
     from ..backbone import Backbone
     from ..spec import TrialConfig
     from .base import Method
-
-# TrialConfig fields that only some methods read (every other field applies to every method)
-PROMPT_FIELDS = frozenset({"n_ctx", "csc", "ctx_init", "prompt_lr_mult"})
-OFFSET_FIELDS = frozenset({"prompt_offset", "prompt_offset_std"})
-FREE_FIELDS = frozenset({"free_init_std"})
-HAND_PROMPT_FIELDS = frozenset({"zeroshot_positive", "zeroshot_negative"})
-TRAINING_FIELDS = frozenset({
-    "seed", "label_ratio", "epochs", "lr", "free_lr_mult", "linear_lr_mult", "momentum", "weight_decay",
-    "free_weight_decay", "linear_weight_decay", "warmup_epochs", "warmup_lr", "warmup_rule", "cosine_span",
-    "augment", "augment_recipe", "loss", "gamma_neg", "gamma_pos", "clip", "eps", "reduction", "loss_weight",
-    "grad_scaler", "val_fraction", "select_on",
-})
-METHOD_FIELDS = PROMPT_FIELDS | OFFSET_FIELDS | FREE_FIELDS | HAND_PROMPT_FIELDS | TRAINING_FIELDS
 
 Builder = Callable[["Backbone", list[str], "TrialConfig"], "Method"]
 
@@ -51,7 +39,7 @@ class Kind:
 class MethodInfo:
     name: str
     build: str | Builder  # (backbone, classnames, cfg) -> Method, or "module:attr" naming it
-    reads: frozenset[str]  # the fields of METHOD_FIELDS this method reads
+    reads: frozenset[str]  # the field groups it reads (ablate.roles: prompt, offset, free, hand_prompt, training)
     text_encoder: bool  # runs the text encoder (prompts, hand-written or learned)
     trains: bool = True  # has trainable parameters (False: scored as built)
     embeds_classes: bool = True  # scores per-class embeddings (prompted or free) that probes can analyse
@@ -62,10 +50,11 @@ class MethodInfo:
     kinds: dict[str, Kind] = field(default_factory=dict)  # its own parameter kinds, by name
 
     def __post_init__(self) -> None:
-        unknown = set(self.reads) - METHOD_FIELDS
+        object.__setattr__(self, "reads", frozenset(self.reads))
+        unknown = set(self.reads) - set(GROUPS[1:])
         if unknown:
-            raise ValueError(f"method {self.name}: reads {sorted(unknown)}, which are not method-dependent "
-                             f"fields ({sorted(METHOD_FIELDS)})")
+            raise ValueError(f"method {self.name}: reads {sorted(unknown)}, which are not field groups "
+                             f"({', '.join(GROUPS[1:])}; ablate/roles.py)")
         declared = set(self.options.model_fields) if self.options is not None else set()
         for kind, spec in self.kinds.items():
             missing = {spec.lr_mult, spec.weight_decay} - declared
@@ -88,10 +77,6 @@ class MethodInfo:
             msg = "unknown option" if first["type"] == "extra_forbidden" else first["msg"]
             raise ValueError(f"options.{where}: {msg} (method {self.name}; its options: "
                              f"{', '.join(self.options.model_fields)})") from None
-
-    @property
-    def ignores(self) -> frozenset[str]:
-        return METHOD_FIELDS - self.reads
 
 
 METHODS: Registry[MethodInfo] = Registry("method")
@@ -119,14 +104,15 @@ def create_method(cfg: TrialConfig, backbone: Backbone, classnames: list[str]) -
 
 # the built-in methods: each one's code in its own module, registered here
 _TWO_SIDED = "ablate.methods.two_sided"
-register_method(MethodInfo("dualcoop", f"{_TWO_SIDED}:dualcoop", PROMPT_FIELDS | TRAINING_FIELDS, text_encoder=True))
+register_method(MethodInfo("dualcoop", f"{_TWO_SIDED}:dualcoop", frozenset({PROMPT, TRAINING}), text_encoder=True))
 register_method(MethodInfo("positivecoop", f"{_TWO_SIDED}:positivecoop",
-                           PROMPT_FIELDS | OFFSET_FIELDS | FREE_FIELDS | TRAINING_FIELDS, text_encoder=True))
+                           frozenset({PROMPT, OFFSET, FREE_EMBEDDINGS, TRAINING}), text_encoder=True))
 register_method(MethodInfo("negativecoop", f"{_TWO_SIDED}:negativecoop",
-                           PROMPT_FIELDS | OFFSET_FIELDS | FREE_FIELDS | TRAINING_FIELDS, text_encoder=True))
-register_method(MethodInfo("dualembed", f"{_TWO_SIDED}:dualembed", FREE_FIELDS | TRAINING_FIELDS, text_encoder=False))
-register_method(MethodInfo("baseline", "ablate.methods.baseline:Baseline", TRAINING_FIELDS, text_encoder=False,
+                           frozenset({PROMPT, OFFSET, FREE_EMBEDDINGS, TRAINING}), text_encoder=True))
+register_method(MethodInfo("dualembed", f"{_TWO_SIDED}:dualembed", frozenset({FREE_EMBEDDINGS, TRAINING}),
+                           text_encoder=False))
+register_method(MethodInfo("baseline", "ablate.methods.baseline:Baseline", frozenset({TRAINING}), text_encoder=False,
                            embeds_classes=False))
 # zero-shot scores the test split with fixed prompts: training fields and the seed change nothing
-register_method(MethodInfo("zeroshot", "ablate.methods.zeroshot:ZeroShot", HAND_PROMPT_FIELDS, text_encoder=True,
-                           trains=False))
+register_method(MethodInfo("zeroshot", "ablate.methods.zeroshot:ZeroShot", frozenset({HAND_PROMPT}),
+                           text_encoder=True, trains=False))

@@ -38,7 +38,30 @@ class Protocol(StrictModel):
         None, description="split the paper picked its epoch on; test is marked † against this sweep's val")
     avg_over: list[float] | None = Field(
         None, description="label ratios the published `avg` averages; unknown (null): the average is not compared")
+    # what the numbers were trained with; a sweep row that differs in one is shown with the difference named
+    backbone: str | None = Field(None, description="the image encoder, as open_clip names it (RN101, ViT-B-16)")
+    image_size: int | None = Field(None, ge=16, description="input size in pixels, train and test")
+    n_ctx: int | None = Field(None, ge=1, description="learned context tokens per prompt")
+    csc: bool | None = Field(None, description="class-specific contexts")
+    epochs: int | None = Field(None, ge=1)
+    label_mask: str | None = Field(None, description="how labels were hidden at a label ratio, in words")
     notes: list[str] = Field(default_factory=list)
+
+    def differences(self, settings: dict[str, str], size: int | None) -> list[str]:
+        """What a sweep row's settings (its params; `size`: its image size in pixels) do not share with
+        this protocol, each named: `backbone: RN101 there, ablate-tiny-vit here`."""
+        here = {"backbone": settings.get("backbone"), "image_size": size, "n_ctx": settings.get("n_ctx"),
+                "csc": settings.get("csc"), "epochs": settings.get("epochs")}
+        out = []
+        for name, value in here.items():
+            there = getattr(self, name)
+            if there is None or value in (None, "n/a"):  # not stated, or not read by the row's method
+                continue
+            if str(there).lower() != str(value).lower():
+                out.append(f"{name}: {there} there, {value} here")
+        if self.selected_on is not None and settings.get("select_on") not in (None, "n/a", self.selected_on):
+            out.append(f"epoch picked on: {self.selected_on} there, {settings.get('select_on')} here")
+        return out
 
     @property
     def avg_columns(self) -> list[str] | None:
@@ -71,6 +94,15 @@ class Entry(StrictModel):
                 text = f"{ratio:g}"
             out[text] = v
         return out
+
+    @field_validator("map")
+    @classmethod
+    def _percent(cls, value: dict[str, float]) -> dict[str, float]:
+        """mAP in percent: a value outside [0, 100] is a typo or a fraction (0.79 for 79 %) read wrong."""
+        for key, v in value.items():
+            if not 0 <= v <= 100:
+                raise ValueError(f"{key}: {v:g} is not an mAP in percent (0-100)")
+        return value
 
     @field_validator("params")
     @classmethod

@@ -5,7 +5,8 @@ Only FINISHED trial runs enter any number; failed, running, killed and missing t
 from the sweep's own spec, logged on its parent run) are listed separately. Outputs are written to
 a folder and logged to the sweep's parent run under `report/`.
 
-One job a module: `trials` (reading MLflow), `tables` (numbers and their text forms), `plots`,
+One job a module: `trials` (reading MLflow), `rows` (which configuration's row each run fills; searches),
+`tables` (numbers and their text forms), `plots`, `search` (a search's samples ranked),
 `sections` (what each data set's part of the report holds), `writer` (the folder, the page, MLflow's copy).
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 from ..errors import ReportError  # noqa: F401  (raised by write_report; callers catch it from here)
 from .plots import _img, _png, cost_plot, per_class_heatmap  # noqa: F401
 from .reproduction import compare, reproduction_section  # noqa: F401  (registers the section)
+from .rows import Rows, Search, assign_rows, identity  # noqa: F401
+from .search import search_section  # noqa: F401  (registers the section)
 from .search_fronts import search_front_section  # noqa: F401  (registers the section)
 from .sections import (  # noqa: F401
     SECTIONS,
@@ -30,7 +33,6 @@ from .sections import (  # noqa: F401
     world_observations,
 )
 from .tables import (  # noqa: F401
-    WEIGHT_FIELDS,
     _cell,
     _diagnostics_html,
     _html_table,
@@ -44,7 +46,6 @@ from .tables import (  # noqa: F401
     table_markdown,
 )
 from .trials import (  # noqa: F401
-    ROW_FIELDS,
     TEST_SELECTED,
     TEST_SELECTED_NOTE,
     Cell,
@@ -52,7 +53,6 @@ from .trials import (  # noqa: F401
     Table,
     load_trials,
     ratio_free,
-    row_labels,
 )
 from .writer import (  # noqa: F401
     STYLE,

@@ -145,7 +145,7 @@ def per_class_heatmap(client: MlflowClient, dataset: str, trials: list[RunRecord
 def _ap_grid(client: MlflowClient, dataset: str, trials: list[RunRecord], labels: dict[str, str],
              ratio: float) -> tuple[dict[str, dict[str, float]], list[str]] | None:
     """row -> class -> AP (mean over seeds) at `ratio` (ratio-free rows included), and the class list."""
-    chosen = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset
+    chosen = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset and t.run_id in labels
               and (t.ratio is None or t.ratio == ratio)]
     per_row: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,11 @@
 """The "Reproduction" section (`ablate report --published ...`): this sweep's cells against a paper's table.
 
-Per published cell: the sweep's mean with its 95 % t interval over seeds (the table's statistics), the
-published value, the gap, whether the published value lies inside the interval, and † where the paper
-picked its epoch on the test split and this sweep on validation. Parameter counts side by side.
+Per published cell: the sweep's mean over seeds, the published value, the gap, and whether the published
+value lies inside the 95 % prediction interval of one more run (mean ± t · sd · √(1 + 1/n): a published
+number is one run, not a mean, so the mean's own interval would call equal methods "outside" far more
+often than 5 %); † where the paper picked its epoch on the test split and this sweep on validation, and
+every other difference between the paper's protocol (backbone, image size, n_ctx, csc, epochs, selection)
+and the row's settings named beside the cell. Parameter counts side by side.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ from __future__ import annotations
 import html
 import math
 
+from ..pack import image_size
 from ..published import AVG, PublishedTable
+from ..stats import prediction_interval
 from .sections import DatasetContext, Section, register_section
-from .trials import TEST_SELECTED, Table
+from .trials import TEST_SELECTED, RunRecord, Table
 
 PROTOCOL_NOTE = (f"{TEST_SELECTED} protocol difference: the paper picked its epoch on the test split (optimistic), "
                  "this sweep on a held-out validation split.")
 NO_INTERVAL = "no interval (one seed)"
+VERDICT_NOTE = ("Verdict: the published value against the 95 % prediction interval of one more run of this sweep "
+                "(mean ± t · sd · √(1 + 1/n) over seeds): inside means the paper's single run is what this sweep "
+                "would produce 95 % of the time.")
 
 
 def _column(table: Table, paper: PublishedTable, key: str) -> str | None:
@@ -33,34 +41,43 @@ def _avg_reason(table: Table, paper: PublishedTable) -> str:
             f"{', '.join(f'{r:g}' for r in table.ratios)}")
 
 
-def _row_methods(ctx: DatasetContext) -> dict[str, str]:
-    """Row label -> method, for the rows of this data set's table."""
-    return {ctx.labels[t.run_id]: t.tag("method") for t in ctx.trials
-            if t.tag("dataset") == ctx.dataset and ctx.labels[t.run_id] in ctx.table.cells}
+def _row_runs(ctx: DatasetContext) -> dict[str, RunRecord]:
+    """Row label -> one of its runs, for the rows of this data set's table."""
+    return {ctx.labels[t.run_id]: t for t in ctx.trials
+            if t.tag("dataset") == ctx.dataset and ctx.labels.get(t.run_id) in ctx.table.cells}
+
+
+def _differences(paper: PublishedTable, run: RunRecord) -> list[str]:
+    settings = run.settings
+    size = settings.get("image_size", "none")
+    pixels = image_size(int(size) if size.isdigit() else None, settings.get("backbone", ""))
+    return paper.protocol.differences(settings, pixels)
 
 
 def compare(ctx: DatasetContext, paper: PublishedTable) -> dict:
     """The comparison as data: cells (one per row and published column), params, what was not compared."""
     entries = paper.results.get(ctx.dataset, {})
-    rows = _row_methods(ctx)
+    runs = _row_runs(ctx)
+    rows = {row: run.tag("method") for row, run in runs.items()}
     on_test = paper.protocol.selected_on == "test"
     cells, params, skipped = [], [], []
     for row, method in sorted(rows.items()):
         entry = entries.get(method)
         if entry is None:
             continue
+        differs = _differences(paper, runs[row])
         for key, published in entry.map.items():
             col = _column(ctx.table, paper, key)
             cell = ctx.table.cells[row].get(col) if col else None
             if cell is None:
                 skipped.append(f"{row} {key}: " + ("not run here" if col else _avg_reason(ctx.table, paper)))
                 continue
-            ci = cell.interval
+            pi = prediction_interval(list(cell.values.values()))
             cells.append({"row": row, "method": method, "column": col, "mean": cell.mean, "n": cell.n,
-                          "low": ci.low if ci.exists else None, "high": ci.high if ci.exists else None,
+                          "low": pi.low if pi.exists else None, "high": pi.high if pi.exists else None,
                           "published": published, "gap": cell.mean - published,
-                          "inside": ci.contains(published) if ci.exists else None,
-                          "protocol_differs": on_test and not cell.test_selected})
+                          "inside": pi.contains(published) if pi.exists else None,
+                          "protocol_differs": on_test and not cell.test_selected, "differences": differs})
         printed = entry.params_value
         here = ctx.table.cost[row]["trainable_params"]
         params.append({"row": row, "here": here, "printed": entry.params,
@@ -81,7 +98,7 @@ def _inside(c: dict) -> str:
 def _cell_rows(data: dict) -> list[list[str]]:
     return [[c["row"], c["column"], f"{c['mean']:.2f}", _interval(c), str(c["n"]),
              f"{c['published']:.1f}" + (f" {TEST_SELECTED}" if c["protocol_differs"] else ""), f"{c['gap']:+.2f}",
-             _inside(c)] for c in data["cells"]]
+             _inside(c), "; ".join(c["differences"]) or "—"] for c in data["cells"]]
 
 
 def _param_rows(data: dict) -> list[list[str]]:
@@ -89,13 +106,16 @@ def _param_rows(data: dict) -> list[list[str]]:
             for p in data["params"]]
 
 
-CELL_HEAD = ["method", "label ratio", "this sweep (mean)", "95 % interval", "n seeds", "published", "gap",
-             "published value"]
+CELL_HEAD = ["method", "label ratio", "this sweep (mean)", "95 % prediction interval", "n seeds", "published",
+             "gap", "published value", "protocol differences"]
 PARAM_HEAD = ["method", "trainable params here (exact)", "as printed there", "here / there"]
 
 
 def _notes(data: dict, paper: PublishedTable) -> list[str]:
-    notes = []
+    notes = [VERDICT_NOTE]
+    if any(c["differences"] for c in data["cells"]):
+        notes.append("Rows with protocol differences are not like-for-like: the gap mixes the method with the "
+                     "differences named beside it.")
     if any(c["protocol_differs"] for c in data["cells"]):
         notes.append(PROTOCOL_NOTE)
     if any(c["low"] is None for c in data["cells"]):
@@ -103,6 +123,9 @@ def _notes(data: dict, paper: PublishedTable) -> list[str]:
     notes += [f"Not compared: {s}." for s in data["skipped"]]
     if data["not_in_sweep"]:
         notes.append(f"In the paper, not in this sweep: {', '.join(data['not_in_sweep'])}.")
+    if paper.protocol.label_mask:
+        notes.append(f"Paper's label mask: {paper.protocol.label_mask}; this sweep keeps each (image, class) label "
+                     "with probability p, one seeded draw shared by every method.")
     notes += [f"Paper's protocol: {n}" for n in paper.protocol.notes]
     if paper.source.code is None:
         notes.append("The source gives no code address.")

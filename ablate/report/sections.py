@@ -14,6 +14,7 @@ from ..published import PublishedTable
 from ..world.effect import Observation, effects_html, effects_markdown, pretraining_effects
 from ..world.recipe import is_alias
 from .plots import _img, cost_plot, per_class_heatmap
+from .rows import Search
 from .tables import (
     COST_TOLERANCE,
     SCORE_TOLERANCE,
@@ -33,12 +34,13 @@ class DatasetContext:
 
     dataset: str
     trials: list[RunRecord]
-    labels: dict[str, str]  # run id -> row label
+    labels: dict[str, str]  # run id -> row label, for the runs of the main table (report.rows.assign_rows)
     table: Table
     client: MlflowClient
     reference: str  # the method paired differences compare against
     heatmap_ratio: float | None  # the per-class heatmap's label ratio; None: every ratio
     published: list[PublishedTable] = field(default_factory=list)  # `--published`: the Reproduction section
+    searches: list[Search] = field(default_factory=list)  # the sweep's searched arms, their samples ranked
 
 
 @dataclass
@@ -75,20 +77,29 @@ def cost_section(ctx: DatasetContext) -> Section:
 def paired_section(ctx: DatasetContext) -> Section:
     paired = paired_differences(ctx.dataset, ctx.trials, ctx.labels, ctx.reference)
     rows = "".join(f"<tr><td>{html.escape(p['row'])}</td><td>{html.escape(p['reference'])}</td>"
-                   f"<td>{_diff_text(p)}</td><td>{p['wins']} of {p['pairs']} {p['over']}</td></tr>" for p in paired)
+                   f"<td>{_diff_text(p)}</td><td>{_wins_text(p)}</td></tr>" for p in paired)
     text = (f"<h3>Paired difference vs {html.escape(ctx.reference)} on the same weights</h3>"
-            f"<p>{html.escape(PAIRED_NOTE)}</p><table><thead><tr><th>method</th><th>against</th><th>mean ΔmAP</th>"
-            f"<th>wins</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<p>{html.escape(PAIRED_NOTE)}</p><table><thead><tr><th>method</th><th>against</th><th>mean ΔmAP "
+            f"[95 % interval]</th><th>wins</th></tr></thead><tbody>{rows}</tbody></table>")
     return Section(html=text, data={"paired": paired})
 
 
-PAIRED_NOTE = ("Each seed's difference is the mean, over the label ratios both ran, of (method − reference) on the "
-               "same ratio and seed. With several seeds, ± is the std over seeds and wins count seeds whose "
-               "difference is above 0; with one seed there is no ±, and wins count label ratios.")
+PAIRED_NOTE = ("Each seed's difference is the mean, over the label ratios both ran with that seed, of (method − "
+               "reference): pairs share the seed's label mask and images. The interval is the 95 % t interval of "
+               "those per-seed differences (none with one seed); wins count the seeds above 0. A row of one run "
+               "that reads no seed (zero-shot) pairs with none: its difference is to the reference's mean, with no "
+               "interval and no wins.")
 
 
 def _diff_text(p: dict) -> str:
-    return f"{p['mean_diff']:+.2f}" + (f" ± {p['std_diff']:.2f}" if p["std_diff"] is not None else "")
+    interval = f" [{p['low']:+.2f}, {p['high']:+.2f}]" if p["low"] is not None else ""
+    return f"{p['mean_diff']:+.2f}{interval}"
+
+
+def _wins_text(p: dict) -> str:
+    if p["wins"] is None:
+        return "— (unpaired: one run)"
+    return f"{p['wins']} of {p['pairs']} seed{'s' if p['pairs'] != 1 else ''}"
 
 
 def heatmap_section(ctx: DatasetContext) -> Section:
@@ -112,7 +123,7 @@ def world_observations(ctx: DatasetContext) -> list[Observation]:
     return [Observation(" ".join(w for w in ctx.labels[t.run_id].split() if not w.startswith("pretrained=")),
                         t.tag("pretrained"), t.ratio if t.ratio is not None else 0.0,  # ratio-free: one key
                         t.tag("seed"), t.metrics["test_map"])
-            for t in ctx.trials if t.status == "FINISHED" and t.tag("dataset") == ctx.dataset
+            for t in ctx.trials if t.status == "FINISHED" and t.tag("dataset") == ctx.dataset and t.run_id in ctx.labels
             and is_alias(t.tag("pretrained")) and "test_map" in t.metrics]
 
 

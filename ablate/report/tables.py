@@ -9,78 +9,129 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..catalogue import metrics
+from ..catalogue import CATALOGUE, metrics
 from ..probes import probe_columns  # the registry and markdown only: no torch
-from ..spec import ignored_fields
-from ..stats import mean_interval
+from ..spec import fields_where, ignored_fields, param_role
+from ..stats import mean_interval, welch_interval
 from ..sweep.arms import expand, samples_per_arm
 from ..sweep.spec import SweepSpec
-from ..tracking.names import ARM_FIELDS, NOT_READ, arm_tags
-from .trials import CELL_NOTE, RATIO_FREE, RATIO_FREE_NOTE, TEST_SELECTED_NOTE, TIE, Cell, RunRecord, Table
+from ..tracking.names import NOT_READ, flatten_config
+from .rows import identity
+from .trials import (
+    DROP_POINTS,
+    DROPPED,
+    FLAG_NOTES,
+    ONE_SEED,
+    RATIO_FREE,
+    RATIO_FREE_NOTE,
+    STILL_IMPROVING,
+    TEST_SELECTED_NOTE,
+    TIE,
+    TOP,
+    Cell,
+    RunRecord,
+    Table,
+)
 
 # ---- numbers ---------------------------------------------------------------------------------------
 
-def _cell(values: list[float], test_selected: bool = False, expected: int = 0) -> Cell:
-    """Mean, std and the 95 % t interval over seeds (the world section's statistics code)."""
-    arr = np.asarray(values, dtype=float)
-    ci = mean_interval(values)
+def _cell(values: dict[str, float], test_selected: bool = False, expected: int = 0,
+          flags: set[str] | None = None) -> Cell:
+    """Mean, std and the 95 % t interval over seeds (`values`: seed -> value) (the world section's code)."""
+    arr = np.asarray(list(values.values()), dtype=float)
+    ci = mean_interval(arr)
     return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr), test_selected,
-                ci.low, ci.high, expected)
+                ci.low, ci.high, expected, dict(values), set(flags or ()))
+
+
+def separated(better: Cell, other: Cell) -> bool:
+    """`better`'s mean is above `other`'s beyond chance: the 95 % t interval of their per-seed differences
+    (seeds both ran; paired, as every arm of a seed sees the same mask and images) lies above 0; with fewer
+    than two shared seeds, Welch's interval of the two samples."""
+    shared = sorted(set(better.values) & set(other.values))
+    if len(shared) >= 2:
+        return mean_interval([better.values[s] - other.values[s] for s in shared]).low > 0
+    return welch_interval(list(other.values.values()), list(better.values.values())).low > 0
 
 
 def mark_best(table: Table) -> None:
-    """Per column: bold the best mean only when its interval overlaps no other row's; otherwise the best
-    and every row it is not separated from are a tie."""
+    """Per column: with one seed, the best mean is marked (TOP), as no claim; otherwise only replicated rows
+    (n >= 2) compete, a row of one run (zero-shot) is shown but blocks nothing: the best replicated mean is
+    bold when it is separated from every other replicated row, else it and the rows it is not separated
+    from are a tie."""
     for col in table.columns:
         scored = {row: c[col] for row, c in table.cells.items() if col in c}
-        if not scored:
+        if table.one_seed:
+            if scored:
+                table.top[col] = max(scored, key=lambda row: scored[row].mean)
             continue
-        top = max(scored, key=lambda row: scored[row].mean)
-        tied = [row for row, c in scored.items() if row != top and c.interval.overlaps(scored[top].interval)]
+        replicated = {row: c for row, c in scored.items() if c.n >= 2}
+        if len(replicated) < 2:
+            if replicated:
+                table.top[col] = next(iter(replicated))
+            continue
+        top = max(replicated, key=lambda row: replicated[row].mean)
+        tied = [row for row, c in replicated.items() if row != top and not separated(replicated[top], c)]
         if tied:
-            table.tied[col] = [top, *sorted(tied, key=lambda row: -scored[row].mean)]
+            table.tied[col] = [top, *sorted(tied, key=lambda row: -replicated[row].mean)]
         else:
             table.best[col] = top
 
 
 def _mark(table: Table, row: str, col: str, text: str) -> str:
-    """A cell's text with its tie mark (bold is the caller's: markdown and HTML differ)."""
-    return f"{text} {TIE}" if row in table.tied.get(col, ()) else text
+    """A cell's text with its tie or top mark (bold is the caller's: markdown and HTML differ)."""
+    if row in table.tied.get(col, ()):
+        return f"{text} {TIE}"
+    return f"{text} {TOP}" if table.top.get(col) == row else text
 
 
-def build_table(dataset: str, trials: list[RunRecord], labels: dict[str, str], expected: int = 0) -> Table:
-    """`expected`: seeds the sweep asks for per cell (`expected_seeds`); cells with fewer are marked."""
-    done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
+def selection_flags(t: RunRecord) -> set[str]:
+    """The run's selection artefacts: it picked its last epoch, or an epoch far worse on test than the last."""
+    flags = set()
+    epochs = t.settings.get("epochs", NOT_READ)
+    picked, last, test = (t.metrics.get(k) for k in ("best_epoch", "last_test_map", "test_map"))
+    if epochs not in (NOT_READ, "") and picked is not None and int(float(epochs)) > 1 and picked >= float(epochs):
+        flags.add(STILL_IMPROVING)
+    if last is not None and test is not None and last - test > DROP_POINTS:
+        flags.add(DROPPED)
+    return flags
+
+
+def build_table(dataset: str, trials: list[RunRecord], labels: dict[str, str], expected: int = 0,
+                columns: list[str] | None = None) -> Table:
+    """The runs of `labels` (the main table's: assign_rows) on `dataset`. `expected`: seeds the sweep asks for
+    per cell (`expected_seeds`); cells with fewer are marked. `columns`: metrics shown after the costs."""
+    done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset and t.run_id in labels]
     ratios = sorted({t.ratio for t in done if t.ratio is not None})
     by_row: dict[str, list[RunRecord]] = {}
     for t in done:
         by_row.setdefault(labels[t.run_id], []).append(t)
+    extra = list(columns or [])
     cells, cost, free = {}, {}, set()
     for row, members in sorted(by_row.items()):
-        # seed -> ratio -> test mAP; ratio-free rows (zero-shot) count for every ratio column
-        per_seed: dict[str, dict[float, float]] = {}
+        # ratio -> seed -> (test mAP, flags); ratio-free rows (zero-shot) count for every ratio column
+        per_ratio: dict[float, dict[str, tuple[float, set[str]]]] = {}
         for t in members:
             for r in (ratios if t.ratio is None else [t.ratio]):
-                per_seed.setdefault(t.tag("seed"), {})[r] = t.metrics["test_map"]
+                per_ratio.setdefault(r, {})[t.tag("seed")] = (t.metrics["test_map"], selection_flags(t))
         if all(t.ratio is None for t in members):
             free.add(row)
-        row_cells = {}
         on_test = any(t.test_selected for t in members)
         # a method that ignores the seed (zero-shot) runs once: its cells wait for no other seed
         wanted = 1 if all(t.tag("seed") == NOT_READ for t in members) else expected
-        for r in ratios:
-            values = [s[r] for s in per_seed.values() if r in s]
-            if values:
-                row_cells[f"{r:g}"] = _cell(values, on_test, wanted)
-        complete = [float(np.mean([s[r] for r in ratios])) for s in per_seed.values() if all(r in s for r in ratios)]
+        row_cells = {f"{r:g}": _cell({s: v for s, (v, _) in got.items()}, on_test, wanted,
+                                     {f for _, (_, fl) in got.items() for f in fl}) for r, got in per_ratio.items()}
+        seeds = {s for got in per_ratio.values() for s in got}
+        complete = {s: float(np.mean([per_ratio[r][s][0] for r in ratios])) for s in seeds
+                    if all(s in per_ratio.get(r, {}) for r in ratios)}
         if row in free and not ratios:  # only ratio-free trials in the data set: their own numbers
-            complete = [t.metrics["test_map"] for t in members]
+            complete = {t.tag("seed"): t.metrics["test_map"] for t in members}
         if complete:
             row_cells["Avg"] = _cell(complete, on_test, wanted)
         cells[row] = row_cells
-        cost[row] = {m.name: float(np.mean([t.metrics.get(m.name, float("nan")) for t in members]))
-                     for m in metrics(column="report")}
-    table = Table(dataset, ratios, cells, cost, ratio_free_rows=free)
+        cost[row] = {name: float(np.mean([t.metrics.get(name, float("nan")) for t in members]))
+                     for name in [m.name for m in metrics(column="report")] + extra}
+    table = Table(dataset, ratios, cells, cost, ratio_free_rows=free, columns_extra=extra)
     mark_best(table)
     return table
 
@@ -110,58 +161,54 @@ def near_ties(points: dict[str, tuple[float, float]], names: list[str]) -> set[s
             and abs(points[a][0] - points[b][0]) <= COST_TOLERANCE * max(points[a][0], points[b][0])}
 
 
-WEIGHT_FIELDS = ("backbone", "pretrained")  # trials on other weights are not paired
-
-
 def _weights(t: RunRecord) -> tuple[str, ...]:
-    return tuple(t.tag(f) for f in WEIGHT_FIELDS)
+    """The named weights a run's features come from (fields whose Role says weights and identity): runs on
+    other weights are not paired."""
+    return tuple(t.settings.get(f, "") for f in fields_where(weights=True, identity=True))
 
 
 def paired_differences(dataset: str, trials: list[RunRecord], labels: dict[str, str], reference: str) -> list[dict]:
-    """Each row vs the reference method on the same weights, label ratio and seed.
+    """Each row vs the reference method on the same weights, paired per seed.
 
-    Per seed, the row's difference is its mean over the label ratios both ran; `mean_diff` ± `std_diff` and
-    `wins` are taken over seeds (`over: "seeds"`). With one seed there is nothing to spread: `mean_diff` is
-    that seed's mean over ratios, `std_diff` is None and `wins` counts ratios (`over: "ratios"`).
-    The reference row is the reference method's row on the same backbone and pre-trained weights (the first
-    label when it has several, e.g. several n_ctx); a ratio-free row (zero-shot) is compared with every trial
-    of that reference row. Rows on weights the reference method never ran on are left out.
+    A seed's difference is the mean, over the label ratios both ran with that seed, of (row − reference).
+    `mean_diff` is the mean over the paired seeds, [`low`, `high`] the 95 % t interval of the per-seed
+    differences (None with fewer than two), `wins` the seeds whose difference is above 0. A row of one run
+    that reads no seed (zero-shot) pairs with no seed: its `mean_diff` is against the reference's mean over
+    seeds, with no interval and no wins (`over: "unpaired"`). The reference row is the reference method's
+    row on the same weights (the first label when it has several, e.g. several n_ctx).
     """
-    done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset]
+    done = [t for t in trials if t.status == "FINISHED" and t.tag("dataset") == dataset and t.run_id in labels]
     ref_label: dict[tuple[str, ...], str] = {}
     for t in sorted((t for t in done if t.tag("method") == reference), key=lambda t: labels[t.run_id]):
         ref_label.setdefault(_weights(t), labels[t.run_id])
-    ref: dict[str, dict[tuple[float | None, str], float]] = {}
+    values: dict[str, dict[str, dict[float | None, float]]] = {}  # row -> seed -> ratio -> test mAP
     for t in done:
-        if labels[t.run_id] in ref_label.values():
-            ref.setdefault(labels[t.run_id], {})[(t.ratio, t.tag("seed"))] = t.metrics["test_map"]
+        values.setdefault(labels[t.run_id], {}).setdefault(t.tag("seed"), {})[t.ratio] = t.metrics["test_map"]
     out = []
-    for row in sorted({labels[t.run_id] for t in done} - set(ref)):
-        members = [t for t in done if labels[t.run_id] == row]
-        against = ref_label.get(_weights(members[0]))
+    for row in sorted(set(values) - set(ref_label.values())):
+        member = next(t for t in done if labels[t.run_id] == row)
+        against = ref_label.get(_weights(member))
         if against is None:
             continue
-        diffs: dict[str, list[float]] = {}  # the reference's seed -> differences over ratios
-        for t in members:
-            keys = list(ref[against]) if t.ratio is None else [(t.ratio, t.tag("seed"))]
-            for k in keys:
-                if k in ref[against]:
-                    diffs.setdefault(k[1], []).append(t.metrics["test_map"] - ref[against][k])
+        ref = values[against]
+        diffs: dict[str, float] = {}
+        for seed, got in values[row].items():
+            if seed == NOT_READ:  # zero-shot: one run, the same number at every ratio
+                continue
+            shared = [r for r in got if r in ref.get(seed, {})]
+            if shared:
+                diffs[seed] = float(np.mean([got[r] - ref[seed][r] for r in shared]))
         if diffs:
-            out.append(_paired_row(row, against, diffs))
+            ci = mean_interval(list(diffs.values()))
+            out.append({"row": row, "reference": against, "over": "seeds", "pairs": len(diffs),
+                        "mean_diff": float(np.mean(list(diffs.values()))), "low": ci.low if ci.exists else None,
+                        "high": ci.high if ci.exists else None, "wins": int(sum(d > 0 for d in diffs.values()))})
+        elif NOT_READ in values[row]:
+            own = next(iter(values[row][NOT_READ].values()))
+            ref_means = [float(np.mean(list(by_ratio.values()))) for by_ratio in ref.values()]
+            out.append({"row": row, "reference": against, "over": "unpaired", "pairs": 0,
+                        "mean_diff": own - float(np.mean(ref_means)), "low": None, "high": None, "wins": None})
     return out
-
-
-def _paired_row(row: str, against: str, diffs: dict[str, list[float]]) -> dict:
-    pooled = [d for ds in diffs.values() for d in ds]
-    if len(diffs) > 1:
-        per_seed = [float(np.mean(ds)) for ds in diffs.values()]
-        return {"row": row, "reference": against, "over": "seeds", "pairs": len(per_seed),
-                "mean_diff": float(np.mean(per_seed)), "std_diff": float(np.std(per_seed, ddof=1)),
-                "wins": int(sum(d > 0 for d in per_seed)), "ratio_pairs": len(pooled)}
-    return {"row": row, "reference": against, "over": "ratios", "pairs": len(pooled),
-            "mean_diff": float(np.mean(pooled)), "std_diff": None, "wins": int(sum(d > 0 for d in pooled)),
-            "ratio_pairs": len(pooled)}
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -170,20 +217,34 @@ def _heading(col: str) -> str:
     return "avg over ratios" if col == "Avg" else col
 
 
+def _value_columns(table: Table) -> list[tuple[str, str]]:
+    """(metric name, heading) of the columns after the mAP cells: the costs (per run of the row), then the
+    metrics asked for with --columns."""
+    cost = [(m.name, f"{m.heading} / run") for m in metrics(column="report")]
+    return cost + [(name, CATALOGUE[name].heading if name in CATALOGUE else name) for name in table.columns_extra]
+
+
+def _value_text(name: str, value: float) -> str:
+    return CATALOGUE[name].text(value) if name in CATALOGUE else f"{value:.4g}"
+
+
 def table_markdown(table: Table) -> str:
-    costs = metrics(column="report")
+    values = _value_columns(table)
     head = ["method", *(f"label ratio {_heading(c)}" if c != "Avg" else _heading(c) for c in table.columns),
-            *(f"{m.heading} / trial" for m in costs)]
-    lines = [f"### {table.dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            *(h for _, h in values)]
+    lines = [f"### {table.dataset}", ""]
+    if table.one_seed:
+        lines += [f"**{ONE_SEED}**", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     common = table.common_n
     for row, cells in table.cells.items():
         free = f" {RATIO_FREE}" if row in table.ratio_free_rows else ""
-        values = []
+        texts = []
         for col in table.columns:
             text = _mark(table, row, col, cells[col].text(common)) + free if col in cells else "—"
-            values.append(f"**{text}**" if table.best.get(col) == row else text)
-        values += [m.text(table.cost[row][m.name]) for m in costs]
-        lines.append("| " + " | ".join([row + free, *values]) + " |")
+            texts.append(f"**{text}**" if table.best.get(col) == row else text)
+        texts += [_value_text(name, table.cost[row][name]) for name, _ in values]
+        lines.append("| " + " | ".join([row + free, *texts]) + " |")
     lines += ["", table_legend(table)]
     if table.ratio_free_rows:
         lines += ["", RATIO_FREE_NOTE]
@@ -193,10 +254,31 @@ def table_markdown(table: Table) -> str:
 
 
 def table_legend(table: Table) -> str:
-    """What the cells and marks mean, with the number of seeds said once."""
+    """What the cells and marks mean, as this table has them (the number of seeds said once)."""
     common = table.common_n
-    seeds = f"n = {common} seed{'s' if common != 1 else ''} per cell unless a cell says otherwise"
-    return f"{CELL_NOTE.format(seeds=seeds)} Cost columns: mean per trial."
+    parts = ["Cells: test mAP at the picked epoch"]
+    if table.one_seed:
+        parts.append(f"of one run each ({ONE_SEED}); {TOP}: the best mean of its column, a single run, no claim.")
+    else:
+        parts.append(f"mean ± half-width of its 95 % t interval over seeds (n = {common} seed"
+                     f"{'s' if common != 1 else ''} per cell unless a cell says otherwise; \"n=1 of 3\": seeds the "
+                     "spec asks for still missing).")
+        marks = []
+        if table.best:
+            marks.append("bold: the best mean, above every other replicated row beyond chance (95 % t interval of "
+                         "the per-seed paired differences clear of 0)")
+        if table.tied:
+            marks.append(f"{TIE}: the best mean and the rows it is not separated from by that test")
+        if table.top:
+            marks.append(f"{TOP}: the best mean where only one row has several seeds (no comparison)")
+        if any(c.n == 1 for cells in table.cells.values() for c in cells.values()):
+            marks.append("a row of one run (n=1) is shown but not ranked")
+        if marks:
+            parts.append("; ".join(marks).capitalize() + ".")
+    parts += [FLAG_NOTES[f] + "." for f in (STILL_IMPROVING, DROPPED) if f in table.flags]
+    parts.append("Cost columns: the mean per run of the row; device-h is each run's attributed share (the sweep's "
+                 "total, each Ray trial counted once, is in the report's header).")
+    return " ".join(parts)
 
 
 def table_frame(table: Table) -> pd.DataFrame:
@@ -206,27 +288,33 @@ def table_frame(table: Table) -> pd.DataFrame:
             rows.append({"dataset": table.dataset, "row": row, "column": col, "mean": cell.mean, "std": cell.std,
                          "n": cell.n, "ci_low": cell.low, "ci_high": cell.high, "expected_n": cell.expected,
                          "best": table.best.get(col) == row, "tied": row in table.tied.get(col, ()),
+                         "top_mean": table.top.get(col) == row,
+                         "still_improving": STILL_IMPROVING in cell.flags, "dropped": DROPPED in cell.flags,
                          "selected_on_test": cell.test_selected, "ratio_independent": row in table.ratio_free_rows,
                          **table.cost[row]})
     return pd.DataFrame(rows)
 
 
+def _arm_identity(settings: dict[str, str], method: str, dataset: str, left_out: set[str]) -> frozenset:
+    return frozenset((k, v) for k, v in settings.items() if k not in left_out and v != NOT_READ
+                     and param_role(k, method, dataset).identity)
+
+
 def expected_missing(spec_text: str | None, trials: list[RunRecord]) -> list[str]:
-    """Arms the spec expects that have fewer trial runs than it asks for."""
+    """Arms the spec expects that have fewer trial runs than it asks for (a run counts for the arm whose
+    identity settings it has, the searched ones aside)."""
     if not spec_text:
         return []
     spec = SweepSpec(**yaml.safe_load(spec_text))
-    # a seed-averaged search runs each arm under optuna.seeds, not under the arm's own seed
-    fields = [f for f in ARM_FIELDS if not (f == "seed" and spec.optuna and spec.optuna.seeds)]
-    have: dict[tuple, int] = {}
-    for t in trials:  # stores written before arm tags said n/a for ignored fields read the same
-        ignored = ignored_fields(t.tag("method"))
-        key = tuple(NOT_READ if f in ignored else t.tag(f) for f in fields)
+    # a search samples its space; a seed-averaged one runs each sample under optuna.seeds, not the arm's seed
+    left_out = set(spec.optuna.space) | ({"seed"} if spec.optuna.seeds else set()) if spec.optuna else set()
+    have: dict[frozenset, int] = {}
+    for t in trials:
+        key = _arm_identity(dict(identity(t)), t.tag("method"), t.tag("dataset"), left_out)
         have[key] = have.get(key, 0) + 1
     missing = []
     for arm in expand(spec):
-        tags = arm_tags(arm.config)
-        key = tuple(tags[f"ablate.{f}"] for f in fields)
+        key = _arm_identity(flatten_config(arm.config), arm.config.method, arm.config.dataset, left_out)
         lacking = samples_per_arm(spec, arm) - have.get(key, 0)
         if lacking > 0:
             missing.append(f"{arm.slug}: {lacking} trial(s) never started")
@@ -238,8 +326,12 @@ def expected_seeds(spec_text: str | None, trials: list[RunRecord], dataset: str)
     ran under (a sweep without its spec: the seeds seen)."""
     seeds = {t.tag("seed") for t in trials if t.tag("dataset") == dataset and t.tag("seed") != NOT_READ}
     if spec_text:  # a method that ignores the seed (zero-shot) runs once, under no seed of its own
-        seeds |= {str(a.config.seed) for a in expand(SweepSpec(**yaml.safe_load(spec_text)))
-                  if a.config.dataset == dataset and "seed" not in ignored_fields(a.config.method)}
+        spec = SweepSpec(**yaml.safe_load(spec_text))
+        if spec.optuna and spec.optuna.seeds:  # a seed-averaged search runs every sample under these
+            seeds |= {str(s) for s in spec.optuna.seeds}
+        else:
+            seeds |= {str(a.config.seed) for a in expand(spec)
+                      if a.config.dataset == dataset and "seed" not in ignored_fields(a.config.method)}
     return len(seeds)
 
 
@@ -248,7 +340,7 @@ def diagnostics(dataset: str, trials: list[RunRecord], labels: dict[str, str]) -
     columns = probe_columns()
     rows: dict[str, dict[str, list[float]]] = {}
     for t in trials:
-        if t.status == "FINISHED" and t.tag("dataset") == dataset:
+        if t.status == "FINISHED" and t.tag("dataset") == dataset and t.run_id in labels:
             for key in columns:
                 if key in t.metrics:
                     rows.setdefault(labels[t.run_id], {}).setdefault(key, []).append(t.metrics[key])
@@ -265,10 +357,10 @@ def _diagnostics_html(rows: dict[str, dict[str, float]]) -> str:
 
 
 def _html_table(table: Table) -> str:
-    costs = metrics(column="report")
+    values = _value_columns(table)
     ratio_cols = [c for c in table.columns if c != "Avg"]
     head = (f"<tr><th rowspan='2'>method</th><th colspan='{len(table.columns)}'>label ratio</th>"
-            + "".join(f"<th rowspan='2'>{html.escape(m.heading)} / trial</th>" for m in costs) + "</tr><tr>"
+            + "".join(f"<th rowspan='2'>{html.escape(h)}</th>" for _, h in values) + "</tr><tr>"
             + "".join(f"<th>{html.escape(c)}</th>" for c in ratio_cols) + "<th>avg</th></tr>")
     body = []
     common = table.common_n
@@ -278,8 +370,9 @@ def _html_table(table: Table) -> str:
         for col in table.columns:
             text = html.escape(_mark(table, row, col, cells[col].text(common)) + free) if col in cells else "—"
             tds.append(f'<td class="best">{text}</td>' if table.best.get(col) == row else f"<td>{text}</td>")
-        tds += [f"<td>{m.text(table.cost[row][m.name])}</td>" for m in costs]
+        tds += [f"<td>{_value_text(name, table.cost[row][name])}</td>" for name, _ in values]
         body.append("<tr>" + "".join(tds) + "</tr>")
+    banner = f"<p class='warn'><b>{html.escape(ONE_SEED)}</b></p>" if table.one_seed else ""
     notes = [table_legend(table)] + ([RATIO_FREE_NOTE] if table.ratio_free_rows else [])
-    return (f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+    return (f"{banner}<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
             + "".join(f"<p>{html.escape(n)}</p>" for n in notes))

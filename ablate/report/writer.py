@@ -19,22 +19,27 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from ..catalogue import metrics
 from ..errors import ReportError, TrackingError
 from ..files import current_umask
 from ..pathnames import component_problem
 from ..published import PublishedTable
+from ..sweep.spec import SweepSpec
 from ..tracking import (
+    bill_text,
     connect_existing,
     report_link,
     resolve_tracking_uri,
     retried,
     save_view,
     set_sweep_note,
+    sweep_bill,
     sweep_note,
 )
+from .rows import assign_rows
 from .sections import SECTIONS, DatasetContext
 from .tables import build_table, expected_missing, expected_seeds, table_frame
-from .trials import RunRecord, load_trials, row_labels
+from .trials import RunRecord, load_trials
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -45,10 +50,12 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;pa
 
 def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None, parent_run_id: str | None = None,
                  reference: str | None = None, heatmap_ratio: float | None = None, log_to_mlflow: bool = True,
-                 published: list[PublishedTable] | None = None) -> dict:
+                 published: list[PublishedTable] | None = None, columns: list[str] | None = None) -> dict:
     """Build every output into `out_dir`; returns the numbers (tables, Pareto sets, differences...). The
     report is built beside it and renamed into place, so a failure leaves no partial folder behind.
-    `reference` (default dualcoop, when it ran) and `heatmap_ratio` must be among the finished trials'."""
+    `reference` (default dualcoop, when it ran) and `heatmap_ratio` must be among the finished trials';
+    `published` tables must cover one of their data sets; `columns`: catalogue metrics added to the table."""
+    check_columns(columns or [])
     out_dir = Path(os.path.abspath(out_dir))
     check_report_folder(out_dir)
     client = connect_existing(resolve_tracking_uri(tracking_uri))
@@ -58,9 +65,11 @@ def write_report(experiment: str, out_dir: Path, tracking_uri: str | None = None
     trials = [t if t.status != "FINISHED" or "test_map" in t.metrics else
               dataclasses.replace(t, status="FINISHED without its metrics (test_map)") for t in trials]
     check_choices(trials, reference, heatmap_ratio)
+    check_published(trials, published or [])
     reference = reference or "dualcoop"
     with _staged(out_dir) as staging:
-        result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio, published)
+        result = _build(client, experiment, parent_run_id, trials, staging, reference, heatmap_ratio, published,
+                        columns or [])
         (staging / MANIFEST).write_text(json.dumps({"files": sorted(_files(staging))}, indent=1))
     experiment_id = retried(client.get_run, parent_run_id).info.experiment_id
     if log_to_mlflow:
@@ -94,6 +103,25 @@ def check_choices(trials: list[RunRecord], reference: str | None, heatmap_ratio:
     if heatmap_ratio is not None and ratios and not any(math.isclose(heatmap_ratio, r) for r in ratios):
         raise ReportError(f"--heatmap-ratio {heatmap_ratio:g}: no finished trial at that label ratio; choose one "
                           f"of {', '.join(f'{r:g}' for r in ratios)}")
+
+
+def check_columns(columns: list[str]) -> None:
+    """ReportError for a --columns name that is not a final metric of the catalogue; the message lists them."""
+    final = [m.name for m in metrics("final")]
+    unknown = [c for c in columns if c not in final]
+    if unknown:
+        raise ReportError(f"--columns {', '.join(unknown)}: not a final metric of a trial; choose among "
+                          f"{', '.join(final)}")
+
+
+def check_published(trials: list[RunRecord], published: list[PublishedTable]) -> None:
+    """ReportError when a --published table has numbers for none of the sweep's data sets (it would compare
+    nothing, silently); the message names both lists."""
+    datasets = sorted({t.tag("dataset") for t in trials if t.status == "FINISHED"})
+    for paper in published:
+        if datasets and not set(paper.results) & set(datasets):
+            raise ReportError(f"--published {paper.name}: its data sets ({', '.join(sorted(paper.results))}) are "
+                              f"none of this sweep's ({', '.join(datasets)}); nothing to compare")
 
 
 def note_report(client: MlflowClient, experiment_id: str, parent_run_id: str, out_dir: Path) -> None:
@@ -178,14 +206,24 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _search_space(spec_text: str | None) -> set[str]:
+    spec = SweepSpec(**yaml.safe_load(spec_text)) if spec_text else None
+    return set(spec.optuna.space) if spec is not None and spec.optuna else set()
+
+
 def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: list[RunRecord], out_dir: Path,
-           reference: str, heatmap_ratio: float | None, published: list[PublishedTable] | None = None) -> dict:
+           reference: str, heatmap_ratio: float | None, published: list[PublishedTable] | None = None,
+           columns: list[str] | None = None) -> dict:
     """Every output of the report, written into `out_dir`; returns its numbers."""
     spec_text = _spec_text(client, parent_run_id, out_dir)
-    labels = row_labels(trials)
-    incomplete = [f"{labels[t.run_id]} dataset={t.tag('dataset')} ratio={t.tag('label_ratio')} seed={t.tag('seed')}: "
-                  f"{t.status}" + (f" — {t.error.splitlines()[0]}" if t.error else "")
+    rows = assign_rows(trials, _search_space(spec_text))
+    labels = rows.label
+    where = {t.run_id: f"{rows.names[t.run_id]} dataset={t.tag('dataset')} ratio={t.tag('label_ratio')} "
+                       f"seed={t.tag('seed')}" for t in trials}
+    incomplete = [f"{where[t.run_id]}: {t.status}" + (f" — {t.error.splitlines()[0]}" if t.error else "")
                   for t in trials if t.status != "FINISHED"]
+    incomplete += [f"{where[run_id]}: {reason}" for run_id, reason in rows.excluded.items()
+                   if not reason.startswith("search ")]  # a search's other samples are in its own table
     incomplete += expected_missing(spec_text, trials)
     datasets = sorted({t.tag("dataset") for t in trials if t.status == "FINISHED"})
     if not datasets:
@@ -193,8 +231,9 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
     markdown, frames, pages = [f"# {experiment}\n"], [], []
     result: dict = {"tables": {}, "pareto": {}, "paired": {}}
     for ds in datasets:
-        table = build_table(ds, trials, labels, expected_seeds(spec_text, trials, ds))
-        ctx = DatasetContext(ds, trials, labels, table, client, reference, heatmap_ratio, list(published or []))
+        table = build_table(ds, trials, labels, expected_seeds(spec_text, trials, ds), columns)
+        ctx = DatasetContext(ds, trials, labels, table, client, reference, heatmap_ratio, list(published or []),
+                             rows.searches)
         frames.append(table_frame(table))
         pages.append(f"<h2>{html.escape(ds)}</h2>")
         for make in SECTIONS:
@@ -209,10 +248,13 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
             for key, value in section.data.items():
                 result.setdefault(key, {})[ds] = value
     pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
+    bill = sweep_bill((t.tags, t.metrics, t.start_ms, t.end_ms) for t in trials)
+    markdown.insert(1, f"The sweep held {bill_text(bill)}.\n")
     (out_dir / "table.md").write_text("\n".join(markdown))
-    (out_dir / "report.html").write_text(_page(experiment, parent_run_id, trials, incomplete, pages, spec_text))
+    (out_dir / "report.html").write_text(_page(experiment, parent_run_id, trials, incomplete, pages, spec_text,
+                                               bill))
     (out_dir / "incomplete.json").write_text(json.dumps(incomplete, indent=2))
-    result.update(parent_run_id=parent_run_id, incomplete=incomplete)
+    result.update(parent_run_id=parent_run_id, incomplete=incomplete, bill=bill)
     return result
 
 
@@ -227,13 +269,14 @@ def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str |
 
 
 def _page(experiment: str, parent_run_id: str, trials: list[RunRecord], incomplete: list[str], pages: list[str],
-          spec_text: str | None) -> str:
+          spec_text: str | None, bill: dict[str, float]) -> str:
     listing = ("<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>"
                + "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) + "</ul>") if incomplete else ""
     spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
             f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
             f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "
-            f"<code>{parent_run_id}</code>; only finished trials enter the numbers.</p>"
+            f"<code>{parent_run_id}</code>; only finished trials enter the numbers. The sweep held "
+            f"{html.escape(bill_text(bill))}; a run's device-h column is its attributed share.</p>"
             f"{listing}"
             f"{''.join(pages)}{spec_html}</body></html>")

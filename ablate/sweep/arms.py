@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..spec import ConfigError, TrialConfig, canonical, ignored_fields
+from ..roles import Role
+from ..spec import FIELD_ROLES, ConfigError, TrialConfig, canonical, ignored_fields
 from ..tracking.names import run_name
 from .spec import SweepSpec, arm_config
 
@@ -32,10 +33,6 @@ class Arm:
         return run_name(varying) or self.config.method
 
 
-# the grid axes that order a sweep: seed outermost, then data set; methods innermost (see `balanced`)
-OUTER, INNER, SPREAD = ("seed", "dataset"), "method", "label_ratio"
-
-
 def spread_ranks(n: int) -> list[int]:
     """The position each of n ordered values takes when the ends come first and then the midpoints of the
     widest gaps (0.1 … 0.9: 0.1, 0.9, 0.5, 0.3, 0.7, …), so any prefix covers the range evenly."""
@@ -51,14 +48,14 @@ def spread_ranks(n: int) -> list[int]:
 
 
 def balanced(keys: list[str], index: tuple[int, ...], sizes: list[int]) -> tuple[int, ...]:
-    """Sort key of a grid combination (its value index per axis): within each seed (and data set), every
-    method at one label ratio before the next ratio, ratios in spread order, so a sweep stopped part-way
-    has comparable cells (all methods, same ratio and seed) across the range."""
-    at = dict(zip(keys, index))
-    ranks = {k: spread_ranks(n) for k, n in zip(keys, sizes) if k == SPREAD}
-    outer = [at[k] for k in OUTER if k in at]
-    middle = [ranks[k][at[k]] if k in ranks else at[k] for k in keys if k not in (*OUTER, INNER)]
-    return (*outer, *middle, *([at[INNER]] if INNER in at else []))
+    """Sort key of a grid combination (its value index per axis), the axes nested as their fields' Roles
+    say: within each seed (and data set), every method at one label ratio before the next ratio, ratios in
+    spread order, so a sweep stopped part-way has comparable cells (all methods, same ratio and seed)
+    across the range."""
+    roles = [FIELD_ROLES.get(k, Role()) for k in keys]
+    ranks = [spread_ranks(n) if role.spread else None for role, n in zip(roles, sizes)]
+    nested = sorted(range(len(keys)), key=lambda i: roles[i].nesting)  # stable: the grid's order within a level
+    return tuple(ranks[i][index[i]] if ranks[i] is not None else index[i] for i in nested)  # type: ignore[index]
 
 
 def expand(spec: SweepSpec) -> list[Arm]:

@@ -14,6 +14,7 @@ from ..tracking import (
     RUNNING_NOTE,
     TrackingContext,
     TrialRun,
+    children_filter,
     close_running_children,
     connect,
     end_parent_run,
@@ -22,8 +23,10 @@ from ..tracking import (
     probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
+    retried,
     set_sweep_note,
     start_parent_run,
+    sweep_bill,
     sweep_note,
     tag_pareto_fronts,
     trial_table,
@@ -245,12 +248,14 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
             raise _interrupted(client, state, signals, command)
     if spec.optuna and spec.optuna.multi_objective:
         tag_pareto_fronts(state.tracking_uri, state.experiment_id, state.parent_run_id, spec.optuna.objectives)
+    bill = sweep_bill(_bill_rows(client, state))
     end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
-                   {"trials": total, "trials_errored": errored})
+                   {"trials": total, "trials_errored": errored, "sweep_device_hours": bill["device_hours"],
+                    "sweep_wall_time_s": bill["wall_time_s"]})
     note_finished_sweep(client, state, spec, total, errored)
     return {"tracking_uri": state.tracking_uri, "experiment_id": state.experiment_id,
             "parent_run_id": state.parent_run_id,
-            "trials": total, "errored": errored, "storage": storage,
+            "trials": total, "errored": errored, "storage": storage, "bill": bill,
             "ui": ui_address(state.tracking_uri, state.experiment_id, state.parent_run_id)}
 
 
@@ -278,6 +283,13 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
     return state, client, worker_uri
+
+
+def _bill_rows(client, state: SweepState) -> list[tuple[dict, dict, int, int]]:
+    """(tags, metrics, start, end) of every trial run of the sweep: what its bill is counted from."""
+    runs = retried(client.search_runs, [state.experiment_id], filter_string=children_filter(state.parent_run_id),
+                   max_results=50000)
+    return [(r.data.tags, r.data.metrics, r.info.start_time or 0, r.info.end_time or 0) for r in runs]
 
 
 def note_finished_sweep(client, state: SweepState, spec: SweepSpec, total: int, errored: int) -> None:

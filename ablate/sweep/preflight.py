@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data.manifest import DatasetManifest
 from ..errors import AblateError, DataError
-from ..spec import ConfigError, TrialConfig
+from ..spec import ConfigError, TrialConfig, fields_where
 from .arms import Arm
 from .cluster import init_ray, require_resources
 from .spec import ParamSpace, Resources, SweepSpec, import_plugins
@@ -56,14 +56,11 @@ def prepare_data(arms: list[Arm], resources: Resources | None = None, plugins: S
     return checkpoints
 
 
-# the fields that name a world CLIP's checkpoint
-WEIGHT_FIELDS = ("backbone", "pretrained", "cache_dir")
-
-
 def with_sampled_weights(cfg: TrialConfig, space: Mapping[str, ParamSpace]) -> list[TrialConfig]:
-    """`cfg` under every combination of the weights an Optuna space samples (its categorical choices of
-    WEIGHT_FIELDS), so the pre-flight builds every world CLIP a sampled trial may load."""
-    choices = [[(f, v) for v in space[f].choices or []] for f in WEIGHT_FIELDS
+    """`cfg` under every combination of the weights an Optuna space samples (its categorical choices of the
+    fields whose Role names or locates weights), so the pre-flight builds every world CLIP a sampled trial
+    may load."""
+    choices = [[(f, v) for v in space[f].choices or []] for f in fields_where(weights=True)
                if f in space and space[f].type == "categorical"]
     return [cfg.model_copy(update=dict(combo)) for combo in itertools.product(*choices)]
 

@@ -78,18 +78,21 @@ def _attach_runs(tracking: TrackingContext, cfgs: list[TrialConfig], members: li
     runs = [TrialRun.attach(tracking, cfg, trial_id, {**labels[i], **sampled},
                             trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None)
             for cfg, i in zip(cfgs, members)]
-    if packed:
-        for run in runs:  # which Ray trial trained this arm, and with how many others
-            run.set_tag(PACK_TAG, f"{pack_id(cfgs[0])}-{config['pack']} ({len(members)} arms)")
+    # which Ray trial trained each arm, and with how many others (an arm alone is a pack of one: zero-shot and
+    # searched trials carry the tag and the pack figures too, so the bill counts every Ray trial once)
+    pack = f"{pack_id(cfgs[0])}-{config['pack']} ({len(members)} arms)" if "pack" in config else \
+        f"{pack_id(cfgs[0])}-{trial_id} (1 arm)"
+    for run in runs:
+        run.set_tag(PACK_TAG, pack)
     if SAMPLE_KEY in config:  # the seeds of one sampled configuration share it
         runs[0].set_tag(SAMPLE_TAG, str(config[SAMPLE_KEY]))
     return runs
 
 
 def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: float, cpus: float) -> list[dict]:
-    """Each finished arm's end-of-trial metrics and result, its run closed FINISHED. Its cost is what it
-    would take alone: the pack's time less the other arms' own compute; a packed arm also gets the
-    pack's real figures."""
+    """Each finished arm's end-of-trial metrics and result, its run closed FINISHED. Its cost is its
+    attributed share, what it would take alone: the pack's time less the other arms' own compute; every arm
+    also gets its Ray trial's real figures (pack_*), which the sweep's bill counts once per trial."""
     own = [arm.own_s for arm in pack.arms]  # each arm's own work in this process, the stream's time aside
     finals: list[dict] = []
     for i, (run, result) in enumerate(zip(runs, results)):
@@ -98,8 +101,7 @@ def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: fl
         alone = wall - sum(t for j, t in enumerate(own) if j != i)
         final = {**result.final_metrics(), "peak_memory_mb": _peak_memory_mb(result.device),
                  **device_time(alone, gpus, cpus)}
-        if len(runs) > 1:
-            final |= {f"pack_{k}": v for k, v in device_time(wall, gpus, cpus).items()}
+        final |= {f"pack_{k}": v for k, v in device_time(wall, gpus, cpus).items()}
         run.log_result(result, final)
         run.finish()
         finals.append(final)

@@ -48,9 +48,11 @@ if TYPE_CHECKING:  # type checkers see the real names
     )
     from .notes import (  # noqa: F401
         RUNNING_NOTE,
+        bill_text,
         note_sweep_stopped,
         report_link,
         set_sweep_note,
+        sweep_bill,
         sweep_note,
         trial_table,
         trials_markdown,
@@ -123,6 +125,8 @@ _LAZY = {
     "report_link": "notes",
     "set_sweep_note": "notes",
     "sweep_note": "notes",
+    "bill_text": "notes",
+    "sweep_bill": "notes",
     "trial_table": "notes",
     "trials_markdown": "notes",
     "ui_address": "notes",

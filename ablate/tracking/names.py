@@ -6,15 +6,17 @@ import hashlib
 import time
 
 from ..catalogue import epoch_names
-from ..spec import METHODS, TrialConfig, ignored_fields
+from ..spec import FIELD_ROLES, METHODS, TrialConfig, fields_where, ignored_fields
 
 TRIAL_KEY = "ablate.trial_key"
 SWEEP_TAG = "ablate.sweep"
 ROLE_TAG = "ablate.role"
 ERROR_TAG = "ablate.error"
 STOPPED_TAG = "ablate.stopped"
-SWEPT_AXES = ("method", "label_ratio", "n_ctx", "seed")  # the prepared UI view's columns and parallel axes
-ARM_FIELDS = ("method", "dataset", "label_ratio", "backbone", "pretrained", "n_ctx", "csc", "seed")
+# the fields whose Role says `tag`: each also an `ablate.<field>` tag on a trial's run (the UI's filters)
+ARM_FIELDS = fields_where(tag=True)
+# the prepared UI view's columns and parallel axes: the tags but the data set and weights (they split sweeps)
+SWEPT_AXES = tuple(f for f in ARM_FIELDS if not FIELD_ROLES[f].weights and f != "dataset")
 DEFAULT_DB = "mlflow.db"
 RESUME_TAG = "ablate.resume"
 NODE_LOSSES_TAG = "ablate.node_losses"
@@ -30,7 +32,7 @@ SPEC_TAGS = ("ablate.spec_sha256", "ablate.spec_path")  # the spec that made the
 # the value of a param whose field the trial's method does not read: filters on it match no run of that method
 NOT_READ = "n/a"
 UNSET = "none"  # the value of a param whose field the method reads but that is not set (e.g. ctx_init: random)
-NAME_ORDER = ("method", "dataset", "backbone", "pretrained", "label_ratio", "n_ctx", "csc")  # axes in run names
+NAME_ORDER = tuple(f for f in fields_where(identity=True) if f != "seed")  # axes in run names; the seed last
 # per-epoch metric names in MLflow (the catalogue's): `lr` and `loss` are also params (the TrialConfig
 # fields), and `time_s` is the cumulative training time so far, not an epoch's
 EPOCH_METRICS = epoch_names()

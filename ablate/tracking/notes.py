@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -82,6 +83,29 @@ def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
                      "status": run.info.status, "run_name": run.info.run_name,
                      **{c.name: m.get(c.name) for c in metrics(column="trials")}})
     return sorted(rows, key=lambda r: tuple(str(r[k]) for k in ("dataset", "method", "label_ratio", "seed")))
+
+
+def sweep_bill(runs: Iterable[tuple[dict[str, str], dict[str, float], int, int]]) -> dict[str, float]:
+    """What a sweep held, from its trial runs' (tags, metrics, start ms, end ms): device-hours with each Ray
+    trial counted once (a pack's arms share one figure, pack_device_hours; an arm alone has its own), and
+    the wall time from the first run's start to the last run's end. Per-arm device_hours are attributed
+    shares: their sum counts a pack's shared stream once per arm, so it overstates the bill."""
+    held: dict[str, float] = {}
+    starts, ends = [], []
+    for tags, metrics_, start, end in runs:
+        trial = tags.get("ablate.trial_id", "")
+        hours = metrics_.get("pack_device_hours", metrics_.get("device_hours"))
+        if hours is not None:
+            held[trial] = max(held.get(trial, 0.0), float(hours))
+        starts += [start] if start else []
+        ends += [end] if end else []
+    wall = (max(ends) - min(starts)) / 1000 if starts and ends else 0.0
+    return {"device_hours": sum(held.values()), "ray_trials": len(held), "wall_time_s": max(wall, 0.0)}
+
+
+def bill_text(bill: dict[str, float]) -> str:
+    return (f"{bill['device_hours']:.4g} device-hours ({int(bill['ray_trials'])} Ray trials, each counted once), "
+            f"{bill['wall_time_s'] / 60:.1f} min wall")
 
 
 def trials_markdown(rows: list[dict]) -> str:
