@@ -16,7 +16,7 @@ def trained_methods() -> list[str]:
 
 def prompted_methods() -> list[str]:
     """Methods with learned prompts (they read n_ctx / csc)."""
-    return [m for m in method_names() if "n_ctx" in method_info(m).reads]
+    return [m for m in method_names() if "prompt" in method_info(m).reads]
 
 
 def default_lr(method: str) -> float:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ablate.methods import METHOD_FIELDS, METHODS, method_info, method_names
-from ablate.spec import TrialConfig, ignored_fields
+from ablate.methods import METHODS, method_info, method_names
+from ablate.roles import GROUPS
+from ablate.spec import FIELD_ROLES, TrialConfig, ignored_fields
 from ablate.sweep.spec import SweepSpec
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ablate"
@@ -86,7 +87,7 @@ def test_the_package_has_no_import_cycle():
 # A name ending in "." is every module under that package; the longest match decides.
 LAYERS = [
     ("foundation", ["ablate.errors", "ablate.registry", "ablate.world.captions", "ablate.stats", "ablate.files",
-                    "ablate.catalogue", "ablate.pathnames", "ablate.extras"]),
+                    "ablate.catalogue", "ablate.pathnames", "ablate.extras", "ablate.roles"]),
     ("config", ["ablate.world", "ablate.world.recipe", "ablate.data", "ablate.methods", "ablate.methods.registry",
                 "ablate.probes", "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack",
                 "ablate.result", "ablate.published"]),
@@ -176,9 +177,9 @@ def test_spec_accepts_exactly_the_registered_methods():
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_declares_fields_the_config_has(name):
     info = method_info(name)
-    assert METHOD_FIELDS <= set(TrialConfig.model_fields)
-    assert info.reads <= METHOD_FIELDS and ignored_fields(name) == METHOD_FIELDS - info.reads
-    assert info.text_encoder or not ({"n_ctx", "zeroshot_positive"} & info.reads)  # prompts need the text tower
+    assert info.reads <= set(GROUPS) - {"all"}
+    assert ignored_fields(name) == {f for f, r in FIELD_ROLES.items() if r.reads not in info.reads | {"all"}}
+    assert info.text_encoder or not ({"prompt", "hand_prompt"} & info.reads)  # prompts need the text tower
 
 
 def test_registry_refuses_duplicates_and_names_the_registered():

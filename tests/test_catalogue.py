@@ -50,7 +50,7 @@ def test_a_new_metric_is_one_entry_and_reaches_mlflow_the_tables_and_the_report(
     assert f"| {expected:,.2f} |" in trials_markdown(trial_table(uri, experiment_id, parent))
     out = write_report("cat", tmp_path / "report", uri)
     md = (Path(out["out_dir"]) / "table.md").read_text()
-    assert "val − test / trial" in md and f"| {expected:,.2f} |" in md
+    assert "val − test / run" in md and f"| {expected:,.2f} |" in md
     assert out["tables"]["synthetic"].cost["dualcoop"]["val_test_gap"] == pytest.approx(expected)
 
 

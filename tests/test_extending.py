@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ablate.aggregation import aggregate
 from ablate.arm import build_optimizer
-from ablate.methods import FREE, FREE_FIELDS, METHODS, TRAINING_FIELDS, Method, MethodInfo, register_method
+from ablate.methods import FREE, METHODS, Method, MethodInfo, register_method
 from ablate.report import SECTIONS, DatasetContext, Section, register_section, write_report
 from ablate.spec import TrialConfig
 from ablate.sweep import expand
@@ -41,7 +41,7 @@ class GlobalEmbed(Method):
 
 @pytest.fixture()
 def global_embed():
-    info = register_method(MethodInfo("global-embed", GlobalEmbed, TRAINING_FIELDS | FREE_FIELDS, text_encoder=False))
+    info = register_method(MethodInfo("global-embed", GlobalEmbed, {"training", "free"}, text_encoder=False))
     yield info
     METHODS.unregister(info.name)
 

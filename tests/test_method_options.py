@@ -27,7 +27,7 @@ PLUGIN = textwrap.dedent('''
     from torch import nn
 
     from ablate.aggregation import aggregate
-    from ablate.methods import FREE, FREE_FIELDS, METHODS, TRAINING_FIELDS, Kind, Method, MethodInfo, register_method
+    from ablate.methods import FREE, METHODS, Kind, Method, MethodInfo, register_method
 
 
     class MetaOptions(BaseModel):
@@ -58,7 +58,7 @@ PLUGIN = textwrap.dedent('''
 
 
     if "meta-embed" not in METHODS:
-        register_method(MethodInfo("meta-embed", MetaEmbed, TRAINING_FIELDS | FREE_FIELDS, text_encoder=False,
+        register_method(MethodInfo("meta-embed", MetaEmbed, {"training", "free"}, text_encoder=False,
                                    options=MetaOptions, kinds={"meta": Kind("meta_lr_mult", "meta_weight_decay")}))
 ''')
 

@@ -109,7 +109,7 @@ def test_system_metrics_and_device_hours_on_cpu(sweep):
 
 def test_cost_is_device_hours_rounded_where_a_person_reads_it(sweep):
     md = (sweep["tmp"] / "report" / "table.md").read_text()
-    assert "device-h / trial" in md and "GPU-h" not in md and "0.0000" not in md
+    assert "attributed device-h / run" in md and "GPU-h" not in md and "0.0000" not in md
     runs = trials(sweep)
     hours = sum(runs[f"dualcoop · {r}"].data.metrics["device_hours"] for r in ("30%", "70%")) / 2
     assert md.split("| dualcoop |")[1].splitlines()[0].endswith(f" {significant(hours)} |")  # mean per trial, 2 digits

@@ -19,7 +19,7 @@ PLUGIN = textwrap.dedent('''
     from torch import nn
 
     from ablate.aggregation import aggregate
-    from ablate.methods import FREE, FREE_FIELDS, METHODS, TRAINING_FIELDS, Method, MethodInfo, register_method
+    from ablate.methods import FREE, METHODS, Method, MethodInfo, register_method
 
 
     class GlobalEmbed(Method):
@@ -39,7 +39,7 @@ PLUGIN = textwrap.dedent('''
 
 
     if "plugin-embed" not in METHODS:
-        register_method(MethodInfo("plugin-embed", GlobalEmbed, TRAINING_FIELDS | FREE_FIELDS, text_encoder=False))
+        register_method(MethodInfo("plugin-embed", GlobalEmbed, {"training", "free"}, text_encoder=False))
 ''')
 
 
