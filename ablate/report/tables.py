@@ -39,7 +39,7 @@ def _cell(values: dict[str, float], test_selected: bool = False, expected: int =
           flags: set[str] | None = None) -> Cell:
     """Mean, std and the 95 % t interval over seeds (`values`: seed -> value) (the world section's code)."""
     arr = np.asarray(list(values.values()), dtype=float)
-    ci = mean_interval(arr)
+    ci = mean_interval(list(values.values()))
     return Cell(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr), test_selected,
                 ci.low, ci.high, expected, dict(values), set(flags or ()))
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..roles import Role
 from ..spec import FIELD_ROLES, ConfigError, TrialConfig, canonical, ignored_fields
 from ..tracking.names import run_name
-from .spec import SweepSpec, arm_config
+from .spec import SweepSpec, arm_config, owns_axis
 
 
 @dataclass
@@ -72,7 +72,7 @@ def expand(spec: SweepSpec) -> list[Arm]:
             raise ConfigError(f"arm {combo}: {'optuna' if spec.optuna else 'asha'}.metric val_map needs a validation "
                               "split, but val_fraction is 0; hold one out (val_fraction > 0) or drop the search")
         ignored = ignored_fields(cfg.method)
-        overrides = {k: v for k, v in combo.items() if k not in ignored}
+        overrides = {k: v for k, v in combo.items() if k not in ignored and owns_axis(k, cfg.method, cfg.dataset)}
         search = {k: v for k, v in (spec.optuna.space.items() if spec.optuna else []) if k not in ignored}
         arms.setdefault(json.dumps(cfg.model_dump(mode="json"), sort_keys=True), Arm(overrides, cfg, search))
     return list(arms.values())

@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..catalogue import searchable
 from ..data import DATASETS, option_owners
@@ -233,13 +233,30 @@ class SweepSpec(StrictModel):
                     except ValidationError as err:
                         raise ValueError(f"{where} = {value!r}: {option_error(err)[1]}") from None
             return
+        if option_axis(key) is not None:
+            self._check_option(where, key, value)
+            return
         if key not in TrialConfig.model_fields:
-            raise ValueError(f"{where}: not a TrialConfig field")
+            raise ValueError(f"{where}: not a TrialConfig field (a method's or data set's own setting: "
+                             "options.<name> or dataset_options.<name>)")
         try:
             TrialConfig.model_validate({**base_config(self, value if key == "dataset" else self.base.dataset,
                                                       value if key == "method" else self.base.method), key: value})
         except ValidationError as err:
             raise ValueError(f"{where} = {value!r}: {err.errors()[0]['msg']}") from None
+
+    def _check_option(self, where: str, key: str, value: Any) -> None:
+        """A grid value of a method's or data set's own option: valid for every registered owner of it."""
+        group, name = option_axis(key)  # type: ignore[misc]
+        owners = option_holders(group, name)
+        if not owners:
+            kind = "method" if group == "options" else "data set"
+            raise ValueError(f"{where}: no registered {kind} has an option {name!r}")
+        for owner in owners:
+            try:
+                owner.model_validate({name: value})
+            except ValidationError as err:
+                raise ValueError(f"{where} = {value!r}: {err.errors()[0]['msg']}") from None
 
     def _check_sections(self) -> None:
         for section, registry in (("per_dataset", DATASETS), ("per_method", METHODS)):
@@ -279,6 +296,9 @@ class SweepSpec(StrictModel):
             raise ValueError("optuna.seeds and grid.seed: give the training seeds one way (optuna.seeds averages "
                              "them for the sampler; grid.seed makes each its own arm)")
         for key, p in (self.optuna.space.items() if self.optuna else []):
+            if option_axis(key) is not None:
+                raise ValueError(f"optuna.space.{key}: a method's or data set's own option is set per arm "
+                                 f"(per_method / per_dataset) or compared with grid.{key}, not searched")
             if key in ("method", "dataset"):  # an arm is one method on one data set, with their own settings
                 raise ValueError(f"optuna.space.{key}: compare {key}s with grid.{key} (each arm gets its "
                                  f"per_{key} settings and options); Optuna searches the fields within an arm")
@@ -377,17 +397,50 @@ def base_config(spec: SweepSpec, dataset: str, method: str) -> dict[str, Any]:
     return base
 
 
+def option_axis(key: str) -> tuple[str, str] | None:
+    """("options" | "dataset_options", name) for a grid key naming a method's or data set's own setting."""
+    group, dot, name = key.partition(".")
+    return (group, name) if dot and group in ("options", "dataset_options") and name else None
+
+
+def option_holders(group: str, name: str) -> list[type[BaseModel]]:
+    """The options models of the registered methods (group "options") or data sets that declare `name`."""
+    registry: Any = METHODS if group == "options" else DATASETS
+    models = [registry.get(n).options for n in registry.names()]
+    return [m for m in models if m is not None and name in m.model_fields]
+
+
+def owns_axis(key: str, method: str, dataset: str) -> bool:
+    """Whether a grid key applies to an arm of `method` on `dataset`: a field does; an option only where the
+    arm's method (or data set) declares it, and is ignored elsewhere, as a field the method does not read."""
+    axis = option_axis(key)
+    if axis is None:
+        return True
+    group, name = axis
+    info: Any = METHODS.get(method) if group == "options" else DATASETS.get(dataset)
+    return info.options is not None and name in info.options.model_fields
+
+
 def arm_config(spec: SweepSpec, combo: dict[str, Any]) -> TrialConfig:
     """Base, then the dataset's settings (its own options among them), then the method's (likewise), then
-    the grid values."""
+    the grid values (an `options.<name>` / `dataset_options.<name>` value where the arm's method or data set
+    has that option)."""
     dataset = combo.get("dataset", spec.base.dataset)
     method = combo.get("method", spec.base.method)
     fields, options = method_settings(spec.per_method.get(method, {}))
     data_fields, data_options = dataset_settings(spec.per_dataset.get(dataset, {}))
     base = base_config(spec, dataset, method)
+    grid = {k: v for k, v in combo.items() if option_axis(k) is None}
+    own: dict[str, dict[str, Any]] = {"options": {}, "dataset_options": {}}
+    for key, value in combo.items():
+        axis = option_axis(key)
+        if axis is not None and owns_axis(key, method, dataset):
+            own[axis[0]][axis[1]] = value
     try:
-        return TrialConfig.model_validate({**base, **data_fields, **fields, "options": {**base["options"], **options},
-                                           "dataset_options": {**base["dataset_options"], **data_options}, **combo})
+        return TrialConfig.model_validate({**base, **data_fields, **fields,
+                                           "options": {**base["options"], **options, **own["options"]},
+                                           "dataset_options": {**base["dataset_options"], **data_options,
+                                                               **own["dataset_options"]}, **grid})
     except ValidationError as err:
         where = f"the arm {combo} (base + per_dataset.{dataset} + per_method.{method} + grid)"
         raise ConfigError(format_validation_error(err, where)) from None
