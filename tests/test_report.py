@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -377,3 +378,90 @@ def test_zero_shot_adds_no_seed_the_cells_wait_for():
               RunRecord("b", "FINISHED", {**tags, "ablate.method": "zeroshot", "ablate.seed": "n/a"}, {})]
     assert expected_seeds(spec([0]), trials, "synthetic") == 1
     assert expected_seeds(spec([0, 1]), trials, "synthetic") == 2
+
+
+def test_one_seed_tables_claim_no_ranking_and_say_so():
+    from ablate.report import assign_rows, build_table, table_markdown
+
+    trials = _seeded_trials({"dualcoop": [43.9], "baseline": [40.0], "zeroshot": [12.4]})
+    table = build_table("synthetic", trials, assign_rows(trials).label, expected=1)
+    assert table.one_seed and table.top == {"0.5": "dualcoop", "Avg": "dualcoop"}
+    assert table.best == {} and table.tied == {}
+    md = table_markdown(table)
+    assert "**1 seed: no intervals, no ranking claim.**" in md and "43.90 ▲" in md and "≈" not in md
+    assert md.count("43.90 ▲") == 2 and "▲: the best mean of its column, a single run, no claim" in md
+
+
+def test_a_single_run_row_does_not_block_the_bold_of_replicated_rows():
+    from ablate.report import RunRecord, assign_rows, build_table, table_markdown
+
+    trials = _seeded_trials({"dualcoop": [80.0, 81.0, 83.0], "baseline": [70.0, 72.0, 71.0]})
+    trials.append(RunRecord("zs", "FINISHED", {"ablate.method": "zeroshot", "ablate.dataset": "synthetic",
+                                               "ablate.label_ratio": "n/a", "ablate.seed": "n/a"}, {"test_map": 60.0}))
+    table = build_table("synthetic", trials, assign_rows(trials).label, expected=3)
+    # dualcoop − baseline per seed: 10, 9, 12: its t interval [6.2, 14.5] excludes 0; zero-shot is one run
+    assert table.best == {"0.5": "dualcoop", "Avg": "dualcoop"} and table.tied == {}
+    md = table_markdown(table)
+    assert "**81.33 ± 3.79**" in md and "60.00 (n=1) ‡" in md and "≈" not in md
+
+
+def test_selection_artefacts_are_flagged_per_cell():
+    from ablate.report import RunRecord, assign_rows, build_table, table_markdown
+
+    def run(i: int, method: str, picked: int, test: float, last: float) -> RunRecord:
+        tags = {"ablate.method": method, "ablate.dataset": "synthetic", "ablate.label_ratio": "0.5",
+                "ablate.seed": str(i)}
+        return RunRecord(f"{method}{i}", "FINISHED", tags, {"test_map": test, "best_epoch": picked,
+                                                            "last_test_map": last}, params={"epochs": "10"})
+
+    trials = [run(0, "dualcoop", 10, 50.0, 50.0), run(1, "dualcoop", 9, 51.0, 51.5),
+              run(0, "baseline", 1, 15.1, 20.3), run(1, "baseline", 4, 40.0, 40.5)]
+    table = build_table("synthetic", trials, assign_rows(trials).label)
+    assert table.cells["dualcoop"]["0.5"].flags == {"↗"} and table.cells["baseline"]["0.5"].flags == {"↘"}
+    md = table_markdown(table)
+    assert "↗ a run of the cell picked its last epoch" in md and "more than 2 mAP points lower" in md
+
+
+def test_extra_columns_are_catalogue_metrics(experiment, tmp_path, capsys):
+    out = tmp_path / "cols"
+    assert main(["report", "--experiment", "rep", "--tracking-uri", experiment, "--out", str(out), "--no-log",
+                 "--columns", "test_map", "last_test_map"]) == 0
+    assert "| test mAP, last epoch |" in (out / "table.md").read_text()
+    assert main(["report", "--experiment", "rep", "--tracking-uri", experiment, "--out", str(out), "--no-log",
+                 "--columns", "test_f1"]) == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err.startswith("error: --columns test_f1: not a final metric") and "test_cf1" in err
+
+
+def test_published_tables_of_other_data_sets_are_one_line(experiment, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["report", "--experiment", "rep", "--tracking-uri", experiment, "--out", str(out),
+                 "--published", "positivecoop_wacv2025"]) == 2
+    [err] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "coco2014, voc2007" in err and "(synthetic)" in err and not out.exists()
+
+
+def test_published_values_outside_percent_are_refused_naming_the_cell(tmp_path):
+    from ablate.published import load_published
+    from ablate.spec import ConfigError
+
+    paper = tmp_path / "paper.yaml"
+    for bad in (250.0, -40.0):
+        paper.write_text(yaml.safe_dump({**PUBLISHED, "results": {"synthetic": {"dualcoop": {"map": {0.1: bad}}}}}))
+        with pytest.raises(ConfigError, match=rf"results.synthetic.dualcoop.map.*0.1: {bad:g} is not an mAP"):
+            load_published(paper)
+
+
+def test_the_prediction_interval_covers_one_more_run_95_percent_of_the_time():
+    """Simulated: equal methods, equal noise; a published single run against this sweep's seeds."""
+    from ablate.stats import mean_interval, prediction_interval
+
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 10):
+        draws = rng.normal(80.0, 1.5, size=(4000, n + 1))
+        covered = [prediction_interval(d[:n]).contains(d[n]) for d in draws]
+        assert abs(np.mean(covered) - 0.95) < 0.02, n
+        # the mean's own interval is the wrong test: it calls the same method "outside" far more often
+        mean_covered = np.mean([mean_interval(d[:n]).contains(d[n]) for d in draws])
+        assert mean_covered < 0.88, n
+    assert not prediction_interval([80.0]).exists
