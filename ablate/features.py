@@ -282,7 +282,7 @@ def feature_group(cfg: TrialConfig) -> tuple:
     """Trials with equal groups read the same caches (label ratio and val split do not matter; the
     seed only for random weights, which it draws)."""
     seed = cfg.seed if cfg.pretrained.lower() == "none" else None
-    return (cfg.backbone, cfg.pretrained, seed, cfg.image_size, cfg.dataset, cfg.data_root,
+    return (cfg.backbone, cfg.pretrained, seed, cfg.image_size, cfg.resize, cfg.dataset, cfg.data_root,
             json.dumps(cfg.dataset_options, sort_keys=True), cfg.cache_dir, cfg.feature_cache_dir, cfg.cache_dtype)
 
 
