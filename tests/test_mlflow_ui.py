@@ -199,7 +199,8 @@ def test_each_split_is_a_dataset_input_and_source_tags_are_set(sweep):
 def test_the_report_of_a_complete_sweep_has_no_not_included_heading(sweep):
     page = (sweep["tmp"] / "report" / "report.html").read_text()
     assert "Not included" not in page and "<th colspan='3'>label ratio</th>" in page
-    assert "zeroshot ‡" in page and "wins count label ratios" in page  # one seed: wins over ratios, said so
+    assert "zeroshot ‡" in page and "1 seed: no intervals, no ranking claim." in page  # one seed: said so
+    assert "unpaired: one run" in page  # zero-shot's one run pairs with no seed: no wins counted for it
 
 
 def test_descriptions_carry_the_spec_description_results_and_report_link(sweep):
@@ -290,7 +291,7 @@ def test_the_sweep_has_a_prepared_view_the_ui_reads(sweep):
     state = decode(tags[VIEW_TAG_PREFIX + view_key(sweep["parent_run_id"])])
     assert state["searchFilter"] == f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'"
     assert state["runsHiddenMode"] == "SHOW_ALL" and state["orderByKey"] == "metrics.`test_map`"
-    assert state["selectedColumns"][:4] == [f"params.`{a}`" for a in ("method", "label_ratio", "n_ctx", "seed")]
+    assert state["selectedColumns"][:5] == [f"params.`{a}`" for a in ("method", "label_ratio", "n_ctx", "csc", "seed")]
     assert {"metrics.`device_hours`", "metrics.`trainable_params`", "metrics.`train_time_s`"} <= \
         set(state["selectedColumns"])
     kinds = {(c["type"], c.get("metricKey") or c.get("xaxis", {}).get("key")) for c in state["compareRunCharts"]}
