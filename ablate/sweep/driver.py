@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..secret_uri import MASK
 from ..spec import ConfigError
 from ..tracking import (
     RUNNING_NOTE,
@@ -148,8 +149,23 @@ def _storage_root(spec: SweepSpec, override: str | None) -> str:
     return root if "://" in root else str(Path(root).expanduser().absolute())
 
 
+def _store_uri(spec: SweepSpec, state_path: Path, resume: bool, flag: str | None) -> str:
+    """The tracking URI: --tracking-uri, the spec's, MLFLOW_TRACKING_URI or the default; for --resume the
+    sweep's own, whose password its state does not keep: that comes from where the launch got it."""
+    given = resolve_tracking_uri(flag, spec.tracking_uri)
+    if not (resume and state_path.exists()):
+        return given
+    kept = SweepState.load(state_path).tracking_uri
+    if given == kept:  # the masked texts: the same store, and `given` knows its password
+        return given
+    if MASK not in kept:
+        return resolve_tracking_uri(kept)
+    raise ConfigError(f"sweep '{spec.name}' is tracked in {kept}, whose password is not kept on disk; give that URI "
+                      "again with --tracking-uri (or the spec's tracking_uri, or MLFLOW_TRACKING_URI) to resume it")
+
+
 def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, resume: bool,
-                tracking_uri: str | None, packs: list[list[int]] | None = None, arms: int = 0):
+                uri: str, packs: list[list[int]] | None = None, arms: int = 0):
     """The sweep's MLflow parent run: created (and its state saved, with its packs), or re-opened for
     --resume (the packs it was launched with: Tune restores trials by pack index)."""
     if resume:
@@ -163,14 +179,14 @@ def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, res
             raise ConfigError(f"sweep '{spec.name}' was launched with {sum(map(len, state.packs))} arms and its spec "
                               f"now expands into {arms} (this release reads it differently); start it anew under "
                               "another name")
-        client = connect(state.tracking_uri)
+        state.tracking_uri = uri  # the masked one it kept, with its password
+        client = connect(uri)
         reopen_parent_run(client, state.parent_run_id)
         set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(spec.description, RUNNING_NOTE))
         return state, client
     if state_path.exists():
         raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
                           "it, or change `name` / --storage-path for a new sweep")
-    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
     client = connect(uri)
     experiment_id = ensure_experiment(client, spec.name)
     parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text(), spec.description)
@@ -260,8 +276,7 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     resources a trial asks for, the shared storage and the address trials will log to; then the parent run
     (and the packs) are opened. Returns (state, client, the tracking URI the trials get)."""
     # a tracking server or database that is down or refuses the password stops here, before Ray
-    store_uri = (SweepState.load(state_path).tracking_uri if resume and state_path.exists()
-                 else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+    store_uri = _store_uri(spec, state_path, resume, tracking_uri)
     probe_store(store_uri)
     # a bad data root stops here, before anything is recorded
     fetch_data(spec, arms, ray_address)
@@ -273,7 +288,7 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
                          "mounts (trials load the checkpoints the driver built there)")
     worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
     plan = plan_packs(spec, arms, *cluster_slots(spec))
-    state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
+    state, client = _open_sweep(spec, path, state_path, storage, resume, store_uri,
                                 plan.packs if spec.packing else None, len(arms))
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)

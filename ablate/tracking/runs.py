@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import TrackingError
 from ..result import TrialResult
+from ..secret_uri import mask
 from ..spec import METHODS, TrialConfig, method_info
 from .names import (
     BATCH_LIMIT,
@@ -94,7 +95,8 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
     tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SPEC_TAGS[0]: hashlib.sha256(spec_text.encode()).hexdigest(),
             SPEC_TAGS[1]: str(spec_path), **source_tags(spec_path)}
     run = retried(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
-    retried(client.log_text, run.info.run_id, spec_text, "spec.yaml")
+    # the MLflow UI serves artifacts to whoever reaches it: the spec's URIs without their passwords
+    retried(client.log_text, run.info.run_id, mask(spec_text), "spec.yaml")
     set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
     save_view(client, experiment_id, run.info.run_id)
     return run.info.run_id
