@@ -29,11 +29,9 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from ..secret_uri import SecretURI, reveal
+from .resume import RUNGS_PREFIX, STUDY_FILE
 from .spec import SweepSpec
 from .trial import SAMPLE_KEY
-
-STUDY_FILE = "optuna.db"
-RUNGS_PREFIX = "asha-rungs-"
 
 
 def study_storage_url(spec: SweepSpec, state_dir: Path) -> str:

@@ -130,7 +130,7 @@ def probe_store(uri: str) -> None:
         probe_database(uri)
 
 
-def probe_database(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+def probe_database(uri: str, timeout: float = PROBE_TIMEOUT_S, what: str = "tracking URI") -> None:
     """One connection attempt to a database URI (postgresql://, mysql://): MLflow's store retries a
     failing connection ten times over about 100 s; a refused password or a closed port is said at once."""
     import sqlalchemy
@@ -145,13 +145,13 @@ def probe_database(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         raise TrackingError(f"no driver for {shown} ({err.name} is missing); the cluster extra (pip install "
                             "'ablate[cluster]') brings psycopg2: write the URI as postgresql+psycopg2://...") from None
     except sqlalchemy.exc.ArgumentError as err:
-        raise TrackingError(f"{shown} is not a database URI ({mask(str(err))})") from None
+        raise TrackingError(f"{what} {shown} is not a database URI ({mask(str(err))})") from None
     except sqlalchemy.exc.OperationalError as err:
         reason = mask(" ".join(line.strip() for line in str(err.orig or err).splitlines() if line.strip()))
         if "password" in reason or "authentication" in reason:
-            raise TrackingError(f"the database of tracking URI {shown} refuses the password ({reason}); fix "
+            raise TrackingError(f"the database of {what} {shown} refuses the password ({reason}); fix "
                                 "the user or password in the URI") from None
-        raise TrackingError(f"the database of tracking URI {shown} is not reachable ({reason}); is it running "
+        raise TrackingError(f"the database of {what} {shown} is not reachable ({reason}); is it running "
                             "and reachable from here?") from None
 
 
