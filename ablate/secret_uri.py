@@ -62,10 +62,6 @@ class SecretURI(str):
                               "workers from the driver's environment, or give the URI where this process reads it")
         return self._real
 
-    @property
-    def has_secret(self) -> bool:
-        return self._real is not None and str(self) != self._real
-
     def __repr__(self) -> str:
         return f"SecretURI({str.__repr__(self)})"
 
