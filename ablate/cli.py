@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from .errors import AblateError, ConfigError, Interrupted, MovedSetting, worker_message
 from .extras import missing_extra, require
+from .secret_uri import mask
 from .spec import TrialConfig, format_validation_error, load_trial_config
 from .tracking import bill_text, trial_table, ui_hint
 from .world.dataset import WorldConfig
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except AblateError as err:
         if args.debug:
             raise
-        print(f"error: {worker_message(err)}", file=sys.stderr)
+        print(f"error: {mask(worker_message(err))}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         if args.debug:
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         if hint is not None:  # an optional dependency not installed: one line naming its extra
             print(f"error: {hint}", file=sys.stderr)
             return 2
-        what = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        what = mask(" ".join(f"{type(err).__name__}: {err}".split()))[:300]
         print(f"error: ablate {_command(args)} failed unexpectedly ({what}); rerun with --debug for the traceback",
               file=sys.stderr)
         return 1

@@ -105,6 +105,19 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def write_private(path: Path, text: str) -> None:
+    """`text` into a file only its owner reads (mode 600, also when the file was there with another mode),
+    written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp's mode is 600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def fill_atomically(root: Path, fill: Callable[[Path], None]) -> None:
     """`fill(tmp)` a fresh folder beside `root`, then rename it to `root` (atomic; replaces an empty folder)."""
     root.parent.mkdir(parents=True, exist_ok=True)

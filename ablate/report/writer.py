@@ -24,6 +24,7 @@ from ..errors import ReportError, TrackingError
 from ..files import current_umask
 from ..pathnames import component_problem
 from ..published import PublishedTable
+from ..secret_uri import mask
 from ..sweep.spec import SweepSpec
 from ..tracking import (
     bill_text,
@@ -261,7 +262,10 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
 def _spec_text(client: MlflowClient, parent_run_id: str, out_dir: Path) -> str | None:
     """The sweep's spec as logged on its parent run (None for runs made without one)."""
     try:
-        return Path(retried(client.download_artifacts, parent_run_id, "spec.yaml", str(out_dir))).read_text()
+        path = Path(retried(client.download_artifacts, parent_run_id, "spec.yaml", str(out_dir)))
+        text = mask(path.read_text())  # a spec an older release logged as written: no password in the report
+        path.write_text(text)
+        return text
     except TrackingError:  # the server stayed down: not the same as a run without a spec
         raise
     except Exception:  # MLflow raises several types for a missing artifact
@@ -272,7 +276,8 @@ def _page(experiment: str, parent_run_id: str, trials: list[RunRecord], incomple
           spec_text: str | None, bill: dict[str, float]) -> str:
     listing = ("<h2 class='warn'>Not included (failed, running, stopped or missing)</h2><ul>"
                + "".join(f"<li>{html.escape(line)}</li>" for line in incomplete) + "</ul>") if incomplete else ""
-    spec_html = f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>" if spec_text else ""
+    # a sweep recorded by an older release logged its spec as written: its URIs' passwords stay out of the page
+    spec_html = f"<h2>Spec</h2><pre>{html.escape(mask(spec_text))}</pre>" if spec_text else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ablate report: {html.escape(experiment)}"
             f"</title><style>{STYLE}</style></head><body><h1>ablate report: {html.escape(experiment)}</h1>"
             f"<p>{sum(t.status == 'FINISHED' for t in trials)} finished trials of sweep run "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..secret_uri import SECRETS_ENV, SecretURI, reveal
 from ..spec import ConfigError
 
 # how Ray words an actor that died with its node (ActorDiedError's text)
@@ -35,8 +36,10 @@ def init_ray(address: str | None = None) -> None:
         with _loopback_only():
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     else:
+        # a URI's password reaches the cluster's trial processes in their environment, never in a pickle
+        secrets = {SECRETS_ENV: os.environ[SECRETS_ENV]} if SECRETS_ENV in os.environ else {}
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": secrets} if secrets else None)
         except (ConnectionError, ValueError) as err:  # nothing there / not an address
             raise ConfigError(f"no Ray cluster answers at --ray-address {address} ({err}); start one with "
                               "`ray start --head`, or use --ray-address local for a private one") from None
@@ -138,7 +141,7 @@ def reachable_from_workers(uri: str, address: str | None = None) -> str:
         print(f"tracking: trials log to {redact_uri(uri)}", file=sys.stderr)
         return uri
     node = ray.util.get_node_ip_address()
-    rewritten = _on_host(uri, node)
+    rewritten = SecretURI(_on_host(reveal(uri), node))
     if parsed.scheme in ("http", "https") and not healthy(rewritten.rstrip("/"), timeout=5.0):
         raise ConfigError(f"the tracking server at {redact_uri(uri)} answers this driver on loopback only, but "
                           f"trials on other nodes would call {redact_uri(rewritten)}, which does not answer; "

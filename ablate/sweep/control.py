@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AblateError
+from ..files import write_private
+from ..secret_uri import mask
 
 STATE_FILE = "ablate_sweep.json"
 
@@ -35,8 +37,9 @@ class SweepState:
         return cls(**json.loads(path.read_text()))
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2))
+        """The tracking URI is kept masked (a SecretURI's text): --resume gets its password from where the
+        launch did (--tracking-uri, the spec, MLFLOW_TRACKING_URI). Owner-only all the same."""
+        write_private(path, json.dumps({**self.__dict__, "tracking_uri": mask(self.tracking_uri)}, indent=2))
 
 
 def _sha(path: Path) -> str:

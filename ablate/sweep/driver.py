@@ -3,12 +3,16 @@ the end of a sweep, finished or interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import AblateError, worker_message
+from ..secret_uri import MASK, mask
 from ..spec import ConfigError
 from ..tracking import (
     RUNNING_NOTE,
@@ -20,6 +24,7 @@ from ..tracking import (
     end_parent_run,
     ensure_experiment,
     note_sweep_stopped,
+    probe_database,
     probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
@@ -47,6 +52,7 @@ from .cluster import (
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
 from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
+from .resume import check_side_files, load_state
 from .spec import SweepSpec, load_sweep_spec
 from .trial import ray_trial, work_root
 
@@ -106,7 +112,12 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
     name = spec.name if arm is None else f"{spec.name}--{arm.slug}"[:200]
     path = os.path.join(storage, name)
     if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        try:
+            return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        except Exception as err:  # Tune's own files (tuner.pkl, experiment state) damaged
+            raise ConfigError(f"cannot resume sweep '{spec.name}': Ray Tune's state in {path} cannot be restored "
+                              f"({type(err).__name__}: {mask(str(err))[:300]}); start the sweep over (another "
+                              f"`name`, or remove {Path(path).parent / spec.name} and its runs in MLflow)") from None
     search = arm.search if arm is not None else {}
     opt = spec.optuna if search else None
     if opt is not None:  # metrics and modes live on the searcher and the scheduler, not in TuneConfig
@@ -151,14 +162,29 @@ def _storage_root(spec: SweepSpec, override: str | None) -> str:
     return root if "://" in root else str(Path(root).expanduser().absolute())
 
 
+def _store_uri(spec: SweepSpec, state_path: Path, resume: bool, flag: str | None) -> str:
+    """The tracking URI: --tracking-uri, the spec's, MLFLOW_TRACKING_URI or the default; for --resume the
+    sweep's own, whose password its state does not keep: that comes from where the launch got it."""
+    given = resolve_tracking_uri(flag, spec.tracking_uri)
+    if not (resume and state_path.exists()):
+        return given
+    kept = load_state(state_path, spec.name).tracking_uri
+    if given == kept:  # the masked texts: the same store, and `given` knows its password
+        return given
+    if MASK not in kept:
+        return resolve_tracking_uri(kept)
+    raise ConfigError(f"sweep '{spec.name}' is tracked in {kept}, whose password is not kept on disk; give that URI "
+                      "again with --tracking-uri (or the spec's tracking_uri, or MLFLOW_TRACKING_URI) to resume it")
+
+
 def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, resume: bool,
-                tracking_uri: str | None, packs: list[list[int]] | None = None, arms: int = 0):
+                uri: str, packs: list[list[int]] | None = None, arms: int = 0):
     """The sweep's MLflow parent run: created (and its state saved, with its packs), or re-opened for
     --resume (the packs it was launched with: Tune restores trials by pack index)."""
     if resume:
         if not state_path.exists():
             raise ConfigError(f"nothing to resume: no sweep '{spec.name}' under {storage}")
-        state = SweepState.load(state_path)
+        state = load_state(state_path, spec.name)
         if state.spec_sha256 != _sha(path):
             raise ConfigError(f"{path} changed since sweep '{spec.name}' started; resume needs the same spec "
                               "(restore the file, or start a new sweep under another name)")
@@ -166,20 +192,37 @@ def _open_sweep(spec: SweepSpec, path: Path, state_path: Path, storage: str, res
             raise ConfigError(f"sweep '{spec.name}' was launched with {sum(map(len, state.packs))} arms and its spec "
                               f"now expands into {arms} (this release reads it differently); start it anew under "
                               "another name")
-        client = connect(state.tracking_uri)
-        reopen_parent_run(client, state.parent_run_id)
-        set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(spec.description, RUNNING_NOTE))
+        state.tracking_uri = uri  # the masked one it kept, with its password
+        client = connect(uri)
+        with ends_parent_on_failure(client, state):
+            reopen_parent_run(client, state.parent_run_id)
+            set_sweep_note(client, state.experiment_id, state.parent_run_id, sweep_note(spec.description,
+                                                                                        RUNNING_NOTE))
         return state, client
     if state_path.exists():
         raise ConfigError(f"sweep '{spec.name}' already exists under {storage}; pass --resume to continue "
                           "it, or change `name` / --storage-path for a new sweep")
-    uri = resolve_tracking_uri(tracking_uri, spec.tracking_uri)
     client = connect(uri)
     experiment_id = ensure_experiment(client, spec.name)
     parent = start_parent_run(client, experiment_id, spec.name, path, path.read_text(), spec.description)
     state = SweepState(uri, experiment_id, parent, _sha(path), packs)
-    state.save(state_path)
+    with ends_parent_on_failure(client, state):
+        state.save(state_path)
     return state, client
+
+
+@contextlib.contextmanager
+def ends_parent_on_failure(client, state: SweepState) -> Iterator[None]:
+    """Once the parent run exists, a failure ends it FAILED with the reason (ERROR_TAG), and the trial runs it
+    cut off KILLED: a sweep is never left RUNNING in MLflow. An interrupt is the caller's (KILLED, resumable)."""
+    try:
+        yield
+    except Exception as err:
+        reason = f"sweep failed: {mask(worker_message(err)) if isinstance(err, AblateError) else mask(repr(err))}"
+        with contextlib.suppress(Exception):  # the store may be what failed: the sweep's own error goes first
+            close_running_children(client, state.experiment_id, state.parent_run_id, reason)
+            end_parent_run(client, state.parent_run_id, "FAILED", {}, reason=reason)
+        raise
 
 
 def _fit(tuners: list, signals: Signals, packs: list[list[int]] | None) -> tuple[int, int]:
@@ -203,7 +246,7 @@ def _interrupted(client, state: SweepState, signals: Signals, command: str) -> S
     name = signal.Signals(signals.signum).name
     reason = f"sweep interrupted ({name}); resume with: {command}"
     close_running_children(client, state.experiment_id, state.parent_run_id, reason)
-    end_parent_run(client, state.parent_run_id, "KILLED", {}, resume_command=command)
+    end_parent_run(client, state.parent_run_id, "KILLED", {}, resume_command=command, reason=reason)
     note_sweep_stopped(client, state.experiment_id, state.parent_run_id, command)
     return SweepInterrupted(f"sweep interrupted ({name}); finished trials are kept, resume with: {command}",
                             signals.signum)
@@ -233,25 +276,28 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
                                        "again (with --resume if it was recorded)", signals.signum) from None
             raise
         try:
-            workroot = work_root(storage, spec.name, state.parent_run_id)
-            shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
-            ctx = TrackingContext(worker_uri, state.experiment_id, state.parent_run_id)
-            tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot, state_path.parent) for arm in arms] \
-                if spec.optuna else [_tuner(spec, None, arms, ctx, storage, resume, workroot, state_path.parent,
-                                            state.packs)]
-            total, errored = _fit(tuners, signals, state.packs)
+            with ends_parent_on_failure(client, state):
+                workroot = work_root(storage, spec.name, state.parent_run_id)
+                shutil.rmtree(workroot, ignore_errors=True)  # left by trials killed in an earlier run
+                ctx = TrackingContext(worker_uri, state.experiment_id, state.parent_run_id)
+                tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot, state_path.parent)
+                          for arm in arms] if spec.optuna else \
+                    [_tuner(spec, None, arms, ctx, storage, resume, workroot, state_path.parent, state.packs)]
+                total, errored = _fit(tuners, signals, state.packs)
         except KeyboardInterrupt:
             signals.received = signals.received or [signal.SIGINT]
         finally:
             shutil.rmtree(work_root(storage, spec.name, state.parent_run_id), ignore_errors=True)
         if signals.received:
             raise _interrupted(client, state, signals, command)
-    if spec.optuna and spec.optuna.multi_objective:
-        tag_pareto_fronts(state.tracking_uri, state.experiment_id, state.parent_run_id, spec.optuna.objectives)
-    bill = sweep_bill(_bill_rows(client, state))
-    end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
-                   {"trials": total, "trials_errored": errored, "sweep_device_hours": bill["device_hours"],
-                    "sweep_wall_time_s": bill["wall_time_s"]})
+    with ends_parent_on_failure(client, state):
+        if spec.optuna and spec.optuna.multi_objective:
+            tag_pareto_fronts(state.tracking_uri, state.experiment_id, state.parent_run_id, spec.optuna.objectives)
+        bill = sweep_bill(_bill_rows(client, state))
+        end_parent_run(client, state.parent_run_id, "FINISHED" if errored == 0 else "FAILED",
+                       {"trials": total, "trials_errored": errored, "sweep_device_hours": bill["device_hours"],
+                        "sweep_wall_time_s": bill["wall_time_s"]},
+                       reason=f"{errored} of {total} trials errored" if errored else None)
     note_finished_sweep(client, state, spec, total, errored)
     return {"tracking_uri": state.tracking_uri, "experiment_id": state.experiment_id,
             "parent_run_id": state.parent_run_id,
@@ -265,9 +311,12 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     resources a trial asks for, the shared storage and the address trials will log to; then the parent run
     (and the packs) are opened. Returns (state, client, the tracking URI the trials get)."""
     # a tracking server or database that is down or refuses the password stops here, before Ray
-    store_uri = (SweepState.load(state_path).tracking_uri if resume and state_path.exists()
-                 else resolve_tracking_uri(tracking_uri, spec.tracking_uri))
+    store_uri = _store_uri(spec, state_path, resume, tracking_uri)
     probe_store(store_uri)
+    if spec.optuna and spec.optuna.storage:  # likewise the database of the Optuna studies
+        probe_database(spec.optuna.storage, what="optuna.storage")
+    if resume and state_path.exists():  # what --resume reads besides Tune's state, before the run is re-opened
+        check_side_files(state_path.parent, spec.name, study_in_folder=bool(spec.optuna and not spec.optuna.storage))
     # a bad data root stops here, before anything is recorded
     fetch_data(spec, arms, ray_address)
     clips = prepare_data(arms, spec.resources, spec.plugins, ray_address, spec.optuna.space if spec.optuna else None)
@@ -278,7 +327,7 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
                          "mounts (trials load the checkpoints the driver built there)")
     worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
     plan = plan_packs(spec, arms, *cluster_slots(spec))
-    state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
+    state, client = _open_sweep(spec, path, state_path, storage, resume, store_uri,
                                 plan.packs if spec.packing else None, len(arms))
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)

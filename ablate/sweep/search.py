@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from ..secret_uri import SecretURI, reveal
+from .resume import RUNGS_PREFIX, STUDY_FILE
 from .spec import SweepSpec
 from .trial import SAMPLE_KEY
-
-STUDY_FILE = "optuna.db"
-RUNGS_PREFIX = "asha-rungs-"
 
 
 def study_storage_url(spec: SweepSpec, state_dir: Path) -> str:
@@ -49,17 +49,27 @@ def searcher(spec: SweepSpec, storage_url: str, name: str, arm: str):
     """The arm's search algorithm: OptunaSearch (its objectives, seeded TPE, persistent study) behind
     SampleSearch, which runs each sample once per seed and hides the metric from Tune's per-epoch check
     (end-of-trial objectives such as device_hours are only in the last result)."""
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     assert spec.optuna is not None
     metrics = [m for m, _ in spec.optuna.objectives]
     modes = [m for _, m in spec.optuna.objectives]
-    storage = optuna.storages.RDBStorage(storage_url)
+    storage = MaskedRDBStorage(reveal(storage_url))
     inner = OptunaSearch(metric=metrics if len(metrics) > 1 else metrics[0],
                          mode=modes if len(modes) > 1 else modes[0],
                          seed=spec.optuna.seed, storage=storage, study_name=name)
     return SampleSearch(inner, list(spec.optuna.seeds or []), metrics, arm)
+
+
+class MaskedRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, pickled (Ray's tuner.pkl, Tune's searcher state) with its URL masked; restored
+    in the driver, which knows the real URL again (ablate.secret_uri)."""
+
+    def __getstate__(self) -> dict[Any, Any]:
+        return {**super().__getstate__(), "url": SecretURI(self.url)}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__({**state, "url": reveal(state["url"])})
 
 
 class SampleSearch(Searcher):

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..methods import METHODS, method_info
 from ..pathnames import check_component
 from ..probes import probe_names
+from ..secret_uri import SecretURI
 from ..spec import (
     FLAT_DATASET_FIELDS,
     Int,
@@ -35,6 +36,8 @@ def _searchable(name: str) -> str:
     return name
 
 
+# a URI that may hold a password: masked wherever the spec is shown, dumped or pickled
+URI = Annotated[str, AfterValidator(SecretURI)]
 # what Optuna and ASHA may optimise: the catalogue's metrics reported to Ray Tune every epoch
 MetricName = Annotated[str, AfterValidator(_searchable)]
 # objectives of a multi-objective search: also the end-of-trial costs (a search over them cannot prune)
@@ -73,7 +76,7 @@ class OptunaSpec(StrictModel):
     seeds: list[Int] | None = Field(
         None, min_length=1, description="training seeds every sampled configuration runs with; the sampler gets "
         "their mean (the standard error is kept beside it), ASHA compares rungs on the mean")
-    storage: str | None = Field(
+    storage: URI | None = Field(
         None, description="Optuna storage URL for the studies (an RDB URL on a cluster); default: a sqlite file "
         "beside the sweep's state, so --resume continues every study with its full history")
 
@@ -173,7 +176,7 @@ class SweepSpec(StrictModel):
     max_trials: int = Field(1000, ge=1, description="a sweep of more trials is launched only with `ablate sweep "
                             "--yes` (a grid grows as the product of its lists)")
     storage_path: str = Field("runs/ray", description="Ray Tune results: local folder, shared path or s3://")
-    tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
+    tracking_uri: URI | None = Field(None, description="MLflow URI; default sqlite file mlflow.db here")
     data: dict[str, DataSpec] = Field(default_factory=dict, description="per dataset: `fetch: true` to download "
                                       "it into its data roots first (`ablate data fetch`)")
 

@@ -13,6 +13,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from ..catalogue import metrics
 from ..result import TrialResult
+from ..secret_uri import mask
 from ..spec import ignored_fields
 from .names import NOTE_TAG, UI_DEFAULT, children_filter
 
@@ -55,10 +56,17 @@ def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts
     opening the sweep's prepared view (`view.save_view`: columns, all runs, best test mAP first by label
     ratio, charts); `charts` opens its chart view. A server URI is the UI's own address; for a store file,
     `mlflow ui` serves it at the default port."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_DEFAULT
+    base = _without_credentials(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://")) \
+        else UI_DEFAULT
     query = urllib.parse.urlencode({"viewStateShareKey": view_key(parent_run_id), "workflowType": "machine_learning",
                                     **({"compareRunsMode": "CHART"} if charts else {})})
     return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def _without_credentials(uri: str) -> str:
+    """A server's address for a browser: a `user:password@` stays out of printed links."""
+    parts = urllib.parse.urlsplit(str(uri))
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
@@ -67,7 +75,7 @@ def ui_hint(tracking_uri: str, experiment_id: str, parent_run_id: str) -> str:
             f"  charts: {ui_address(tracking_uri, experiment_id, parent_run_id, charts=True)}")
     if tracking_uri.startswith(("http://", "https://")):
         return line
-    return f"{line}\n  (serve it first: mlflow ui --backend-store-uri {tracking_uri})"
+    return f"{line}\n  (serve it first: mlflow ui --backend-store-uri {mask(tracking_uri)})"
 
 
 def trial_table(uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import TrackingError
 from ..result import TrialResult
+from ..secret_uri import mask
 from ..spec import METHODS, TrialConfig, method_info
 from .names import (
     BATCH_LIMIT,
@@ -94,20 +95,24 @@ def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, 
     tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SPEC_TAGS[0]: hashlib.sha256(spec_text.encode()).hexdigest(),
             SPEC_TAGS[1]: str(spec_path), **source_tags(spec_path)}
     run = retried(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
-    retried(client.log_text, run.info.run_id, spec_text, "spec.yaml")
+    # the MLflow UI serves artifacts to whoever reaches it: the spec's URIs without their passwords
+    retried(client.log_text, run.info.run_id, mask(spec_text), "spec.yaml")
     set_sweep_note(client, experiment_id, run.info.run_id, sweep_note(description, RUNNING_NOTE))
     save_view(client, experiment_id, run.info.run_id)
     return run.info.run_id
 
 
 def end_parent_run(client: MlflowClient, parent_run_id: str, status: str, metrics: dict[str, float],
-                   resume_command: str | None = None) -> None:
-    """Counts and final status of a sweep; an interrupted one says how to continue it."""
+                   resume_command: str | None = None, reason: str | None = None) -> None:
+    """Counts and final status of a sweep; an interrupted one says how to continue it, a failed or stopped
+    one why (ERROR_TAG / STOPPED_TAG)."""
     try:
         for key, value in metrics.items():
             retried(client.log_metric, parent_run_id, key, value)
         if resume_command:
             retried(client.set_tag, parent_run_id, RESUME_TAG, resume_command)
+        if reason:
+            retried(client.set_tag, parent_run_id, ERROR_TAG if status == "FAILED" else STOPPED_TAG, reason[:5000])
         retried(client.set_terminated, parent_run_id, status)
     except MlflowException:
         check_not_deleted(client, parent_run_id)
@@ -130,9 +135,11 @@ def check_not_deleted(client: MlflowClient, parent_run_id: str) -> None:
 
 
 def reopen_parent_run(client: MlflowClient, parent_run_id: str) -> None:
-    """A resumed sweep runs again; the note on how to resume it goes."""
-    if RESUME_TAG in retried(client.get_run, parent_run_id).data.tags:
-        retried(client.delete_tag, parent_run_id, RESUME_TAG)
+    """A resumed sweep runs again; the note on how to resume it, and why it ended, go."""
+    tags = retried(client.get_run, parent_run_id).data.tags
+    for key in (RESUME_TAG, ERROR_TAG, STOPPED_TAG):
+        if key in tags:
+            retried(client.delete_tag, parent_run_id, key)
     retried(client.update_run, parent_run_id, status="RUNNING")
 
 

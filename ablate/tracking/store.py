@@ -3,6 +3,7 @@ call gets (a locked sqlite file, a server that stops answering)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import os
@@ -14,13 +15,14 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..errors import TrackingError
 from ..files import file_lock
+from ..secret_uri import SecretURI, mask, reveal
 
 # A sqlite store allows one writer; another process (a backup, `sqlite3`, a report) may hold it for a
 # while. Every call waits up to this long before the lock counts as a fault.
@@ -35,27 +37,27 @@ SERVER_PATIENCE_S = float(os.environ.get("ABLATE_TRACKING_PATIENCE_S", 300))
 # answer; these bound one MLflow call to about 2 + 4 s of back-off or 2 x 30 s of a silent server.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# MLflow's client prints "View run ... at: <server URI>" as it ends each run on a server, password and all;
+# ablate prints the UI's address itself, without one
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # What a retry waited for, by kind ("lock", "server"): the load benchmark reports them.
 retries_done: Counter[str] = Counter()
 from .names import DEFAULT_DB
 
 
-def resolve_tracking_uri(flag: str | None = None, spec: str | None = None) -> str:
-    """Flag, then spec, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory."""
-    uri = flag or spec or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+def resolve_tracking_uri(flag: str | None = None, spec: str | None = None) -> SecretURI:
+    """Flag, then spec, then MLFLOW_TRACKING_URI, then a sqlite file in the working directory; its password
+    (if any) masked wherever it is shown or kept."""
+    uri = reveal(flag or spec or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Trials run in other working directories: pin the file to an absolute path.
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().absolute())
-    return uri
+    return SecretURI(uri)
 
 
 def redact_uri(uri: str) -> str:
     """The URI with its password (if any) replaced by ***: what messages and logs may show."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return mask(uri)
 
 
 def connect(uri: str) -> MlflowClient:
@@ -70,9 +72,9 @@ def connect(uri: str) -> MlflowClient:
             retried(client.search_experiments, max_results=1)
         except Exception as err:  # the store raises many types; all mean "not usable"
             if is_locked(err):
-                raise TrackingError(f"MLflow tracking store {uri} stayed locked by another process for "
+                raise TrackingError(f"MLflow tracking store {redact_uri(uri)} stayed locked by another process for "
                                     f"{LOCK_PATIENCE_S:.0f} s; close what holds it and run again") from err
-            raise TrackingError(f"MLflow tracking store {redact_uri(uri)} is not reachable: {err}") from err
+            raise TrackingError(f"MLflow tracking store {redact_uri(uri)} is not reachable: {mask(str(err))}") from err
     return client
 
 
@@ -111,7 +113,7 @@ def _existing_tables(uri: str) -> set[str] | None:
         import sqlalchemy
 
         probe_database(uri)
-        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(reveal(uri), poolclass=sqlalchemy.pool.NullPool)
         try:
             return set(sqlalchemy.inspect(engine).get_table_names())
         finally:
@@ -128,7 +130,7 @@ def probe_store(uri: str) -> None:
         probe_database(uri)
 
 
-def probe_database(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+def probe_database(uri: str, timeout: float = PROBE_TIMEOUT_S, what: str = "tracking URI") -> None:
     """One connection attempt to a database URI (postgresql://, mysql://): MLflow's store retries a
     failing connection ten times over about 100 s; a refused password or a closed port is said at once."""
     import sqlalchemy
@@ -136,37 +138,49 @@ def probe_database(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     shown = redact_uri(uri)
     args = {"connect_timeout": int(timeout)} if uri.startswith("postgresql") else {}
     try:
-        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(reveal(uri), connect_args=args, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect():
             pass
     except ModuleNotFoundError as err:
         raise TrackingError(f"no driver for {shown} ({err.name} is missing); the cluster extra (pip install "
                             "'ablate[cluster]') brings psycopg2: write the URI as postgresql+psycopg2://...") from None
     except sqlalchemy.exc.ArgumentError as err:
-        raise TrackingError(f"{shown} is not a database URI ({err})") from None
+        raise TrackingError(f"{what} {shown} is not a database URI ({mask(str(err))})") from None
     except sqlalchemy.exc.OperationalError as err:
-        reason = " ".join(line.strip() for line in str(err.orig or err).splitlines() if line.strip())
+        reason = mask(" ".join(line.strip() for line in str(err.orig or err).splitlines() if line.strip()))
         if "password" in reason or "authentication" in reason:
-            raise TrackingError(f"the database of tracking URI {shown} refuses the password ({reason}); fix "
+            raise TrackingError(f"the database of {what} {shown} refuses the password ({reason}); fix "
                                 "the user or password in the URI") from None
-        raise TrackingError(f"the database of tracking URI {shown} is not reachable ({reason}); is it running "
+        raise TrackingError(f"the database of {what} {shown} is not reachable ({reason}); is it running "
                             "and reachable from here?") from None
 
 
 def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """MLflow's own client retries an unreachable server for minutes; a short probe says so at once.
-    Any HTTP answer (even 401 or 404) means a server is there."""
+    Any HTTP answer (even 401 or 404) means a server is there. A `user:password@` in the URI is sent as
+    HTTP basic authentication, as MLflow's client sends it."""
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        urllib.request.urlopen(_health_request(reveal(uri)), timeout=timeout).close()
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as err:  # URLError, refused, timeout, bad URL
         reason = getattr(err, "reason", err)
         if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-            raise TrackingError(f"MLflow tracking server {uri} did not answer within {timeout:.0f} s; "
+            raise TrackingError(f"MLflow tracking server {redact_uri(uri)} did not answer within {timeout:.0f} s; "
                                 "is it running and reachable from here?") from None
-        raise TrackingError(f"MLflow tracking server {uri} is not reachable ({reason}); "
+        raise TrackingError(f"MLflow tracking server {redact_uri(uri)} is not reachable ({mask(str(reason))}); "
                             "is it running and reachable from here?") from None
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <server>/health, its URI's credentials (if any) moved into an Authorization header."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=host)).rstrip("/") + "/health")
+    if parts.username is not None:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 def artifact_location(tracking_uri: str, name: str) -> str | None:
@@ -207,8 +221,9 @@ def is_locked(err: BaseException) -> bool:
 
 
 def open_client(uri: str) -> MlflowClient:
-    """Opening a sqlite store reads its schema, which a lock holds up too."""
-    return retried(MlflowClient, tracking_uri=uri)
+    """Opening a sqlite store reads its schema, which a lock holds up too. The one place the real tracking
+    URI (its password) is read."""
+    return retried(MlflowClient, tracking_uri=reveal(uri))
 
 
 def server_unavailable(err: BaseException) -> bool:
@@ -244,8 +259,8 @@ def retried(fn, *args, **kwargs):
                 if kind == "lock":
                     raise
                 raise TrackingError(f"the MLflow tracking server did not answer for {patience:.0f} s "
-                                    f"({type(err).__name__}: {str(err)[:300]}); a sweep's trial fails here and Ray "
-                                    "Tune retries it from its last checkpoint, a command can be run again once the "
+                                    f"({type(err).__name__}: {mask(str(err))[:300]}); a sweep's trial fails here and "
+                                    "Ray Tune retries it from its last checkpoint, a command can be run again once the "
                                     "server answers") from err
             retries_done[kind] += 1
             time.sleep(pause)
