@@ -50,7 +50,7 @@ class Schedule:
     def idle_fraction(self) -> float:
         """Of the slots' time from the first launch to the last pack's end, the part no pack used."""
         span = self.makespan * self.slots
-        return 0.0 if span <= 0 else 1.0 - self.device_time / span
+        return 0.0 if span <= 0 else max(0.0, 1.0 - self.device_time / span)
 
     def waves(self) -> list[list[int]]:
         """Packs grouped by how many packs ran before them on their slot: wave 0 is the first launch."""
@@ -73,6 +73,7 @@ class Planned:
     cheapest_device_time: float
     limit: float
     candidates: int
+    slack: float = SLACK
 
     def reason(self) -> str:
         s = self.schedule
@@ -80,6 +81,8 @@ class Planned:
         over = self.limit / self.cheapest_device_time - 1 if self.cheapest_device_time else 0.0
         what = (f"the shortest makespan among plans within {over:+.0%} of the cheapest plan's device time"
                 if self.objective == "time" else "the least device time")
+        if self.objective == "time" and over > self.slack + 1e-9:
+            what += " (what the even-share plan of earlier releases spends: never slower than that plan)"
         return (f"pack_objective {self.objective}: {what}, of {self.candidates} candidate plan(s); this one uses "
                 f"{extra:+.1%} device time over the cheapest and leaves {s.idle_fraction:.1%} of the slots idle")
 
@@ -175,7 +178,7 @@ def plan(jobs: Sequence[Job], stream_cost: Mapping[str, float], slots: int, max_
         limit = max([cheapest * (1 + slack), *(c.device_time for c in earlier)])
         eligible = [c for c in candidates if c.device_time <= limit * (1 + 1e-12)]
         best = min(eligible, key=lambda c: (_close(c.makespan), _close(c.device_time)))
-    return Planned(best, objective, cheapest, limit, len(candidates))
+    return Planned(best, objective, cheapest, limit, len(candidates), slack)
 
 
 def _close(x: float) -> float:
