@@ -35,7 +35,10 @@ RELATIVE_OWN = {"dualcoop": 19.5, "positivecoop": 10.0, "negativecoop": 10.0, "b
 RELATIVE_OTHER = 10.0
 CACHE_FILE = "plan_costs.json"
 RELATIVE = "no calibration: relative costs only"
-DEVICE_TAG = "ablate.device_name"  # on each arm run: the device it trained on (a GPU's name, or cpu)
+# on each arm's run: the device it trained on (a GPU's name, or cpu), its shapes (what its costs are figures
+# of), and the Ray trial (pack) that trained it, with its size
+DEVICE_TAG, STREAM_SHAPE_TAG, ARM_SHAPE_TAG = "ablate.device_name", "ablate.stream_shape", "ablate.arm_shape"
+PACK_TAG = "ablate.pack"
 
 
 def trains(cfg: TrialConfig) -> bool:
@@ -232,21 +235,20 @@ def from_runs(tracking_uri: str, experiment: str, device: str) -> CostTable | No
     import statistics
 
     from ..tracking import redact_uri
-    from ..tracking.store import connect_existing, probe_store
-    from .trial import ARM_SHAPE_TAG, PACK_TAG, STREAM_SHAPE_TAG
+    from ..tracking.store import connect_existing, probe_store, retried
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         return None  # opening it would create it
     try:
         probe_store(tracking_uri)  # a server that is not there is said in seconds, not after MLflow's retries
         client = connect_existing(tracking_uri)
-        found = client.get_experiment_by_name(experiment)
+        found = retried(client.get_experiment_by_name, experiment)
     except Exception:  # no store here: the next source
         return None
     if found is None:
         return None
-    runs = [r for r in client.search_runs([found.experiment_id], "metrics.own_time_s >= 0 and "
-                                          "attributes.status = 'FINISHED'", max_results=50_000)
+    runs = [r for r in retried(client.search_runs, [found.experiment_id], "metrics.own_time_s >= 0 and "
+                                                  "attributes.status = 'FINISHED'", max_results=50_000)
             if same_device(device, r.data.tags.get(DEVICE_TAG, ""))]
     if not runs:
         return None

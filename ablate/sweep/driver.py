@@ -22,6 +22,7 @@ from ..tracking import (
     probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
+    retried,
     set_sweep_note,
     start_parent_run,
     sweep_note,
@@ -282,7 +283,7 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
     if table is not None and not resume:  # what the report's Cost section compares the measured figures with
         figures = forecast(spec, arms, slots, table, passed, plan=plan)
-        client.log_dict(state.parent_run_id, figures, PLAN_ARTIFACT)
+        retried(client.log_dict, state.parent_run_id, figures, PLAN_ARTIFACT)
         print(f"plan: {forecast_line(figures)}", file=sys.stderr)
     return state, client, worker_uri
 

@@ -16,13 +16,12 @@ from ..pack import pack_id
 from ..pareto import SAMPLE_TAG
 from ..spec import STORED, TrialConfig
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
+from .costs import ARM_SHAPE_TAG, DEVICE_TAG, PACK_TAG, STREAM_SHAPE_TAG, Sizes, arm_shape, batches, stream_shape
 from .spec import import_plugins
 
 SAMPLE_KEY = "sample"  # config key: an Optuna trial's sample (the seeds of one configuration share it; .search)
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
 TRIAL_DIR_PREFIX = "ablate-trial-"
-PACK_TAG = "ablate.pack"  # on each arm's run: the Ray trial (pack) that trained it, and its size
-STREAM_SHAPE_TAG, ARM_SHAPE_TAG = "ablate.stream_shape", "ablate.arm_shape"  # what its costs are figures of
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -110,8 +109,6 @@ def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: fl
 def _log_costs(run: TrialRun, arm, result, wall: float) -> None:
     """What the next plan calibrates from (ablate.sweep.costs): the arm's stream and own seconds, the
     batches and steps they were spent on, its shapes and the device's name."""
-    from .costs import DEVICE_TAG, Sizes, arm_shape, batches, stream_shape
-
     sizes = result.split_sizes
     steps, reads = batches(arm.cfg, Sizes(sizes.get("train", 0), sizes.get("val", 0), sizes.get("test", 0), ""))
     run.log_metrics({"stream_time_s": arm.shared_s, "own_time_s": arm.own_s, "train_steps": steps,
