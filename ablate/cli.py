@@ -200,7 +200,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .sweep.spec import load_sweep_spec
 
     spec = load_sweep_spec(resolve_spec_path(args.spec))
-    figures, _ = plan_figures(spec, args, calibrate=args.calibrate)
+    figures, plan = plan_figures(spec, args, calibrate=args.calibrate)
+    if args.cluster is not None and plan.costs is not None:  # which share of a GPU a pack, for this cluster
+        from .sweep.arms import expand
+        from .sweep.forecast import resource_options
+
+        figures["resource_options"] = resource_options(spec, expand(spec), args.cluster, plan.costs)
     print(json.dumps(figures, indent=1) if args.json else text(figures))
     return 0
 

@@ -63,6 +63,9 @@ def test_plan_full_grid_for_gpu_yaml_reads_16_slots(tmp_path, capsys):
     assert "costs: no calibration: relative costs only" in out and "waves: 1: 16 pack(s)" in out
     assert "idle fraction of the slots:" in out and "2 arm(s) that train nothing run in 2 pack(s) of their own" in out
     assert not (tmp_path / "none.db").exists()  # reading costs never creates a store
+    shares = {line.split(" GPU")[0].removeprefix("at "): line for line in out.splitlines() if line.startswith("at ")}
+    assert shares.keys() == {"1", "0.5", "0.25"} and "8 slots" in shares["1"]
+    assert shares["0.5"].startswith("at 0.5 GPU a pack (the spec): 16 slots") and shares["0.5"].endswith("recommended")
 
 
 def test_max_concurrent_trials_wins_over_the_cluster(tmp_path, capsys):
@@ -142,3 +145,14 @@ def test_an_earlier_sweeps_runs_price_the_next_plan(tmp_path, cache_dir, capsys)
     assert stored["slots"] == 2 and sum(p["arms"] for p in stored["packs"]) == 6
     out = plan(capsys, "--spec", str(spec), "--slots", "2", "--cache-dir", str(tmp_path / "costs"))
     assert "costs: 6 arm run(s) of experiment t on cpu" in out and "projected wall time:" in out
+    # the report's Cost section: the stored plan against what the packs measured
+    from ablate.report import write_report
+
+    result = write_report("t", tmp_path / "report", summary["tracking_uri"], log_to_mlflow=False)
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "## Cost: predicted against measured" in table and "| idle fraction of the slots |" in table
+    packs = {c.data.tags["ablate.pack"]: c.data.metrics["pack_device_hours"] for c in children}
+    cost = result["cost"]
+    assert cost["total"]["measured_device_hours"] == pytest.approx(sum(packs.values()))  # once per pack
+    assert len(cost["packs"]) == len(packs) and all(p["measured_s"] > 0 for p in cost["packs"])
+    assert cost["total"]["measured_wall_s"] >= max(p["measured_s"] for p in cost["packs"])

@@ -32,6 +32,7 @@ from ..tracking import (
     set_sweep_note,
     sweep_note,
 )
+from .cost import cost_report
 from .sections import SECTIONS, DatasetContext
 from .tables import build_table, expected_missing, expected_seeds, table_frame
 from .trials import RunRecord, load_trials, row_labels
@@ -208,6 +209,10 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
                 (out_dir / name).write_bytes(content)
             for key, value in section.data.items():
                 result.setdefault(key, {})[ds] = value
+    cost = cost_report(client, parent_run_id, trials, out_dir)  # the sweep's plan against its trials
+    markdown += [cost.markdown] if cost.markdown else []
+    pages.append(cost.html)
+    result.update(cost.data)
     pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
     (out_dir / "table.md").write_text("\n".join(markdown))
     (out_dir / "report.html").write_text(_page(experiment, parent_run_id, trials, incomplete, pages, spec_text))

@@ -76,7 +76,8 @@ def node_types(path: Path) -> list[NodeType]:
     """The config's node types with their machines; a ConfigError when one cannot be sized."""
     config = read_yaml(path)
     if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
-        raise ConfigError(f"{path}: not a Ray cluster config (no `available_node_types` mapping)")
+        raise ConfigError(f"{path}: no `available_node_types` to size the cluster from (an on-premise config's "
+                          "machines set their resources with `ray start`); pass --slots N, the trials it holds at once")
     head = config.get("head_node_type")
     types = []
     for name, node in config["available_node_types"].items():

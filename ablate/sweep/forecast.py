@@ -5,7 +5,7 @@ imports torch, on request).
 
 Costs are for one whole device (a GPU, or the trial's CPUs). A trial holding a fraction f < 1 of a GPU is
 assumed to run at f of its speed (a pack keeps its device busy): its wall time is its cost / f, its
-device-hours its cost, whatever f.
+device-hours its cost, whatever f. A CPU trial's device-hours count its CPUs (as the trials record them).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def forecast(spec: SweepSpec, arms: list[Arm], slots: Slots, table: CostTable, p
     plan = plan or plan_packs(spec, arms, slots.count, slots.source, costs=table)
     res = spec.resources
     speed = min(1.0, res.gpu) if res.gpu > 0 else 1.0
+    held = res.gpu if res.gpu > 0 else res.cpu  # the devices a pack holds: device time = its wall x these
     unit = "s" if table.priced else "relative units"
     out: dict[str, Any] = {"slots": slots.count, "slots_from": slots.source, "device": slots.device,
                            "resources_per_pack": {"cpu": res.cpu, "gpu": res.gpu},
@@ -107,7 +108,7 @@ def forecast(spec: SweepSpec, arms: list[Arm], slots: Slots, table: CostTable, p
         jobs, stream_cost = table.jobs([a.config for a in arms])
         earlier = schedule(even_shares(spec, arms, slots.count), jobs, stream_cost, slots.count, longest_first=False)
         out["earlier_plan"] = {"packs": len(earlier.packs), "wall": earlier.makespan / speed,
-                               "device_time": earlier.device_time / speed}
+                               "device_time": earlier.device_time * held / speed}
     keys = {key: number for number, key in enumerate(streams(arms))}
     out["packs"] = [{"pack": k, "arms": len(p), "stream": keys[jobs[p[0]].stream],
                      "dataset": arms[p[0]].config.dataset, "seed": arms[p[0]].config.seed,
@@ -116,16 +117,47 @@ def forecast(spec: SweepSpec, arms: list[Arm], slots: Slots, table: CostTable, p
                     for k, (p, d, (slot, start, _)) in enumerate(zip(sched.packs, sched.durations, sched.placed))]
     out["waves"] = [{"wave": w, "packs": len(members), "ends": max(sched.placed[k][2] for k in members) / speed}
                     for w, members in enumerate(sched.waves())]
-    out |= {"wall": sched.makespan / speed, "device_time": sched.device_time / speed,
+    out |= {"wall": sched.makespan / speed, "device_time": sched.device_time * held / speed,
             "idle_fraction": sched.idle_fraction}
     if table.priced:
-        held = res.gpu if res.gpu > 0 else res.cpu
         out["wall_h"] = out["wall"] / 3600
-        out["device_hours"] = out["device_time"] * held / 3600  # each pack's wall x what it holds
+        out["device_hours"] = out["device_time"] / 3600
         if price is not None:
             out["price"] = out["device_hours"] * price
             out["price_per_device_hour"] = price
     return out
+
+
+GPU_SHARES = (1.0, 0.5, 0.25)  # GPUs a pack: the alternatives `ablate plan --cluster` weighs
+
+
+def resource_options(spec: SweepSpec, arms: list[Arm], cluster: Path, table: CostTable) -> list[dict[str, Any]]:
+    """The plan's wall and device time at each share of a GPU a pack (the spec's CPUs), on the cluster's
+    slots at that share, and which is recommended: the shortest wall, then the least device time; within
+    1 % of the spec's own share, the spec's (the model cannot tell them apart)."""
+    if spec.resources.gpu <= 0 or spec.max_concurrent_trials or not spec.packing:
+        return []
+    rows = []
+    for gpu in sorted({spec.resources.gpu, *GPU_SHARES}, reverse=True):
+        res = spec.resources.model_copy(update={"gpu": gpu})
+        try:
+            capacity = cluster_capacity(cluster, res)
+        except ConfigError:  # no node holds a trial of this share
+            continue
+        variant = spec.model_copy(update={"resources": res})
+        planned = plan_packs(variant, arms, capacity.slots, capacity.source, costs=table).planned
+        assert planned is not None  # a packed grid
+        speed = min(1.0, gpu)
+        rows.append({"gpu": gpu, "slots": capacity.slots, "packs": len(planned.schedule.packs),
+                     "wall": planned.schedule.makespan / speed,
+                     "device_time": planned.schedule.device_time * gpu / speed,
+                     "spec": gpu == spec.resources.gpu})
+    best = min(rows, key=lambda r: (round(r["wall"], 6), r["device_time"]))
+    own = next(r for r in rows if r["spec"])
+    pick = own if own["wall"] <= best["wall"] * 1.01 and own["device_time"] <= best["device_time"] * 1.01 else best
+    for row in rows:
+        row["recommended"] = row is pick
+    return rows
 
 
 def _methods(arms: list[Arm], pack: list[int]) -> dict[str, int]:
@@ -163,6 +195,10 @@ def text(f: dict[str, Any]) -> str:
         lines += [wall + " (no calibration: relative costs only; `ablate plan --calibrate` measures them)",
                   f"device time: {num(f['device_time'])}; price: unknown without calibration"]
     lines.append(f"idle fraction of the slots: {f['idle_fraction']:.1%}")
+    for r in f.get("resource_options", []):
+        lines.append(f"at {r['gpu']:g} GPU a pack{' (the spec)' if r['spec'] else ''}: {r['slots']} slots, "
+                     f"{r['packs']} packs, wall {num(r['wall'])}, device time {num(r['device_time'])}"
+                     + ("  <- recommended" if r["recommended"] else ""))
     if "earlier_plan" in f:
         e = f["earlier_plan"]
         lines.append(f"the even-share plan of earlier releases: {e['packs']} pack(s), wall {num(e['wall'])}, "
