@@ -58,8 +58,12 @@ def calibrate(arms: Sequence[TrialConfig], threads: int, steps: int = 3, batch: 
     notes = []
     for cfg in {stream_shape(c): c for c in arms}.values():
         b = min(cfg.batch_size, batch or (cfg.batch_size if device.type == "cuda" else CPU_BATCH))
+        start = time.perf_counter()
         backbone = create_backbone(cfg.backbone, "none", cfg.image_size, device)
-        per_batch, how = _stream_batch(cfg, backbone, device, b, steps)
+        built = time.perf_counter() - start
+        per_batch, how, ready = _stream_batch(cfg, backbone, device, b, steps)
+        # what every Ray trial of this stream pays once besides: building its encoder and reading its splits
+        table.overhead = max(table.overhead, built + ready)
         table.stream[stream_shape(cfg)] = per_batch * cfg.batch_size / b
         notes.append(how)
         for arm in {arm_shape(c): c for c in arms if trains(c) and stream_shape(c) == stream_shape(cfg)}.values():
@@ -74,25 +78,29 @@ def calibrate(arms: Sequence[TrialConfig], threads: int, steps: int = 3, batch: 
 
 
 def _stream_batch(cfg: TrialConfig, backbone: Backbone, device: torch.device, b: int,
-                  steps: int) -> tuple[float, str]:
-    """Seconds per batch of `b` images of the stream, and how it was measured."""
+                  steps: int) -> tuple[float, str, float]:
+    """Seconds per batch of `b` images of the stream, how it was measured, and the seconds it took to read
+    the splits and start the stream."""
     cuda = device.type == "cuda"
     shared = stream_config(cfg).model_copy(update={"batch_size": b})
     if cfg.features == "online":
         try:
             from ..data.splits import load_splits
 
+            start = time.perf_counter()
             stream = Stream(shared, load_splits(shared), backbone, progress=False)
+            ready = time.perf_counter() - start
             loader = iter(batches(stream.loader("train", True, 0)))
             if len(stream.images["train"]) >= b * (steps + 1):
-                return _timed(lambda: stream.dense(next(loader)[0]), steps, cuda), "the data set's loader and encoder"
+                return (_timed(lambda: stream.dense(next(loader)[0]), steps, cuda), "the data set's loader and encoder",
+                        ready)
         except Exception as err:  # no data here: the encoder alone
             print(f"calibrate: the stream of {cfg.dataset} on random images ({type(err).__name__}: {err})",
                   file=sys.stderr)
     images = torch.randn(b, 3, backbone.info.image_size, backbone.info.image_size, device=device)
     amp = cfg.amp and cuda
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-        return _timed(lambda: backbone.dense_features(images), steps, cuda), "the encoder on random images"
+        return _timed(lambda: backbone.dense_features(images), steps, cuda), "the encoder on random images", 0.0
 
 
 def _own_step(cfg: TrialConfig, backbone: Backbone, device: torch.device, b: int, steps: int) -> float:
