@@ -167,8 +167,8 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="first measure a few real steps of each distinct stream and arm shape here, and cache them")
     p.add_argument("--calibrate-steps", type=int, default=3, help="--calibrate: timed steps a shape")
-    p.add_argument("--calibrate-batch", type=int, help="--calibrate: images a step (default: the spec's batch on "
-                                                       "a GPU, 4 on CPU, scaled to the spec's batch)")
+    p.add_argument("--calibrate-batch", type=int, help="--calibrate: images an encoder step (default: the spec's "
+                                                       "batch on a GPU, 4 on CPU, scaled to the spec's batch)")
     p.add_argument("--cache-dir", type=Path, help="where calibrations are cached (default: the spec's cache_dir)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 

@@ -2,7 +2,7 @@
 the planner's (ablate/sweep/planner.py: pack counts per stream and a longest-first launch) on a spec
 (default tune_specs/full_grid.yaml) at 8, 16 and 64 concurrent trial slots, simulated with costs calibrated
 on this machine's CPU (`ablate plan --calibrate`'s measurement: random weights, the data set's official
-sizes where its data is not here, a small batch scaled to the spec's).
+sizes where its data is not here, the encoder on a small batch scaled to the spec's).
 
 Printed: one JSON line with the calibration, then a table of makespan and device time (hours of one
 device, busy time) per plan and slot count, and the planner's gain.
@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--spec", default="tune_specs/full_grid.yaml")
     parser.add_argument("--slots", type=int, nargs="+", default=[8, 16, 64])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared machine)")
-    parser.add_argument("--batch", type=int, default=2, help="images a calibration step (scaled to the spec's)")
+    parser.add_argument("--batch", type=int, default=2, help="images an encoder calibration step (scaled to the "
+                        "spec's batch)")
     parser.add_argument("--steps", type=int, default=2, help="timed calibration steps a shape")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "ablate-plan-speed",
                         help="the calibration is cached here and reused")

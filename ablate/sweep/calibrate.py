@@ -5,7 +5,8 @@ The stream: batches of the data set's real training loader (decode, augmentation
 through the frozen encoder, when its data is readable here; else random images through the encoder
 only. An arm: its method's real training step (forward, loss, backward, optimizer) on features of the
 stream's shape. Weights are random (timing does not depend on their values; nothing is downloaded).
-On CPU, steps run on a smaller batch (`batch`) and are scaled to the spec's batch linearly.
+On CPU, the encoder runs on a smaller batch (`batch`), scaled to the spec's batch linearly (it is per
+image); an arm's step runs at the spec's batch (its text encoder's cost does not grow with the batch).
 """
 
 from __future__ import annotations
@@ -67,13 +68,13 @@ def calibrate(arms: Sequence[TrialConfig], threads: int, steps: int = 3, batch: 
         table.stream[stream_shape(cfg)] = per_batch * cfg.batch_size / b
         notes.append(how)
         for arm in {arm_shape(c): c for c in arms if trains(c) and stream_shape(c) == stream_shape(cfg)}.values():
-            table.own[arm_shape(arm)] = _own_step(arm, backbone, device, b, steps) * arm.batch_size / b
+            table.own[arm_shape(arm)] = _own_step(arm, backbone, device, arm.batch_size, steps)
             if progress:
                 print(f"calibrated {arm_shape(arm)}: {table.own[arm_shape(arm)]:.4g} s a step", file=sys.stderr)
     scaled = any(min(c.batch_size, batch or CPU_BATCH) < c.batch_size for c in arms) and device.type != "cuda"
     how = "; ".join(sorted(set(notes)))
     table.source = (f"calibration on {name}, {threads} thread(s): {steps} step(s) a shape ({how})"
-                    + ("; CPU steps on a smaller batch, scaled to the spec's linearly" if scaled else ""))
+                    + ("; the encoder on CPU on a smaller batch, scaled to the spec's linearly" if scaled else ""))
     return table
 
 
