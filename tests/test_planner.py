@@ -21,15 +21,17 @@ STREAM, OWN = 51.0, {"dualcoop": 19.5, "positivecoop": 10.0, "negativecoop": 10.
 
 
 def full_grid() -> tuple[list[Job], dict[str, float]]:
-    """full_grid's arms: per data set and seed (the stream) 27 arms of each prompt method (9 ratios x 3
-    contexts), 9 baseline arms (no contexts), and one zero-shot arm per data set (evaluation passes only)."""
+    """full_grid's arms in its grid order (methods innermost): per data set and seed (the stream), per label
+    ratio, each prompt method at 3 context lengths and the baseline once (no contexts); and one zero-shot
+    arm per data set (evaluation passes only)."""
     jobs, cost = [], {}
     for dataset in ("coco2014", "voc2007"):
         for seed in range(3):
             key = f"{dataset}/{seed}"
             cost[key] = STREAM
-            for method, own in OWN.items():
-                jobs += [Job(key, own)] * (9 if method == "baseline" else 27)
+            for _ratio in range(9):
+                jobs += [Job(key, own) for _ctx in range(3) for m, own in OWN.items() if m != "baseline"]
+                jobs.append(Job(key, OWN["baseline"]))
         cost[f"{dataset}/zeroshot"] = 1.0
         jobs.append(Job(f"{dataset}/zeroshot", 0.0))
     return jobs, cost
