@@ -40,7 +40,12 @@ def slots_for(spec: SweepSpec, cluster: Path | None = None, slots: int | None = 
     from .packs import local_slots
 
     device = "cpu" if spec.resources.gpu == 0 else "gpu"
-    capacity = cluster_capacity(cluster, spec.resources) if cluster is not None else None
+    try:
+        capacity = cluster_capacity(cluster, spec.resources) if cluster is not None else None
+    except ConfigError:
+        if not spec.max_concurrent_trials:
+            raise
+        capacity = None  # the spec says how many trials run at once: the config need not say
     if capacity is not None and capacity.gpu_name:
         device = capacity.gpu_name
     if spec.max_concurrent_trials:
@@ -52,7 +57,7 @@ def slots_for(spec: SweepSpec, cluster: Path | None = None, slots: int | None = 
     if capacity is not None:
         return Slots(capacity.slots, capacity.source, device)
     count, source = local_slots(spec, float(os.cpu_count() or 1), 0.0, "on this machine")
-    return Slots(count, source, device)
+    return Slots(count, f"{source}; --cluster CONFIG or --slots N plans for a cluster", device)
 
 
 def cost_table(spec: SweepSpec, arms: list[Arm], device: str, tracking_uri: str | None = None,
