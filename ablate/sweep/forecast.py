@@ -220,5 +220,5 @@ def forecast_line(f: dict[str, Any]) -> str:
     if f["unit"] != "s":
         return (f"{len(f['packs'])} Ray trial(s) on {f['slots']} slot(s), {f['idle_fraction']:.0%} idle; "
                 f"{f['costs']} (`ablate plan --calibrate` prices it)")
-    return (f"{len(f['packs'])} Ray trial(s) on {f['slots']} slot(s): about {f['wall_h']:.2f} h wall, "
-            f"{f['device_hours']:.2f} device-hours, {f['idle_fraction']:.0%} idle ({f['costs']})")
+    return (f"{len(f['packs'])} Ray trial(s) on {f['slots']} slot(s): about {_duration(f['wall'])} wall, "
+            f"{f['device_hours']:.3g} device-hours, {f['idle_fraction']:.0%} idle ({f['costs']})")
