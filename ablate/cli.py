@@ -1,4 +1,4 @@
-"""Command line: `ablate train | sweep | report | world | probe | analyze | data | server`."""
+"""Command line: `ablate train | sweep | plan | report | world | probe | analyze | data | server`."""
 
 from __future__ import annotations
 
@@ -121,8 +121,76 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage-path", help="where Ray Tune keeps results and checkpoints (default: spec)")
     p.add_argument("--ray-address", help="`local` (start a private Ray), `auto` (join the cluster running here) "
                                          "or host:port (default: RAY_ADDRESS, else local)")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded trial list and its size only")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded trial list and its size, and (a packed "
+                                                          "grid) the plan `ablate plan` prints, only")
     p.add_argument("--yes", action="store_true", help="launch a sweep of more trials than the spec's max_trials")
+    _capacity_flags(p, "--dry-run: ")
+
+
+def _capacity_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", type=Path, help=f"{prefix}plan for the most trials this Ray cluster config "
+                       "(e.g. cluster/gpu.yaml) holds with every node up")
+    where.add_argument("--slots", type=int, help=f"{prefix}plan for this many concurrent trials")
+    p.add_argument("--price-per-device-hour", type=float, metavar="P", help=f"{prefix}price the device-hours")
+    p.add_argument("--costs-from", metavar="EXPERIMENT",
+                   help=f"{prefix}the earlier sweep whose runs price the plan (default: the spec's name)")
+
+
+def _plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="plan and price a sweep for the cluster it will run on, before it runs",
+                       description="The packs a grid sweep will train, their waves on the cluster's concurrent "
+                                   "trial slots, and the projected wall time, device-hours, price and idle "
+                                   "fraction; costs from an earlier sweep's runs on the same device type, else a "
+                                   "cached calibration (--calibrate), else relative costs only.")
+    p.add_argument("--spec", required=True, help="spec file (relative paths: working dir, then the project)")
+    _capacity_flags(p)
+    p.add_argument("--tracking-uri", help="MLflow store of the earlier sweep (default: spec, MLFLOW_TRACKING_URI, "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first measure a few real steps of each distinct stream and arm shape here, and cache them")
+    p.add_argument("--calibrate-steps", type=int, default=3, help="--calibrate: timed steps a shape")
+    p.add_argument("--calibrate-batch", type=int, help="--calibrate: images an encoder step (default: the spec's "
+                                                       "batch on a GPU, 4 on CPU, scaled to the spec's batch)")
+    p.add_argument("--cache-dir", type=Path, help="where calibrations are cached (default: the spec's cache_dir)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def plan_figures(spec, args: argparse.Namespace, calibrate: bool = False):
+    """The forecast `ablate plan` and `ablate sweep --dry-run` print, and the plan it is of."""
+    from .sweep.arms import expand
+    from .sweep.forecast import cost_table, forecast, run_calibration, slots_for
+    from .sweep.packs import plan_packs
+
+    arms = expand(spec)
+    slots = slots_for(spec, args.cluster, args.slots)
+    cache_dir = getattr(args, "cache_dir", None)
+    if calibrate:
+        steps = args.calibrate_steps
+        if steps < 1:
+            raise ConfigError(f"--calibrate-steps {steps}: give 1 or more")
+        measured = run_calibration(spec, arms, cache_dir, steps, args.calibrate_batch)
+        print(f"calibrated: {measured.source}", file=sys.stderr)
+    table, passed = cost_table(spec, arms, slots.device, getattr(args, "tracking_uri", None), args.costs_from,
+                               cache_dir)
+    plan = plan_packs(spec, arms, slots.count, slots.source, costs=table)
+    return forecast(spec, arms, slots, table, passed, args.price_per_device_hour, plan), plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .sweep import resolve_spec_path
+    from .sweep.forecast import text
+    from .sweep.spec import load_sweep_spec
+
+    spec = load_sweep_spec(resolve_spec_path(args.spec))
+    figures, plan = plan_figures(spec, args, calibrate=args.calibrate)
+    if args.cluster is not None and plan.costs is not None:  # which share of a GPU a pack, for this cluster
+        from .sweep.arms import expand
+        from .sweep.forecast import resource_options
+
+        figures["resource_options"] = resource_options(spec, expand(spec), args.cluster, plan.costs)
+    print(json.dumps(figures, indent=1) if args.json else text(figures))
+    return 0
 
 
 def print_table(rows: list[dict]) -> None:
@@ -145,7 +213,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep.spec import load_sweep_spec
 
     if args.dry_run:
-        print(json.dumps(describe(load_sweep_spec(resolve_spec_path(args.spec))), indent=2))
+        spec = load_sweep_spec(resolve_spec_path(args.spec))
+        if not spec.packing:
+            print(json.dumps(describe(spec), indent=2))
+            return 0
+        figures, plan = plan_figures(spec, args)  # the packs as the plan makes them for the slots asked
+        print(json.dumps({**describe(spec, plan), "plan": figures}, indent=2))
         return 0
     if not args.resume and not args.yes:
         check_sweep_size(load_sweep_spec(resolve_spec_path(args.spec)))
@@ -320,10 +393,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _sweep_parser(sub)
+    _plan_parser(sub)
     _report_parser(sub)
     _world_parser(sub)
     _server_parser(sub)
-    handlers = {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "world": cmd_world,
+    handlers = {"train": cmd_train, "sweep": cmd_sweep, "plan": cmd_plan, "report": cmd_report, "world": cmd_world,
                 "server": cmd_server}
     return parser, {**handlers, **add_probe_commands(sub), **add_data_commands(sub)}
 

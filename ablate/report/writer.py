@@ -37,6 +37,7 @@ from ..tracking import (
     sweep_bill,
     sweep_note,
 )
+from .cost import cost_report
 from .rows import assign_rows
 from .sections import SECTIONS, DatasetContext
 from .tables import build_table, expected_missing, expected_seeds, table_frame
@@ -248,6 +249,10 @@ def _build(client: MlflowClient, experiment: str, parent_run_id: str, trials: li
                 (out_dir / name).write_bytes(content)
             for key, value in section.data.items():
                 result.setdefault(key, {})[ds] = value
+    cost = cost_report(client, parent_run_id, trials, out_dir)  # the sweep's plan against its trials
+    markdown += [cost.markdown] if cost.markdown else []
+    pages.append(cost.html)
+    result.update(cost.data)
     pd.concat(frames).to_csv(out_dir / "table.csv", index=False)
     bill = sweep_bill((t.tags, t.metrics, t.start_ms, t.end_ms) for t in trials)
     markdown.insert(1, f"The sweep held {bill_text(bill)}.\n")

@@ -5,7 +5,9 @@ functions. Importing the package is light: the names below are imported from the
 
 - `spec`: the SweepSpec a tune_specs/*.yaml file validates into (no Ray; the config layer)
 - `arms`: a spec's arms (grid combinations; no Ray, also serves --dry-run and the report)
-- `packs`: which arms train together in one Ray trial (no Ray)
+- `packs`: which arms train together in one Ray trial (no Ray), as `planner` plans them (pure) from `costs`
+  (the cost model and its sources) on the slots `capacity` reads from a cluster config; `forecast`: the
+  projection `ablate plan`, the dry run and the driver share; `calibrate`: `ablate plan --calibrate` (torch)
 - `trial`: the Ray trainable: one arm, reported every epoch, logged to its MLflow run
 - `cluster`: which Ray, what it offers, addresses and storage every node can reach
 - `preflight`: data fetched and checked, world CLIPs pre-trained, feature caches built

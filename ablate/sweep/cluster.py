@@ -229,13 +229,26 @@ def _write_probe(folder: str) -> str | None:
     return None
 
 
-def cluster_slots(spec) -> tuple[int, str]:
-    """How many of the spec's trials the Ray this driver runs on holds at once (max_concurrent_trials
-    wins), and from what; an autoscaling cluster's nodes to come are not counted: set
-    max_concurrent_trials for it."""
+def cluster_slots(spec, address: str | None = None) -> tuple[int, str, str]:
+    """How many of the spec's trials the Ray this driver runs on holds at once, from what, and on which
+    device type. max_concurrent_trials wins; on a cluster that `ray up` started (its autoscaler's config
+    is on the head), the config's capacity with every node up, since nodes come as trials ask; else what
+    the Ray offers now."""
     import ray
 
+    from .capacity import BOOTSTRAP_CONFIG, cluster_capacity
     from .packs import local_slots
 
     res = ray.cluster_resources()
-    return local_slots(spec, float(res.get("CPU", 0)), float(res.get("GPU", 0)), "in the Ray cluster now")
+    gpu = spec.resources.gpu > 0
+    kinds = sorted(k.removeprefix("accelerator_type:") for k in res if k.startswith("accelerator_type:"))
+    device = (kinds[0] if kinds else "gpu") if gpu else "cpu"
+    config = BOOTSTRAP_CONFIG.expanduser()
+    if not spec.max_concurrent_trials and ray_address(address) != "local" and config.is_file():
+        try:
+            capacity = cluster_capacity(config, spec.resources)
+            return capacity.slots, f"the autoscaler's {capacity.source}", capacity.gpu_name or device
+        except ConfigError as err:  # a config it cannot size: what the cluster offers now, said so
+            print(f"warning: {err}; planning for what the Ray cluster offers now", file=sys.stderr)
+    slots, source = local_slots(spec, float(res.get("CPU", 0)), float(res.get("GPU", 0)), "in the Ray cluster now")
+    return slots, source, device

@@ -50,6 +50,7 @@ from .cluster import (
     require_resources,
 )
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
+from .forecast import PLAN_ARTIFACT, Slots, cost_table, forecast, forecast_line
 from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
 from .resume import check_side_files, load_state
@@ -326,11 +327,17 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     check_files_on_nodes(clips, "the world CLIP checkpoint", "cache_dir must be shared storage that every node "
                          "mounts (trials load the checkpoints the driver built there)")
     worker_uri = reachable_from_workers(store_uri, ray_address)  # refused here, before anything is recorded
-    plan = plan_packs(spec, arms, *cluster_slots(spec))
+    slots = Slots(*cluster_slots(spec, ray_address))
+    table, passed = cost_table(spec, arms, slots.device, store_uri) if spec.packing else (None, [])
+    plan = plan_packs(spec, arms, slots.count, slots.source, costs=table)
     state, client = _open_sweep(spec, path, state_path, storage, resume, store_uri,
                                 plan.packs if spec.packing else None, len(arms))
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
+    if table is not None and not resume:  # what the report's Cost section compares the measured figures with
+        figures = forecast(spec, arms, slots, table, passed, plan=plan)
+        retried(client.log_dict, state.parent_run_id, figures, PLAN_ARTIFACT)
+        print(f"plan: {forecast_line(figures)}", file=sys.stderr)
     return state, client, worker_uri
 
 

@@ -1,9 +1,10 @@
 """Which arms train together: a grid sweep's arms grouped by pack key (ablate/pack.py), each group split
-into packs no larger than an even share of the arms over the cluster's concurrent trial slots, and none
-over `max_pack_arms`.
+into packs (none over `max_pack_arms`) and launched longest first, as the planner (ablate/sweep/planner.py)
+chooses from what each stream and arm costs (ablate/sweep/costs.py) on the concurrent trial slots.
 
 Packing trades parallelism for shared work: full_grid has 542 arms but only 6 image streams, so 6
-packs would leave most GPUs idle. No Ray, no torch: this also serves `--dry-run`.
+packs would leave most GPUs idle, and 542 would pass every image 542 times. No Ray, no torch: this also
+serves `--dry-run` and `ablate plan`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..pack import feature_bytes, pack_id, pack_key
+from ..pack import STREAM_FIELDS, feature_bytes, pack_id, pack_key
+from . import planner
 from .arms import Arm, expand, samples_per_arm
+from .costs import CostTable, relative, trains
 from .spec import SweepSpec
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Arm indices per pack, and why this many."""
+    """Arm indices per pack (in launch order), and why this many; the planner's schedule and the costs it
+    was made from, when it was planned (not when kept from a launch)."""
 
     packs: list[list[int]]
     reason: str
+    planned: planner.Planned | None = None
+    costs: CostTable | None = None
 
     def line(self, arms: int) -> str:
         sizes = sorted(len(p) for p in self.packs)
@@ -41,21 +47,52 @@ def streams(arms: Sequence[Arm]) -> dict[str, list[int]]:
     return groups
 
 
-def plan_packs(spec: SweepSpec, arms: Sequence[Arm], slots: int, slots_from: str) -> Plan:
-    """One pack per arm unless the spec packs; else each stream's arms in packs of at most `max_pack_arms`
-    and at most an even share of the arms over the `slots` concurrent trials (so no slot idles while
-    another works through an oversized pack), each with a like mix of methods."""
+def plan_packs(spec: SweepSpec, arms: Sequence[Arm], slots: int, slots_from: str,
+               costs: CostTable | None = None) -> Plan:
+    """One pack per arm unless the spec packs; else the planner's packs for the `slots` concurrent trials
+    from `costs` (default: relative costs), judged against the even-share plan of earlier releases."""
     if not spec.packing:
         why = "pack: off" if spec.pack == "off" else "Optuna / ASHA sweeps run one arm per trial"
         return Plan([[i] for i in range(len(arms))], why)
+    table = costs or relative()
+    jobs, stream_cost = table.jobs([a.config for a in arms])
+    planned = planner.plan(jobs, stream_cost, slots, spec.max_pack_arms, spec.pack_objective,
+                           also=[even_shares(spec, arms, slots)])
+    groups = streams(arms)
+    reason = (f"{len(groups)} image stream(s) on {slots} concurrent trial slot(s) ({slots_from}); "
+              f"{planned.reason()}; costs: {table.source}")
+    alone = untrained_alone(arms, groups)
+    return Plan(planned.schedule.packs, reason + (f"; {alone}" if alone else ""), planned, table)
+
+
+def even_shares(spec: SweepSpec, arms: Sequence[Arm], slots: int) -> list[list[int]]:
+    """The plan of earlier releases: each stream's arms in packs of at most `max_pack_arms` and at most
+    an even share of the arms over the slots, each with a like mix of methods. The planner must beat it."""
     groups = list(streams(arms).values())
-    share = math.ceil(len(arms) / max(slots, 1))
-    size = min(spec.max_pack_arms, share)
+    size = min(spec.max_pack_arms, math.ceil(len(arms) / max(slots, 1)))
     counts = [math.ceil(len(g) / size) for g in groups]
-    packs = [chunk for group, count in zip(groups, counts) for chunk in _deal(group, arms, count)]
-    reason = (f"{len(groups)} image stream(s); at most {size} arms a pack: max_pack_arms {spec.max_pack_arms}, "
-              f"and {len(arms)} arms over {slots} concurrent trial slot(s) ({slots_from})")
-    return Plan(packs, reason)
+    return [chunk for group, count in zip(groups, counts) for chunk in _deal(group, arms, count)]
+
+
+def untrained_alone(arms: Sequence[Arm], groups: dict[str, list[int]]) -> str:
+    """Why arms that train nothing (zero-shot) are in packs of their own, when they are: their stream
+    differs from every trained arm's of their data set, in the fields their method ignores."""
+    lonely = [members for members in groups.values() if not any(trains(arms[i].config) for i in members)]
+    if not lonely:
+        return ""
+    fields: set[str] = set()
+    for members in lonely:
+        mine = pack_key(arms[members[0]].config)
+        for others in groups.values():
+            theirs = pack_key(arms[others[0]].config)
+            if others is not members and theirs["dataset"] == mine["dataset"] and trains(arms[others[0]].config):
+                fields |= {f for f in STREAM_FIELDS if theirs[f] != mine[f]}
+    why = (f"their stream differs from the trained arms' in {', '.join(sorted(fields))} (fields they ignore, "
+           "so set to their defaults), and a pack shares one stream only between equal pack keys") if fields \
+        else "no trained arm reads their data set"
+    arm_count = sum(map(len, lonely))
+    return (f"{arm_count} arm(s) that train nothing run in {len(lonely)} pack(s) of their own, paying the "
+            f"evaluation passes only: {why}")
 
 
 def _deal(group: list[int], arms: Sequence[Arm], count: int) -> list[list[int]]:
@@ -95,12 +132,12 @@ def describe_packs(plan: Plan, arms: Sequence[Arm]) -> list[dict]:
     return rows
 
 
-def describe(spec: SweepSpec) -> dict:
-    """`--dry-run`: the arms, the trainings they make (child runs) and, for a packed grid, the packs as a
-    sweep on this machine would form them (the launch forms them from what its Ray offers)."""
+def describe(spec: SweepSpec, plan: Plan | None = None) -> dict:
+    """`--dry-run`: the arms, the trainings they make (child runs) and, for a packed grid, the packs of
+    `plan` (default: as a sweep on this machine would form them, from relative costs)."""
     arms = expand(spec)
     rows = [{"arm": a.slug, "trials": samples_per_arm(spec, a), "search": sorted(a.search)} for a in arms]
-    plan = plan_packs(spec, arms, *local_slots(spec, float(os.cpu_count() or 1), 0.0, "on this machine"))
+    plan = plan or plan_packs(spec, arms, *local_slots(spec, float(os.cpu_count() or 1), 0.0, "on this machine"))
     out: dict[str, Any] = {"name": spec.name, "arms": len(arms), "trials": sum(r["trials"] for r in rows),
                            "arm_list": rows}
     if spec.packing:

@@ -172,6 +172,9 @@ class SweepSpec(StrictModel):
     max_pack_arms: int = Field(
         32, ge=1, description="most arms in one pack: a pack's step saves the shared pass K-1 times, so beyond "
         "a few dozen arms it saves little more, while a retry reruns every arm of the pack")
+    pack_objective: Literal["time", "cost"] = Field(
+        "time", description="how packs are planned on the slots: time (the shortest makespan within +10 % of the "
+        "cheapest plan's device time) or cost (the least device time)")
     max_failures: int = Field(0, ge=0, description="retries of a failing trial (from its checkpoint)")
     max_trials: int = Field(1000, ge=1, description="a sweep of more trials is launched only with `ablate sweep "
                             "--yes` (a grid grows as the product of its lists)")

@@ -16,12 +16,12 @@ from ..pack import pack_id
 from ..pareto import SAMPLE_TAG
 from ..spec import STORED, TrialConfig
 from ..tracking import FINAL_STEP, TrackingContext, TrialRun, run_name
+from .costs import ARM_SHAPE_TAG, DEVICE_TAG, PACK_TAG, STREAM_SHAPE_TAG, Sizes, arm_shape, batches, stream_shape
 from .spec import import_plugins
 
 SAMPLE_KEY = "sample"  # config key: an Optuna trial's sample (the seeds of one configuration share it; .search)
 WORK_DIR = ".work"  # beside the Tune results: the trials' scratch folders, removed whenever no trial runs
 TRIAL_DIR_PREFIX = "ablate-trial-"
-PACK_TAG = "ablate.pack"  # on each arm's run: the Ray trial (pack) that trained it, and its size
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -103,9 +103,29 @@ def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: fl
                  **device_time(alone, gpus, cpus)}
         final |= {f"pack_{k}": v for k, v in device_time(wall, gpus, cpus).items()}
         run.log_result(result, final)
+        _log_costs(run, pack.arms[i], result, wall)
         run.finish()
         finals.append(final)
     return finals
+
+def _log_costs(run: TrialRun, arm, result, wall: float) -> None:
+    """What the next plan calibrates from (ablate.sweep.costs): the arm's stream and own seconds, the
+    batches and steps they were spent on, its shapes and the device's name."""
+    sizes = result.split_sizes
+    steps, reads = batches(arm.cfg, Sizes(sizes.get("train", 0), sizes.get("val", 0), sizes.get("test", 0), ""))
+    run.log_metrics({"stream_time_s": arm.shared_s, "own_time_s": arm.own_s, "train_steps": steps,
+                     "stream_batches": reads, "trial_wall_time_s": wall}, step=FINAL_STEP)
+    for key, value in ((DEVICE_TAG, device_name(result.device)), (STREAM_SHAPE_TAG, stream_shape(arm.cfg)),
+                       (ARM_SHAPE_TAG, arm_shape(arm.cfg))):
+        run.set_tag(key, value)
+
+
+def device_name(device: str) -> str:
+    """A CUDA device's name as torch gives it (`NVIDIA A10G`), else the device type (`cpu`)."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else device.split(":")[0]
+
 
 def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, probes: Sequence[str],
            probe_limit: int | None):
