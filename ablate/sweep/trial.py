@@ -138,6 +138,7 @@ def _log_finals(runs: list[TrialRun], pack, results: list, wall: float, gpus: fl
 def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
+
 def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, folders: list[Path], probes: Sequence[str],
            probe_limit: int | None, packed: bool):
     """Train the arms in `workdir` (each in its folder), logging each epoch to each arm's run and reporting
