@@ -81,7 +81,8 @@ def _norms(method: Method) -> dict[str, float]:
 
 class Arm:
     """One arm of a pack: its labels, method, loss and optimizer, and its record (history, best epoch,
-    time). `error` holds the TrialDiverged that stopped it; the pack goes on without it."""
+    time). `error` holds what stopped it (a TrialDiverged, or any error in its own work); the pack goes on
+    without it."""
 
     def __init__(self, cfg: TrialConfig, stream: Stream, splits: dict, checkpoint: Path | None) -> None:
         self.cfg, self.stream, self.splits, self.checkpoint = cfg, stream, splits, checkpoint
@@ -100,7 +101,7 @@ class Arm:
         # all of this arm's own work in this process (building, steps, scoring, metrics, probes): what the
         # pack's wall time holds for it beyond the shared stream
         self.own_s = 0.0
-        self.error: TrialDiverged | None = None
+        self.error: Exception | None = None
         self.step_losses: list[float] = []
         self.selected_state: dict[str, Tensor] = {}
 

@@ -2,7 +2,10 @@
 
 One folder holds everything the head node keeps on its local disk: the PostgreSQL data folder (made
 once by initdb, reused after), the generated database password, the saved settings and both logs.
-`start` is idempotent: what runs already is reused, what is missing is started. PostgreSQL refuses
+`start` is idempotent: what runs already is reused, what is missing is started; while anything it
+started runs, a start with other settings is refused (it would leave the first server running,
+unknown to `stop`), and `stop` waits until every process of the server's group has ended and its
+port is free. PostgreSQL refuses
 to run as root, so under root its commands run as the `postgres` system user (`runuser`), in a
 folder that user owns; it listens on 127.0.0.1 only. The MLflow server is what nodes talk to; it
 serves artifacts from `--artifacts-destination` (shared storage or a bucket), so workers need no
@@ -284,23 +287,47 @@ def start_mlflow(root: Path, settings: ServerSettings) -> None:
         time.sleep(0.5)
 
 
-def stop_mlflow(root: Path, timeout: float = 30.0) -> None:
-    """SIGTERM to the server's process group (its workers too), SIGKILL after `timeout`."""
+def stop_mlflow(root: Path, timeout: float = 30.0) -> int | None:
+    """SIGTERM to the server's process group (its workers too), SIGKILL to what is left after `timeout`;
+    returns once no process of the group is left (the pid it stopped; None when none ran)."""
     pid = _pid(root)
     if pid is None:
-        return
+        return None
     _kill_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _reap(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _reap(pid) is not None:
+    if not _group_ended(pid, timeout):
         _kill_group(pid, signal.SIGKILL)
+        if not _group_ended(pid, 10.0):
+            raise ServerError(f"the MLflow server's processes (group {pid}) outlived SIGKILL; see `ps -g {pid}`")
     (root / "mlflow.pid").unlink(missing_ok=True)
+    return pid
+
+
+def _group_ended(pid: int, timeout: float) -> bool:
+    """Whether every process of group `pid` (the server and each worker) ended within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(pid)  # a server this process started is a zombie, still in the group, until waited for
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
+
+
+def _port_freed(settings: ServerSettings, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _port_taken(settings.host, settings.port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _reap(pid: int) -> int | None:
@@ -321,6 +348,7 @@ def start(root: Path, settings: ServerSettings) -> dict:
     """Start whatever of PostgreSQL and the MLflow server is not running; returns `status`."""
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
+    _refuse_other_settings(root, settings)
     if settings.artifacts and "://" not in settings.artifacts:
         Path(settings.artifacts).mkdir(parents=True, exist_ok=True)
     write_private(settings_path(root), settings.model_dump_json(indent=2))
@@ -337,10 +365,38 @@ def start(root: Path, settings: ServerSettings) -> dict:
     return status(root)
 
 
+def _refuse_other_settings(root: Path, settings: ServerSettings) -> None:
+    """ServerError naming what runs from `root` when it was started with other settings: starting anew
+    would leave it running (on its port, maybe on every interface) where `stop` no longer looks."""
+    try:
+        old = load_settings(root)
+    except ServerError:  # never started here, or a damaged file: nothing to compare with
+        return
+    if old == settings:
+        return
+    running = []
+    if (pid := _pid(root)) is not None:
+        running.append(f"an MLflow server at {server_url(old)} (pid {pid}, host {old.host})")
+    with contextlib.suppress(ServerError):  # PostgreSQL's binaries gone: it cannot be running either
+        if old.backend_store_uri is None and postgres_running(root, old):
+            running.append(f"its PostgreSQL on 127.0.0.1:{old.db_port}")
+    if running:
+        changed = ", ".join(k for k in ServerSettings.model_fields if getattr(old, k) != getattr(settings, k))
+        raise ServerError(f"{' and '.join(running)} already run{'s' if len(running) == 1 else ''} from {root} with "
+                          f"other settings (changed: "
+                          f"{changed}); stop them first with `ablate server stop --root {root}`, or start with "
+                          "the same arguments")
+
+
 def stop(root: Path, keep_database: bool = False) -> dict:
+    """Stop the MLflow server (every process of its group, its port checked free) and, unless kept or
+    external, PostgreSQL."""
     root = root.absolute()
     settings = load_settings(root)
-    stop_mlflow(root)
+    pid = stop_mlflow(root)
+    if pid is not None and not _port_freed(settings):
+        raise ServerError(f"port {settings.port} on {settings.host} still answers after the MLflow server from "
+                          f"{root} (pid {pid}) stopped: another program listens there; `ss -ltnp` names it")
     if not keep_database and settings.backend_store_uri is None:
         stop_postgres(root, settings)
     return status(root)

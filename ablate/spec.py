@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,6 +33,7 @@ from .roles import (
     role_of,
     roles,
 )
+from .userfiles import read_yaml, words_for_booleans
 from .world.recipe import check_pretrained
 
 
@@ -104,6 +104,11 @@ class StrictModel(BaseModel):
     infinite or NaN (`lr: .inf` would train on nothing but NaN)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, data: Any) -> Any:
+        return words_for_booleans(cls.model_fields, data)  # `pack: off` reaches us as False
 
 
 class TrialConfig(StrictModel):
@@ -317,23 +322,12 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def read_yaml(path: Path) -> Any:
-    """The file's YAML; ConfigError naming the file and line of a syntax error."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-
-
 def load_trial_config(path: Path, overrides: dict | None = None) -> TrialConfig:
     """Read a YAML TrialConfig; `overrides` (e.g. CLI flags) win over the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = read_yaml(path) or {}
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of TrialConfig fields at the top level")
     data.update(overrides or {})

@@ -19,8 +19,9 @@ import contextlib
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +47,9 @@ CHECKPOINT = "checkpoint.pt"
 TRAINED = "trained.pt"
 # one arm's epoch row and the folder holding its checkpoint (the CLI's and a trial-of-one's reporter)
 Reporter = Callable[[dict, Path | None], None]
-# a pack's epoch: each arm's row (None: the arm did not train this epoch) and the pack's checkpoint folder
-PackReporter = Callable[[list[dict | None], Path | None], None]
+# a pack's epoch: each arm's row (None: the arm did not train this epoch) and the pack's checkpoint folder;
+# it returns the arms it could not record (index -> error), which then stop
+PackReporter = Callable[[list[dict | None], Path | None], "Mapping[int, Exception] | None"]
 # the key of the epoch's per-step training losses in what a reporter gets (not in the history)
 STEP_LOSSES = "step_losses"
 
@@ -59,8 +61,10 @@ Job = tuple[Arm, dict[str, Tensor] | None]
 class Pack:
     """Arms sharing one image stream: `run()` trains them together, selects each on val and scores test.
 
-    Arms must have equal pack keys (ablate/pack.py); a pack of one is a plain trial. With `strict`, an arm
-    that diverges raises (a plain trial); otherwise it stops with its error kept and the others go on."""
+    Arms must have equal pack keys (ablate/pack.py); a pack of one is a plain trial. With `strict`, an arm's
+    error raises (a plain trial); otherwise any error in one arm's own work (its step, scoring, checkpoint,
+    record or logging) stops that arm alone, its error kept in `arm.error`, and the others go on. An
+    error in the shared stream (loading, augmentation, the frozen encoder) stops them all."""
 
     def __init__(self, cfgs: Sequence[TrialConfig], checkpoints: Sequence[Path | None] | None = None,
                  progress: bool = True, strict: bool = True) -> None:
@@ -99,11 +103,23 @@ class Pack:
     def cfg(self) -> TrialConfig:
         return self.stream.cfg
 
-    def _fail(self, arm: Arm, err: TrialDiverged) -> None:
+    def _fail(self, arm: Arm, err: Exception) -> None:
         if self.strict:
             raise err
         arm.error = err
-        tqdm.write(f"arm {arm.cfg.method} (label ratio {arm.cfg.label_ratio}) stopped: {err}", file=sys.stderr)
+        tqdm.write(f"arm {arm.cfg.method} (label ratio {arm.cfg.label_ratio}) stopped: {type(err).__name__}: {err}",
+                   file=sys.stderr)
+
+    @contextlib.contextmanager
+    def isolate(self, arm: Arm) -> Iterator[None]:
+        """The block is `arm`'s own work: an error in it stops that arm (raises, when strict) and the block's
+        caller goes on with the others; check `arm.error` after it."""
+        try:
+            yield
+        except Exception as err:
+            if self.strict:
+                raise
+            self._fail(arm, err)
 
     # ---- passes -------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> list[Arm]:
@@ -112,7 +128,8 @@ class Pack:
         arms = [a for a in self.arms if a.trains(epoch)]
         seed_everything(epoch_seed(self.cfg.seed, epoch))  # augmentation randomness, resumable
         for arm in arms:
-            arm.begin_epoch(epoch)
+            with self.isolate(arm):
+                arm.begin_epoch(epoch)
         loader = self.stream.loader("train", True, epoch)
         # an iterator, not the loader: tqdm.auto opens one of its own, which starts another set of
         # workers and draws another shuffle from the epoch's generator
@@ -127,10 +144,8 @@ class Pack:
                 if arm.error is not None:
                     continue
                 start = time.perf_counter()
-                try:
+                with self.isolate(arm):
                     arm.step(dense, idx, epoch)
-                except TrialDiverged as err:
-                    self._fail(arm, err)
                 own[id(arm)] += time.perf_counter() - start
             del dense
             clock = time.perf_counter()
@@ -144,17 +159,18 @@ class Pack:
 
     @torch.no_grad()
     def evaluate(self, split: str, jobs: Sequence[Job]) -> list[dict | None]:
-        """Metrics of each job on `split` in one pass over its images (None for a job whose scores are not
-        finite: its arm is failed). The pass's seconds are left in
+        """Metrics of each job on `split` in one pass over its images (None for a job whose arm failed, in
+        this pass or before: its scores were not finite, or scoring raised). The pass's seconds are left in
         `eval_shared` (the stream) and `eval_own` (per arm), and each arm's are added to its `own_s`."""
         for arm, _ in jobs:
             arm.method.eval()
         self.eval_shared, self.eval_own = 0.0, dict.fromkeys((id(a) for a, _ in jobs), 0.0)
-        embeddings = []
+        embeddings: list[Any] = []
         for arm, state in jobs:  # once per pass, not per batch
             start = time.perf_counter()
-            with arm.parameters_of(state), self.stream.autocast():
-                embeddings.append(arm.method.class_embeddings())
+            embeddings.append(None)
+            with self.isolate(arm), arm.parameters_of(state), self.stream.autocast():
+                embeddings[-1] = arm.method.class_embeddings()
             self.eval_own[id(arm)] += time.perf_counter() - start
         scores: list[list[Tensor]] = [[] for _ in jobs]
         rows: list[Tensor] = []
@@ -163,10 +179,12 @@ class Pack:
             dense = self.stream.dense(inputs)
             self.eval_shared += time.perf_counter() - clock
             for j, (arm, state) in enumerate(jobs):
+                if arm.error is not None:
+                    continue
                 start = time.perf_counter()
-                with arm.parameters_of(state), self.stream.autocast():
+                with self.isolate(arm), arm.parameters_of(state), self.stream.autocast():
                     logits = arm.method(dense, embeddings[j])
-                scores[j].append(logits.float().softmax(dim=1)[:, 1].cpu())
+                    scores[j].append(logits.float().softmax(dim=1)[:, 1].cpu())
                 self.eval_own[id(arm)] += time.perf_counter() - start
             rows.append(idx)
             clock = time.perf_counter()
@@ -174,14 +192,16 @@ class Pack:
         results: list[dict | None] = []
         for (arm, _), arm_scores in zip(jobs, scores):
             start = time.perf_counter()
-            probs = torch.cat(arm_scores)
-            if not torch.isfinite(probs).all():  # finite but huge parameters overflow the logits
-                self._fail(arm, TrialDiverged(f"{split} scores are not finite (lr {arm.cfg.lr:g}): the trained "
-                                              "parameters have blown up; lower lr"))
-                results.append(None)
-                continue
-            targets = arm.splits[split].labels[order].astype(np.float32)
-            results.append(multilabel_metrics(probs.numpy(), targets, cf1=arm.cfg.cf1))
+            results.append(None)
+            with self.isolate(arm):
+                if arm.error is not None:
+                    continue
+                probs = torch.cat(arm_scores)
+                if not torch.isfinite(probs).all():  # finite but huge parameters overflow the logits
+                    raise TrialDiverged(f"{split} scores are not finite (lr {arm.cfg.lr:g}): the trained "
+                                        "parameters have blown up; lower lr")
+                targets = arm.splits[split].labels[order].astype(np.float32)
+                results[-1] = multilabel_metrics(probs.numpy(), targets, cf1=arm.cfg.cf1)
             self.eval_own[id(arm)] += time.perf_counter() - start
         for arm in {id(a): a for a, _ in jobs}.values():  # all of an arm's own work, whatever the pass
             arm.own_s += self.eval_own[id(arm)]
@@ -211,29 +231,35 @@ class Pack:
         """Train every arm, then score test; one result per arm (None for an arm that diverged: its error is
         `arm.error`). `report` gets each epoch's rows once every arm's checkpoint of it is written."""
         for arm in self.arms:
-            arm.resume()
+            with self.isolate(arm):
+                arm.resume()
         epochs = max(a.epochs for a in self.arms)
         for epoch in range(min((a.start for a in self.arms if a.epochs), default=epochs), epochs):
             arms = self.train_epoch(epoch)
-            for arm in list(arms):
-                try:
+            for arm in arms:
+                with self.isolate(arm):
                     arm.check_parameters(epoch)
-                except TrialDiverged as err:
-                    self._fail(arm, err)
-                    arms.remove(arm)
-            rows = self.epoch_rows(epoch, arms)
-            for i, row in rows.items():
-                arm = self.arms[i]
-                arm.record_epoch(epoch, row)
-                if self.progress:
-                    tqdm.write(f"epoch {epoch + 1}/{arm.epochs}  loss {row['loss']:.4f}  {arm.cfg.select_on} mAP "
-                               f"{row[SELECTION_METRIC[arm.cfg.select_on]]:.2f}  best {arm.best['map']:.2f} @ "
-                               f"{arm.best['epoch']}", file=sys.stderr)
-                arm.save_checkpoint(epoch)
+            rows = self.epoch_rows(epoch, [a for a in arms if a.error is None])
+            for i, row in list(rows.items()):
+                with self.isolate(self.arms[i]):
+                    self._record(self.arms[i], epoch, row)
+                if self.arms[i].error is not None:
+                    del rows[i]
             if report is not None:  # the step losses go to the reporter only, not into the history
-                report([{**rows[i], STEP_LOSSES: self.arms[i].step_losses} if i in rows else None
-                        for i in range(len(self.arms))], checkpoint_root)
+                failed = report([{**rows[i], STEP_LOSSES: self.arms[i].step_losses} if i in rows else None
+                                 for i in range(len(self.arms))], checkpoint_root)
+                for i, err in (failed or {}).items():
+                    self._fail(self.arms[i], err)
         return self.finish()
+
+    def _record(self, arm: Arm, epoch: int, row: dict) -> None:
+        """The epoch in the arm's history (and best so far), on the console, and in its checkpoint."""
+        arm.record_epoch(epoch, row)
+        if self.progress:
+            tqdm.write(f"epoch {epoch + 1}/{arm.epochs}  loss {row['loss']:.4f}  {arm.cfg.select_on} mAP "
+                       f"{row[SELECTION_METRIC[arm.cfg.select_on]]:.2f}  best {arm.best['map']:.2f} @ "
+                       f"{arm.best['epoch']}", file=sys.stderr)
+        arm.save_checkpoint(epoch)
 
     def finish(self) -> list[TrialResult | None]:
         """Test scores of every arm still standing, at its selected epoch and at its last, in one pass."""
@@ -258,8 +284,9 @@ class Pack:
                 test, j = scored[j], j + 1
             val = val_now.get(id(arm))
             if arm.error is None and last is not None and test is not None:
-                results[id(arm)] = arm.result(test, last, val["mAP"] if val else None)
-        return [results.get(id(a)) for a in self.arms]
+                with self.isolate(arm):
+                    results[id(arm)] = arm.result(test, last, val["mAP"] if val else None)
+        return [results.get(id(a)) if a.error is None else None for a in self.arms]
 
 
 class Trial:
@@ -324,18 +351,21 @@ def run_trial(
 
 
 def run_pack(cfgs: Sequence[TrialConfig], workdir: Path, *, report: PackReporter | None = None,
-             progress: bool = False, strict: bool = False) -> tuple[Pack, list[TrialResult | None]]:
-    """Train a pack of arms in `workdir` (each arm's checkpoint in its own folder; a pack of one keeps the
-    plain trial's layout); each arm's selected parameters are saved as `trained_path(workdir, i)`. An arm
-    that diverges gets None, its error in `pack.arms[i].error`, and the others go on (`strict`: it raises)."""
-    checkpoints = [arm_folder(workdir, i, len(cfgs)) / CHECKPOINT for i in range(len(cfgs))]
-    pack = Pack(cfgs, checkpoints, progress, strict=strict)
+             progress: bool = False, strict: bool = False,
+             folders: Sequence[Path] | None = None) -> tuple[Pack, list[TrialResult | None]]:
+    """Train a pack of arms in `workdir`, each arm's checkpoint in its folder (`folders`; default one per
+    arm, `arm_folder`: a pack of one keeps the plain trial's layout), its selected parameters saved as
+    `<folder>/trained/trained.pt`. An arm that fails gets None, its error in `pack.arms[i].error`, and the
+    others go on (`strict`: it raises)."""
+    folders = folders or [arm_folder(workdir, i, len(cfgs)) for i in range(len(cfgs))]
+    pack = Pack(cfgs, [Path(f) / CHECKPOINT for f in folders], progress, strict=strict)
     check_space(sum(a.state_bytes() for a in pack.arms), workdir)
     results = pack.run(report, workdir)
-    for i, (arm, result) in enumerate(zip(pack.arms, results)):
+    for folder, arm, result in zip(folders, pack.arms, results):
         if result is not None:
-            arm.save_trained(trained_path(workdir, i, len(cfgs)))
-    return pack, results
+            with pack.isolate(arm):
+                arm.save_trained(Path(folder) / "trained" / TRAINED)
+    return pack, [r if a.error is None else None for a, r in zip(pack.arms, results)]
 
 
 def arm_folder(workdir: Path, index: int, arms: int) -> Path:
@@ -343,7 +373,7 @@ def arm_folder(workdir: Path, index: int, arms: int) -> Path:
 
 
 def trained_path(workdir: Path, index: int, arms: int) -> Path:
-    return arm_folder(workdir, index, arms) / "trained" / TRAINED
+    return arm_folder(workdir, index, arms) / "trained" / TRAINED  # as run_pack saves it
 
 
 def check_space(state_bytes: int, *folders: Path | None) -> None:

@@ -1,11 +1,15 @@
-"""What the sweep test modules share: a tiny sweep spec on the synthetic set, its MLflow runs, and a free
-port on 127.0.0.1 for the servers they start."""
+"""What the sweep test modules share: a tiny sweep spec on the synthetic set, its MLflow runs, a free
+port on 127.0.0.1 for the servers they start, and a small file system that fills up."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -68,3 +72,17 @@ def sweep_store(folder: Path, spec: dict) -> tuple[str, MlflowClient, TrackingCo
     experiment_id = ensure_experiment(client, spec["name"])
     parent = start_parent_run(client, experiment_id, spec["name"], path, path.read_text())
     return uri, client, TrackingContext(uri, experiment_id, parent)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, *options: str):
+    """A small tmpfs mounted at `folder` (root only), unmounted afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = ",".join([f"size={size}", *options])
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

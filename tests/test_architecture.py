@@ -88,7 +88,8 @@ def test_the_package_has_no_import_cycle():
 LAYERS = [
     ("foundation", ["ablate.errors", "ablate.registry", "ablate.world.captions", "ablate.stats", "ablate.files",
                     "ablate.catalogue", "ablate.pathnames", "ablate.extras", "ablate.roles",
-                    "ablate.secret_uri"]),
+                    "ablate.secret_uri",
+                    "ablate.userfiles"]),
     ("config", ["ablate.world", "ablate.world.recipe", "ablate.data", "ablate.methods", "ablate.methods.registry",
                 "ablate.probes", "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack",
                 "ablate.result", "ablate.published"]),

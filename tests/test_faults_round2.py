@@ -3,7 +3,6 @@ no silent wrong result, and one `error:` line (exit 2, 130 for an interrupt) ins
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_helpers import sweep_store, write_spec
+from sweep_helpers import sweep_store, tmpfs, write_spec
 
 from ablate.cli import main
 from ablate.errors import ConfigError, DataError, ReportError, TrackingError
@@ -276,20 +275,6 @@ def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProces
     """The CLI in its own process (a fault that kills a process must not take pytest with it)."""
     return subprocess.run([sys.executable, "-m", "ablate.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600, **kw)
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: str, *options: str):
-    """A small tmpfs mounted at `folder` (root only), unmounted afterwards."""
-    folder.mkdir(parents=True, exist_ok=True)
-    opts = ",".join([f"size={size}", *options])
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 # ---- 8. a full disk while building the feature cache --------------------------------------------------------

@@ -94,6 +94,33 @@ def test_taken_ports_are_named_and_a_failed_start_leaves_nothing_running(spaced_
     assert not postgres_running(spaced_root, settings)  # started for this start, stopped with its failure
 
 
+def test_a_second_start_with_other_settings_is_refused_and_stop_ends_every_process(spaced_root, capsys):
+    """`start --port P1`, then `start --port P2` while the first runs: refused in one line naming the running
+    server and how to stop it (it used to start a second server, and `stop` then left the first running)."""
+    first, second, db = free_port(), free_port(), free_port()
+    args = ["server", "start", "--root", str(spaced_root), "--db-port", str(db), "--workers", "1"]
+    assert main([*args, "--port", str(first)]) == 0
+    pid = int((spaced_root / "mlflow.pid").read_text().split()[0])
+    group = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    capsys.readouterr()
+    assert main([*args, "--port", str(second)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: an MLflow server at http://127.0.0.1:{first} (pid {pid}, "), err
+    assert "changed: port" in err and f"`ablate server stop --root {spaced_root.absolute()}`" in err
+    assert not socket_answers(second) and f'"port": {first}' in (spaced_root / "server.json").read_text()
+    assert main([*args, "--port", str(first)]) == 0  # the same arguments: what runs is reused
+    assert int((spaced_root / "mlflow.pid").read_text().split()[0]) == pid
+    assert main(["server", "stop", "--root", str(spaced_root)]) == 0
+    assert not [p for p in group if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not socket_answers(first) and not postgres_running(spaced_root, ServerSettings(artifacts="", db_port=db))
+
+
+def socket_answers(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_stop_with_a_stale_pid_file_kills_nothing_else(tmp_path):
     """The server is long gone and its PID now belongs to another process (group): `stop` leaves it alone."""
     (tmp_path / "server.json").write_text(ServerSettings(artifacts=str(tmp_path / "art"),

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
 from ..registry import Registry, resolve
+from ..userfiles import words_for_booleans
 
 if TYPE_CHECKING:
     from ablate.spec import TrialConfig
@@ -35,6 +36,11 @@ class DatasetOptions(BaseModel):
     are errors, values are checked on assignment, and no float is infinite or NaN."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, data: Any) -> Any:
+        return words_for_booleans(cls.model_fields, data)  # a YAML `off` reaches us as False
 
 
 class CocoOptions(DatasetOptions):

@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from ..data import DATASETS
 from ..errors import ConfigError
 from ..methods import METHODS
 from ..spec import StrictModel, format_validation_error
+from ..userfiles import read_yaml
 
 HERE = Path(__file__).parent
 AVG = "avg"  # the published average over the table's label ratios
@@ -154,10 +154,7 @@ def load_published(name_or_path: str | Path) -> PublishedTable:
             raise ConfigError(f"published table {str(name_or_path)!r}: no such file, and no shipped table of that "
                               f"name (shipped: {', '.join(shipped())})")
         path = HERE / f"{name_or_path}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"published table {path}: cannot be read: {err}") from None
+    data = read_yaml(path, "published table")
     if not isinstance(data, dict):
         raise ConfigError(f"published table {path}: expected a mapping with source, protocol and results")
     try:

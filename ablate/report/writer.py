@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import html
 import json
 import math
@@ -179,17 +180,28 @@ def check_report_folder(out_dir: Path) -> None:
                           "choose another --out")
 
 
+# what a file system answers when it refuses a write: the user's to fix, not a bug
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 @contextlib.contextmanager
 def _staged(out_dir: Path) -> Iterator[Path]:
-    """A fresh folder beside `out_dir`; when the block completes it replaces `out_dir`, else it is removed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    """A fresh folder beside `out_dir`; when the block completes it replaces `out_dir`, else it is removed.
+    A write that the file system refuses (full, read-only, no permission) is a ReportError naming `out_dir`."""
     try:
-        yield staging
-        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only
-        _replace_folder(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            yield staging
+            staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it owner-only
+            _replace_folder(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        if err.errno not in REFUSED_WRITES:
+            raise
+        raise ReportError(f"cannot write the report into {out_dir} ({err.strerror}); free some space there or "
+                          "choose another --out (an earlier report there is left as it was)") from None
 
 
 def _replace_folder(new: Path, target: Path) -> None:

@@ -226,9 +226,10 @@ def ends_parent_on_failure(client, state: SweepState) -> Iterator[None]:
         raise
 
 
-def _fit(tuners: list, signals: Signals, packs: list[list[int]] | None) -> tuple[int, int]:
+def _fit(tuners: list, signals: Signals, packs: list[list[int]] | None, ctx: TrackingContext) -> tuple[int, int]:
     """(trainings, errored) over the tuners, stopping after the one a signal interrupted: a Ray trial that
-    trains a pack counts each of its arms, errored when the trial errored or the arm failed in it."""
+    trains a pack counts each of its arms, errored when the arm failed in it (or the trial errored before
+    the arm's run finished)."""
     errored = total = 0
     for tuner in tuners:
         with signals.tune():
@@ -236,10 +237,21 @@ def _fit(tuners: list, signals: Signals, packs: list[list[int]] | None) -> tuple
         for result in results:
             arms = len(packs[result.config["pack"]]) if packs and "pack" in (result.config or {}) else 1
             total += arms
-            errored += arms if result.error else int((result.metrics or {}).get("arms_failed", 0))
+            errored += _errored_arms(result, arms, ctx)
         if signals.received:
             break
     return total, errored
+
+
+def _errored_arms(result, arms: int, ctx: TrackingContext) -> int:
+    """How many of a Ray trial's arms failed: a pack's arms fail alone, so an errored pack counts the arms
+    whose runs did not finish."""
+    metrics = result.metrics or {}
+    if not result.error:
+        return int(metrics.get("arms_failed", 0))
+    if arms == 1 or "trial_id" not in metrics:
+        return arms
+    return arms - sum(run.status() == "FINISHED" for run in TrialRun.find_all(ctx, metrics["trial_id"]))
 
 
 def _interrupted(client, state: SweepState, signals: Signals, command: str) -> SweepInterrupted:
@@ -284,7 +296,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
                 tuners = [_tuner(spec, arm, arms, ctx, storage, resume, workroot, state_path.parent)
                           for arm in arms] if spec.optuna else \
                     [_tuner(spec, None, arms, ctx, storage, resume, workroot, state_path.parent, state.packs)]
-                total, errored = _fit(tuners, signals, state.packs)
+                total, errored = _fit(tuners, signals, state.packs, ctx)
         except KeyboardInterrupt:
             signals.received = signals.received or [signal.SIGINT]
         finally:

@@ -25,8 +25,8 @@ from ..spec import (
     TrialConfig,
     format_validation_error,
     notice_moved,
-    read_yaml,
 )
+from ..userfiles import read_yaml
 
 
 def _searchable(name: str) -> str:
@@ -219,7 +219,8 @@ class SweepSpec(StrictModel):
             raise ValueError("asha and optuna must use the same metric and mode")
         if self.pack == "auto" and (self.optuna or self.asha):
             raise ValueError(f"pack: auto cannot be combined with {'optuna' if self.optuna else 'asha'}: its samples "
-                             "are sequential and its early stopping is per trial; drop `pack` (or set pack: off)")
+                             "are sequential and its early stopping is per trial, so it runs one arm per trial: drop "
+                             "`pack` or write pack: off")
         return self
 
     @property
@@ -322,20 +323,34 @@ class SweepSpec(StrictModel):
 
 
 def import_plugins(modules: list[str]) -> None:
-    """Import each module (it registers methods, datasets, probes or report sections as it loads)."""
+    """Import each module (it registers methods, datasets, probes or report sections as it loads); ValueError
+    naming the plugin for a name that is no module's, a module that cannot be found, or one that fails (or
+    exits) while it loads."""
     for name in modules:
+        if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"plugins: {name!r} is not a module name; write its dotted import name (e.g. "
+                             "my_lab.methods) and put the folder holding it on PYTHONPATH")
         try:
             importlib.import_module(name)
         except ImportError as err:
             raise ValueError(f"plugins: cannot import {name!r} ({err}); it must be importable on the driver "
                              "and on every worker (installed, or on PYTHONPATH)") from None
+        except SyntaxError as err:
+            raise ValueError(f"plugins: {name!r} is not valid Python ({err.msg}, {err.filename} line "
+                             f"{err.lineno}); fix the plugin") from None
+        except SystemExit as err:
+            raise ValueError(f"plugins: {name!r} called sys.exit({err.code!r}) while it was imported; a plugin "
+                             "must only register what it brings") from None
+        except Exception as err:
+            raise ValueError(f"plugins: {name!r} failed while it was imported ({type(err).__name__}: {err}); fix "
+                             f"the plugin (`python -c 'import {name}'` shows the traceback)") from None
 
 
 def load_sweep_spec(path: Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"spec file not found: {path}")
-    data = read_yaml(path)
+    data = read_yaml(path, "spec file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with at least 'name' at the top level")
     try:
