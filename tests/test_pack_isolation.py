@@ -24,7 +24,7 @@ PLUGIN = textwrap.dedent('''
     never does; each notes every time it is built in the file `builds`."""
     from pydantic import BaseModel, ConfigDict
 
-    from ablate.methods import METHODS, TRAINING_FIELDS, MethodInfo, register_method
+    from ablate.methods import METHODS, MethodInfo, register_method
     from ablate.methods.baseline import Baseline
 
 
@@ -51,7 +51,7 @@ PLUGIN = textwrap.dedent('''
 
     for name in ("flaky", "steady"):
         if name not in METHODS:
-            register_method(MethodInfo(name, Flaky, TRAINING_FIELDS, text_encoder=False, embeds_classes=False,
+            register_method(MethodInfo(name, Flaky, {"training"}, text_encoder=False, embeds_classes=False,
                                        options=Options))
 ''')
 
