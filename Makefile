@@ -16,8 +16,10 @@ install: $(STAMP)
 
 # The main job on the embedded default: every method on generated data with a tiny CLIP, local
 # Ray on CPU, MLflow in ./mlflow.db. Running it again continues (or just reports) the same sweep.
+# (QUICKSTART_SPEC: tests run this target's command on a smaller spec)
+QUICKSTART_SPEC ?= tune_specs/quickstart.yaml
 quickstart: $(STAMP)
-	$(BIN)/ablate sweep --spec tune_specs/quickstart.yaml \
+	$(BIN)/ablate sweep --spec $(QUICKSTART_SPEC) \
 		$$(test -f runs/ray/quickstart/ablate_sweep.json && echo --resume)
 
 # One trial, no Ray: the trainer alone.

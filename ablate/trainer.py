@@ -38,6 +38,7 @@ from .methods import create_method
 from .methods.base import Method
 from .metrics import multilabel_metrics
 from .pack import pack_key, stream_config
+from .progress import progress_bar
 from .result import TrialResult
 from .spec import STORED, TrialConfig
 from .stream import Stream, batches, epoch_seed
@@ -116,7 +117,7 @@ class Pack:
         loader = self.stream.loader("train", True, epoch)
         # an iterator, not the loader: tqdm.auto opens one of its own, which starts another set of
         # workers and draws another shuffle from the epoch's generator
-        bar = tqdm(batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = progress_bar(batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
         shared, own = 0.0, dict.fromkeys(map(id, arms), 0.0)
         clock = time.perf_counter()

@@ -86,7 +86,7 @@ def test_the_package_has_no_import_cycle():
 # A name ending in "." is every module under that package; the longest match decides.
 LAYERS = [
     ("foundation", ["ablate.errors", "ablate.registry", "ablate.world.captions", "ablate.stats", "ablate.files",
-                    "ablate.catalogue", "ablate.pathnames", "ablate.extras"]),
+                    "ablate.catalogue", "ablate.pathnames", "ablate.extras", "ablate.progress"]),
     ("config", ["ablate.world", "ablate.world.recipe", "ablate.data", "ablate.methods", "ablate.methods.registry",
                 "ablate.probes", "ablate.probes.registry", "ablate.spec", "ablate.sweep.spec", "ablate.pack",
                 "ablate.result", "ablate.published"]),

@@ -44,6 +44,7 @@ from .cluster import (
 from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, resume_command
 from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
+from .quiet import quiet_libraries, tune_reporter
 from .spec import SweepSpec, load_sweep_spec
 from .trial import ray_trial, work_root
 
@@ -126,7 +127,7 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
                                     num_samples=samples, max_concurrent_trials=spec.max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx)],
+            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx), *tune_reporter()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -212,6 +213,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     raise SweepInterrupted once the state for --resume is saved."""
     path = resolve_spec_path(spec_path)
     spec = load_sweep_spec(path)  # validated before anything starts or is recorded
+    quiet_libraries()
     storage = _storage_root(spec, storage_path)
     # beside the Tune results; for bucket storage in the launching directory
     state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
