@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .arm import SELECTION_METRIC, Arm, lr_at, trainable_state
+from .arm import SELECTION_METRIC, Arm, lr_at, resolved_config, trainable_state
 from .backbone import Backbone
 from .data import check_root, load_splits
 from .errors import ConfigError, TrialDiverged
@@ -75,7 +75,7 @@ class Pack:
         shared = stream_config(cfgs[0])
         for cfg in cfgs:
             check_features_mode(cfg)
-        check_root(shared)  # fail on a bad data root before loading any model
+        root = check_root(shared)  # fail on a bad data root before loading any model
         backbone = backbone_from_config(shared, resolve_device(shared.device))
         splits = [load_splits(cfg) for cfg in cfgs]
         for cfg, arm_splits in zip(cfgs[1:], splits[1:]):
@@ -94,6 +94,7 @@ class Pack:
             checkpoint = checkpoints[i] if checkpoints is not None else None
             start = time.perf_counter()
             self.arms.append(Arm(cfg, self.stream, arm_splits, checkpoint))
+            self.arms[-1].resolved = resolved_config(cfg, self.stream, root)
             self.arms[-1].own_s += time.perf_counter() - start
 
     @property
@@ -325,12 +326,16 @@ def run_trial(
 
 
 def run_pack(cfgs: Sequence[TrialConfig], workdir: Path, *, report: PackReporter | None = None,
-             progress: bool = False, strict: bool = False) -> tuple[Pack, list[TrialResult | None]]:
+             progress: bool = False, strict: bool = False,
+             on_ready: Callable[[Pack], None] | None = None) -> tuple[Pack, list[TrialResult | None]]:
     """Train a pack of arms in `workdir` (each arm's checkpoint in its own folder; a pack of one keeps the
     plain trial's layout); each arm's selected parameters are saved as `trained_path(workdir, i)`. An arm
-    that diverges gets None, its error in `pack.arms[i].error`, and the others go on (`strict`: it raises)."""
+    that diverges gets None, its error in `pack.arms[i].error`, and the others go on (`strict`: it raises).
+    `on_ready` sees the pack once it is built (each arm's resolved config known), before any training."""
     checkpoints = [arm_folder(workdir, i, len(cfgs)) / CHECKPOINT for i in range(len(cfgs))]
     pack = Pack(cfgs, checkpoints, progress, strict=strict)
+    if on_ready is not None:
+        on_ready(pack)
     check_space(sum(a.state_bytes() for a in pack.arms), workdir)
     results = pack.run(report, workdir)
     for i, (arm, result) in enumerate(zip(pack.arms, results)):

@@ -76,7 +76,8 @@ def _attach_runs(tracking: TrackingContext, cfgs: list[TrialConfig], members: li
     its pack, an Optuna seed run with its sample."""
     packed = len(members) > 1
     runs = [TrialRun.attach(tracking, cfg, trial_id, {**labels[i], **sampled},
-                            trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None)
+                            trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None,
+                            params=False)  # the trainer's resolved config, once it is built (_train)
             for cfg, i in zip(cfgs, members)]
     if packed:
         for run in runs:  # which Ray trial trained this arm, and with how many others
@@ -125,9 +126,13 @@ def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, probes:
             tune.report({"epoch": max(r["epoch"] for r in rows if r is not None), "arms": len(rows)},
                         checkpoint=checkpoint)
 
+    def ready(pack) -> None:  # what each arm runs with: defaults, device and weights resolved
+        for run, arm in zip(runs, pack.arms):
+            run.log_config(arm.resolved)
+
     try:
         with runs[0].system_metrics():
-            pack, results = run_pack(cfgs, workdir, report=report, strict=len(cfgs) == 1)
+            pack, results = run_pack(cfgs, workdir, report=report, strict=len(cfgs) == 1, on_ready=ready)
             for i, (run, cfg, result, arm) in enumerate(zip(runs, cfgs, results, pack.arms)):
                 if result is None:
                     run.fail(f"{type(arm.error).__name__}: {arm.error}")
@@ -139,7 +144,8 @@ def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, probes:
                     run_trial_probes(run, cfg, probes, trained, trained.parent.parent / "probes", probe_limit)
                 arm.own_s += time.perf_counter() - start  # this arm's own work, too
     except Exception as err:
-        for run in runs:
+        for run, cfg in zip(runs, cfgs):
+            run.log_params(cfg)  # failed before it was built: the config as given (the params it lacks)
             if run.status() == "RUNNING":
                 run.fail(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
         raise
