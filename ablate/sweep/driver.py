@@ -18,10 +18,12 @@ from ..tracking import (
     connect,
     end_parent_run,
     ensure_experiment,
+    flatten_config,
     note_sweep_stopped,
     probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
+    save_view,
     set_sweep_note,
     start_parent_run,
     sweep_note,
@@ -277,6 +279,8 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     plan = plan_packs(spec, arms, *cluster_slots(spec))
     state, client = _open_sweep(spec, path, state_path, storage, resume, tracking_uri,
                                 plan.packs if spec.packing else None, len(arms))
+    # the view's parallel axes are those every trial has: known from the arms before any run exists
+    save_view(client, state.experiment_id, state.parent_run_id, [flatten_config(a.config) for a in arms])
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
     return state, client, worker_uri

@@ -46,7 +46,9 @@ def view_links(experiment_id: str, parent_run_id: str) -> str:
     """Markdown links to the prepared view and its charts, relative to the UI (any host serving it)."""
     table = ui_address("", experiment_id, parent_run_id).split("/#", 1)[1]
     charts = ui_address("", experiment_id, parent_run_id, charts=True).split("/#", 1)[1]
-    return f"This sweep in the prepared view: [runs by label ratio](#{table}) · [charts](#{charts})"
+    return (f"This sweep in the prepared view: [runs by label ratio](#{table}) · [charts](#{charts}). A group's "
+            "header row shows the max of each column separately (MLflow's group aggregate), not one run's figures; "
+            "the first run under it is the group's best test mAP.")
 
 
 def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts: bool = False) -> str:
