@@ -293,7 +293,8 @@ def test_the_sweep_has_a_prepared_view_the_ui_reads(sweep):
     # method and ratio, test mAP with the cost columns right after it, then the other axes and the pack
     assert state["selectedColumns"] == [
         "params.`method`", "params.`label_ratio`", "metrics.`test_map`", "metrics.`trainable_params`",
-        "metrics.`train_time_s`", "metrics.`device_hours`", "params.`n_ctx`", "params.`seed`", "tags.`ablate.pack`"]
+        "metrics.`train_time_s`", "metrics.`device_hours`", "tags.`ablate.n_ctx`", "tags.`ablate.seed`",
+        "tags.`ablate.pack`"]
     kinds = {(c["type"], c.get("metricKey") or c.get("xaxis", {}).get("key")) for c in state["compareRunCharts"]}
     assert {("SCATTER", "trainable_params"), ("SCATTER", "device_hours"), ("SCATTER", "label_ratio"),
             ("LINE", "train_loss"), ("LINE", "val_map"), ("PARALLEL", None)} == kinds
@@ -316,10 +317,14 @@ def test_the_printed_address_opens_the_prepared_view(sweep, server, tmp_path):
     address = sweep["ui"].replace("http://127.0.0.1:5000", server)
     table = chromium(tmp_path, address, "--window-size=2400,1000", "--dump-dom")
     assert "viewing a shared view" in table and "share key" not in table  # found and applied
-    order = ("method", "label_ratio", "test_map", "trainable_params", "train_time_s", "device_hours", "n_ctx", "seed",
-             "ablate.pack")
-    at = [table.find(f">{column}<") for column in order]
-    assert -1 not in at and at == sorted(at), dict(zip(order, at))  # the cost columns right after test mAP
+    # the header's columns in the order shown: method, ratio, test mAP with the cost columns right after it
+    shown = {}
+    for index, column in re.findall(r'aria-colindex="(\d+)" col-id="((?:params|metrics|tags)\.`[^"]+`)"', table):
+        shown.setdefault(column, int(index))
+    order = ["params.`method`", "params.`label_ratio`", "metrics.`test_map`", "metrics.`trainable_params`",
+             "metrics.`train_time_s`", "metrics.`device_hours`", "tags.`ablate.n_ctx`", "tags.`ablate.seed`",
+             "tags.`ablate.pack`"]
+    assert sorted(shown, key=shown.get) == order, shown
     assert ">Group: 0.3<" in table and ">Group: 0.7<" in table
     best_first = [name for name in re.findall(r">((?:baseline|dualcoop) · [37]0%)<", table)]
     runs = trials(sweep)
@@ -362,3 +367,14 @@ def test_trials_logging_the_same_split_at_once_all_record_it(tmp_path):
     for run_id in run_ids:
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic · test", "0123456789ab")]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_screenshots_are_taken_from_the_store_and_the_report(sweep, tmp_path):
+    """`make screenshots`' step: the prepared view, its charts and the report page, as PNG files."""
+    from ablate.tracking.screenshots import take
+
+    shots = take(sweep["tracking_uri"], "t", sweep["tmp"] / "report", tmp_path / "shots", "t")
+    assert [p.name for p in shots] == ["t_mlflow_runs.png", "t_mlflow_charts.png", "t_report.png"]
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000, shot

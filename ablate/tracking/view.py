@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from mlflow import MlflowClient
 
 from ..catalogue import metrics
-from .names import SWEPT_AXES, children_filter
+from .names import ARM_FIELDS, SWEPT_AXES, children_filter
 from .store import retried
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's own tag for shared views
@@ -96,10 +96,13 @@ def view_state(parent_run_id: str, axes: list[str] | None = None,
     # ours first; the UI files every other metric's generated chart under its own two sections
     sections = [{"uuid": name, "name": name, "display": True, "isReordered": False, "deleted": False,
                  "isGenerated": name != SECTION} for name in (SECTION, "Model metrics", "System metrics")]
+    # the UI shows params, then metrics, then tags (each group in the given order): the other axes come as
+    # their arm tags (the same values as the params), so test mAP and cost follow method and ratio
     first = [a for a in ("method", "label_ratio") if a in swept]
+    rest = [_column("tags", f"ablate.{a}") if a in ARM_FIELDS else _column("params", a) for a in swept
+            if a not in first]
     columns = [*(_column("params", a) for a in first), _column("metrics", "test_map"),
-               *(_column("metrics", c) for c in costs), *(_column("params", a) for a in swept if a not in first),
-               _column("tags", PACK_COLUMN)]
+               *(_column("metrics", c) for c in costs), *rest, _column("tags", PACK_COLUMN)]
     return {
         "searchFilter": children_filter(parent_run_id),
         "orderByKey": _column("metrics", "test_map"), "orderByAsc": False,
