@@ -63,3 +63,11 @@ def test_the_quickstart_leaves_git_status_clean(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (clone / "mlflow.db").is_file() and (clone / "runs" / "ray" / "quickstart").is_dir()
     assert git(clone, "status", "--porcelain", "--ignored=no") == ""
+    # a quiet console: the trials' table, then one summary line (no raw JSON), no Tune box or TensorBoard hint,
+    # no carriage-return frames, no start-up chatter of Ray or MLflow
+    out, err = done.stdout, done.stderr
+    assert out.splitlines()[0].split()[:2] == ["dataset", "method"] and "{" not in out
+    assert out.splitlines()[-1].startswith("2 trials, 0 errored; MLflow: parent run ")
+    for chatter in ("Number of trials", "TensorBoard", "Started a local Ray", "Token authentication",
+                    "Creating initial MLflow database", "Wrote the latest version", "\r"):
+        assert chatter not in out + err, chatter
