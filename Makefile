@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart trial lint test test-slow rehearse cluster-rehearsal clean
+.PHONY: install quickstart trial screenshots lint test test-slow rehearse cluster-rehearsal clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,21 @@ install: $(STAMP)
 
 # The main job on the embedded default: every method on generated data with a tiny CLIP, local
 # Ray on CPU, MLflow in ./mlflow.db. Running it again continues (or just reports) the same sweep.
+# (QUICKSTART_SPEC: tests run this target's command on a smaller spec)
+QUICKSTART_SPEC ?= tune_specs/quickstart.yaml
 quickstart: $(STAMP)
-	$(BIN)/ablate sweep --spec tune_specs/quickstart.yaml \
+	$(BIN)/ablate sweep --spec $(QUICKSTART_SPEC) \
 		$$(test -f runs/ray/quickstart/ablate_sweep.json && echo --resume)
 
 # One trial, no Ray: the trainer alone.
 trial: $(STAMP)
 	$(BIN)/ablate train --config tune_specs/quickstart_trial.yaml --out runs/quickstart_trial
+
+# The README's images (tune_specs/quickstart_*.png) from the quickstart's store, in headless Chromium:
+# the prepared runs view and its charts (an `mlflow server` on 127.0.0.1) and the report page.
+screenshots: $(STAMP)
+	$(BIN)/ablate report --experiment quickstart --out reports/quickstart
+	$(BIN)/python -m ablate.tracking.screenshots --experiment quickstart --report reports/quickstart --out tune_specs
 
 # Lint and type rules (pyproject.toml) hold before any test runs.
 lint: $(STAMP)

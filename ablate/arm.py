@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, TrialDiverged
+from .features import cache_root as feature_cache_root
 from .files import write_atomically
 from .loss import AsymmetricLoss
 from .methods import METHODS, create_method, method_info
@@ -36,8 +37,7 @@ def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
     """SGD with one group per parameter kind: the built-in kinds' multipliers and decays are TrialConfig
     fields; a kind the method registers names fields of its own options."""
     mult = {PROMPT: cfg.prompt_lr_mult, FREE: cfg.free_lr_mult, LINEAR: cfg.linear_lr_mult}
-    linear_decay = cfg.weight_decay if cfg.linear_weight_decay is None else cfg.linear_weight_decay
-    decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: linear_decay}
+    decay = {PROMPT: cfg.weight_decay, FREE: cfg.free_weight_decay, LINEAR: linear_weight_decay(cfg)}
     for kind, spec in (method_info(cfg.method).kinds.items() if cfg.method in METHODS else ()):
         mult[kind], decay[kind] = cfg.options[spec.lr_mult], cfg.options[spec.weight_decay]
     by_kind = method.param_groups()
@@ -49,6 +49,23 @@ def build_optimizer(method: Method, cfg: TrialConfig) -> torch.optim.SGD:
         {"params": params, "kind": kind, "lr_mult": mult[kind], "weight_decay": decay[kind]}
         for kind, params in by_kind.items() if params]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def resolved_config(cfg: TrialConfig, stream: Stream, data_root: Path) -> TrialConfig:
+    """The config as the trainer runs it on `stream`: each field whose value depends on a default, the
+    machine or the weights holds what applied (`auto` device -> the device, `amp` and `grad_scaler` false
+    off CUDA, γ− the loss variant's, the baseline's decay, the model's image size and activation, the
+    data, cache and feature-cache folders). What a run records as its params and its rerunnable config."""
+    info = stream.backbone.info
+    return cfg.model_copy(update={
+        "device": str(stream.device), "amp": stream.amp, "grad_scaler": stream.amp and cfg.grad_scaler,
+        "gamma_neg": cfg.resolved_gamma_neg, "linear_weight_decay": linear_weight_decay(cfg),
+        "image_size": info.image_size, "quick_gelu": info.quick_gelu, "data_root": Path(data_root),
+        "cache_dir": cfg.resolved_cache_dir(), "feature_cache_dir": feature_cache_root(cfg)})
+
+
+def linear_weight_decay(cfg: TrialConfig) -> float:
+    return cfg.weight_decay if cfg.linear_weight_decay is None else cfg.linear_weight_decay
 
 
 def lr_at(epoch: int, cfg: TrialConfig) -> float:
@@ -86,6 +103,7 @@ class Arm:
 
     def __init__(self, cfg: TrialConfig, stream: Stream, splits: dict, checkpoint: Path | None) -> None:
         self.cfg, self.stream, self.splits, self.checkpoint = cfg, stream, splits, checkpoint
+        self.resolved = cfg  # the config as run (resolved_config), set by the pack that knows the data root
         self.classnames: list[str] = splits["train"].classnames
         self.method = create_method(cfg, stream.backbone, self.classnames).to(stream.device)
         self.loss_fn = AsymmetricLoss(
@@ -245,5 +263,5 @@ class Arm:
             backbone={"name": info.name, "pretrained": info.pretrained, "weights": info.weights,
                       "image_size": info.image_size, "embed_dim": info.embed_dim, "tower": info.tower,
                       "quick_gelu": info.quick_gelu},
-            config=self.cfg.model_dump(mode="json"),
+            config=self.resolved.model_dump(mode="json"),
         )

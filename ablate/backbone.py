@@ -12,8 +12,10 @@ One door, `create_backbone(name, pretrained, image_size, device)`:
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -79,7 +81,7 @@ def _build_clip(
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors") or path.exists():
         state, is_openai = read_checkpoint(path, trust_torchscript)
         quick = _file_activation(name, path, is_openai, quick_gelu)
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
+        model = _empty_model(name, quick, kwargs)
         _load_state(model, state, path)
         return model, quick
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -91,6 +93,23 @@ def _build_clip(
     # open_clip only warns when a QuickGELU tag meets a GELU config; build what the tag was trained with
     quick = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")) or "quickgelu" in name
     return _from_tag(name, pretrained, image_size, quick, weights_dir, trust_torchscript), quick
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _empty_model(name: str, quick: bool, kwargs: dict) -> Any:  # open_clip's CLIP classes
+    """The model, its weights loaded next: open_clip's warning that it is random would be false here."""
+    root, quiet = logging.getLogger(), _NoRandomInitWarning()
+    root.addFilter(quiet)  # open_clip warns through the root logger
+    try:
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
+    finally:
+        root.removeFilter(quiet)
 
 
 def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_dir: Path | None,
@@ -105,7 +124,7 @@ def _from_tag(name: str, tag: str, image_size: int | None, quick: bool, weights_
         path = Path(open_clip.download_pretrained(cfg, cache_dir=str(weights_dir) if weights_dir else None))
     state, _ = read_checkpoint(path, trust_torchscript)
     kwargs = {"force_image_size": image_size} if image_size else {}
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick, **kwargs)
+    model = _empty_model(name, quick, kwargs)
     _load_state(model, state, path)
     # the tag's preprocessing (mean, std), as open_clip's own tag loading would set it
     preprocess = {**model.visual.preprocess_cfg, **{k: cfg[k] for k in ("mean", "std") if cfg.get(k)}}

@@ -92,9 +92,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted at epoch {_epoch_running(args.out)} of {cfg.epochs}; the epochs before it "
                           f"are kept in {args.out}: the same command resumes") from None
-    print(json.dumps(result.summary(), indent=2))
-    print(f"wrote {args.out / 'metrics.json'}", file=sys.stderr)
+    print(trial_summary(result.summary()))
+    print(f"wrote {args.out / 'metrics.json'} (every figure, per epoch and per class, and the resolved config)",
+          file=sys.stderr)
     return 0
+
+
+def trial_summary(s: dict) -> str:
+    """What `ablate train` prints at the end: the headline figures as a person reads them."""
+    picked = f"picked on {s['selected_on']}" + (f" (val mAP {s['best_val_map']:.2f})" if s["best_val_map"] is not None
+                                                else "")
+    return (f"{s['method']} on {s['dataset']}, {s['label_ratio'] * 100:g} % labels: test mAP {s['test_map']:.2f} at "
+            f"the epoch {picked}; last epoch {s['last_test_map']:.2f}; {s['trainable_params']:,} trainable "
+            f"parameters; {s['train_time_s']:.1f} s of training")
 
 
 def _epoch_running(out: Path) -> int:
@@ -211,6 +221,7 @@ def print_table(rows: list[dict]) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepInterrupted, describe, resolve_spec_path, run_sweep
     from .sweep.spec import load_sweep_spec
+    from .tracking.store import redact_uri
 
     if args.dry_run:
         spec = load_sweep_spec(resolve_spec_path(args.spec))
@@ -229,8 +240,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"error: {stop}", file=sys.stderr)
         return stop.exit_code
     print_table(trial_table(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]))
+    print(f"{summary['trials']} trials, {summary['errored']} errored; MLflow: parent run {summary['parent_run_id']} "
+          f"in {redact_uri(summary['tracking_uri'])}; Ray Tune's results: {summary['storage']}")
     print(f"the sweep held {bill_text(summary['bill'])}")
-    print(json.dumps(summary, indent=2))
     print(ui_hint(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]), file=sys.stderr)
     return 0 if summary["errored"] == 0 else 1
 

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
-from tqdm.auto import tqdm
 
 from .backbone import Backbone, BackboneInfo
 from .data.base import LabelledImages
@@ -49,6 +48,7 @@ from .errors import ConfigError, DataError
 from .factory import backbone_from_config
 from .files import file_lock, file_sha256, write_atomically
 from .methods import method_info
+from .progress import progress_bar
 from .spec import TrialConfig
 
 FORMAT_VERSION = 1  # bump when the layout or the feature computation changes
@@ -204,7 +204,7 @@ def _build(cache: FeatureCache, backbone: Backbone, batch_size: int, num_workers
         "build_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "paths": cache.paths}
     data, digest, row = None, hashlib.sha256(), 0
     # an iterator: given the loader, tqdm.auto would open a second one (more workers decoding for nothing)
-    for batch, _ in tqdm(iter(loader), total=len(loader), desc=f"building {what}", unit="batch",
+    for batch, _ in progress_bar(iter(loader), total=len(loader), desc=f"building {what}", unit="batch",
                          disable=not progress):
         with autocast:
             dense = backbone.dense_features(batch.to(device, non_blocking=True))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .arm import SELECTION_METRIC, Arm, lr_at, trainable_state
+from .arm import SELECTION_METRIC, Arm, lr_at, resolved_config, trainable_state
 from .backbone import Backbone
 from .data import check_root, load_splits
 from .errors import ConfigError, TrialDiverged
@@ -39,6 +39,7 @@ from .methods import create_method
 from .methods.base import Method
 from .metrics import multilabel_metrics
 from .pack import pack_key, stream_config
+from .progress import progress_bar
 from .result import TrialResult
 from .spec import STORED, TrialConfig
 from .stream import Stream, batches, epoch_seed
@@ -78,7 +79,7 @@ class Pack:
         shared = stream_config(cfgs[0])
         for cfg in cfgs:
             check_features_mode(cfg)
-        check_root(shared)  # fail on a bad data root before loading any model
+        root = check_root(shared)  # fail on a bad data root before loading any model
         backbone = backbone_from_config(shared, resolve_device(shared.device))
         splits = [load_splits(cfg) for cfg in cfgs]
         for cfg, arm_splits in zip(cfgs[1:], splits[1:]):
@@ -97,6 +98,7 @@ class Pack:
             checkpoint = checkpoints[i] if checkpoints is not None else None
             start = time.perf_counter()
             self.arms.append(Arm(cfg, self.stream, arm_splits, checkpoint))
+            self.arms[-1].resolved = resolved_config(cfg, self.stream, root)
             self.arms[-1].own_s += time.perf_counter() - start
 
     @property
@@ -133,7 +135,7 @@ class Pack:
         loader = self.stream.loader("train", True, epoch)
         # an iterator, not the loader: tqdm.auto opens one of its own, which starts another set of
         # workers and draws another shuffle from the epoch's generator
-        bar = tqdm(batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = progress_bar(batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not self.progress, leave=False)
         shared, own = 0.0, dict.fromkeys(map(id, arms), 0.0)
         clock = time.perf_counter()
@@ -352,13 +354,17 @@ def run_trial(
 
 def run_pack(cfgs: Sequence[TrialConfig], workdir: Path, *, report: PackReporter | None = None,
              progress: bool = False, strict: bool = False,
-             folders: Sequence[Path] | None = None) -> tuple[Pack, list[TrialResult | None]]:
+             folders: Sequence[Path] | None = None, on_ready: Callable[[Pack], None] | None = None
+             ) -> tuple[Pack, list[TrialResult | None]]:
     """Train a pack of arms in `workdir`, each arm's checkpoint in its folder (`folders`; default one per
     arm, `arm_folder`: a pack of one keeps the plain trial's layout), its selected parameters saved as
     `<folder>/trained/trained.pt`. An arm that fails gets None, its error in `pack.arms[i].error`, and the
-    others go on (`strict`: it raises)."""
+    others go on (`strict`: it raises).
+    `on_ready` sees the pack once it is built (each arm's resolved config known), before any training."""
     folders = folders or [arm_folder(workdir, i, len(cfgs)) for i in range(len(cfgs))]
     pack = Pack(cfgs, [Path(f) / CHECKPOINT for f in folders], progress, strict=strict)
+    if on_ready is not None:
+        on_ready(pack)
     check_space(sum(a.state_bytes() for a in pack.arms), workdir)
     results = pack.run(report, workdir)
     for folder, arm, result in zip(folders, pack.arms, results):

@@ -291,12 +291,23 @@ def test_the_sweep_has_a_prepared_view_the_ui_reads(sweep):
     state = decode(tags[VIEW_TAG_PREFIX + view_key(sweep["parent_run_id"])])
     assert state["searchFilter"] == f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'"
     assert state["runsHiddenMode"] == "SHOW_ALL" and state["orderByKey"] == "metrics.`test_map`"
-    assert state["selectedColumns"][:5] == [f"params.`{a}`" for a in ("method", "label_ratio", "n_ctx", "csc", "seed")]
-    assert {"metrics.`device_hours`", "metrics.`trainable_params`", "metrics.`train_time_s`"} <= \
-        set(state["selectedColumns"])
+    # method and ratio, test mAP with the cost columns right after it, then the other axes and the pack
+    assert state["selectedColumns"] == [
+        "params.`method`", "params.`label_ratio`", "metrics.`test_map`", "metrics.`trainable_params`",
+        "metrics.`train_time_s`", "metrics.`device_hours`", "tags.`ablate.n_ctx`", "tags.`ablate.seed`",
+        "tags.`ablate.pack`"]
     kinds = {(c["type"], c.get("metricKey") or c.get("xaxis", {}).get("key")) for c in state["compareRunCharts"]}
-    assert {("SCATTER", "trainable_params"), ("SCATTER", "device_hours"), ("LINE", "train_loss"), ("LINE", "val_map"),
-            ("PARALLEL", None)} == kinds
+    assert {("SCATTER", "trainable_params"), ("SCATTER", "device_hours"), ("SCATTER", "label_ratio"),
+            ("LINE", "train_loss"), ("LINE", "val_map"), ("PARALLEL", None)} == kinds
+    # parallel coordinates keep every run: each axis is a number for every run or for none, and varies
+    parallel = next(c for c in state["compareRunCharts"] if c["type"] == "PARALLEL")
+    runs = trials(sweep).values()
+    for axis in parallel["selectedParams"]:
+        values = [r.data.params[axis] for r in runs]
+        numeric = [v.replace(".", "", 1).isdigit() for v in values]
+        assert (all(numeric) or not any(numeric)) and len(set(values)) > 1, (axis, values)
+    assert parallel["selectedParams"] == ["method"]  # label_ratio, n_ctx and seed are n/a for some method
+    assert all(key in r.data.metrics for r in runs for key in parallel["selectedMetrics"])
     colours = {r.data.tags["ablate.method"]: r.data.tags["mlflow.runColor"] for r in trials(sweep).values()}
     assert len(set(colours.values())) == 3  # one colour per method, so charts read by method
 
@@ -307,9 +318,14 @@ def test_the_printed_address_opens_the_prepared_view(sweep, server, tmp_path):
     address = sweep["ui"].replace("http://127.0.0.1:5000", server)
     table = chromium(tmp_path, address, "--window-size=2400,1000", "--dump-dom")
     assert "viewing a shared view" in table and "share key" not in table  # found and applied
-    for column in ("method", "label_ratio", "n_ctx", "seed", "test_map", "trainable_params", "train_time_s",
-                   "device_hours"):
-        assert f">{column}<" in table, column
+    # the header's columns in the order shown: method, ratio, test mAP with the cost columns right after it
+    shown = {}
+    for index, column in re.findall(r'aria-colindex="(\d+)" col-id="((?:params|metrics|tags)\.`[^"]+`)"', table):
+        shown.setdefault(column, int(index))
+    order = ["params.`method`", "params.`label_ratio`", "metrics.`test_map`", "metrics.`trainable_params`",
+             "metrics.`train_time_s`", "metrics.`device_hours`", "tags.`ablate.n_ctx`", "tags.`ablate.seed`",
+             "tags.`ablate.pack`"]
+    assert sorted(shown, key=shown.get) == order, shown
     assert ">Group: 0.3<" in table and ">Group: 0.7<" in table
     best_first = [name for name in re.findall(r">((?:baseline|dualcoop) · [37]0%)<", table)]
     runs = trials(sweep)
@@ -318,8 +334,12 @@ def test_the_printed_address_opens_the_prepared_view(sweep, server, tmp_path):
         assert order == sorted(order, key=lambda n: -runs[n].data.metrics["test_map"])
     charts = chromium(tmp_path, address.replace("workflowType", "compareRunsMode=CHART&workflowType"),
                       "--window-size=1600,3000", "--dump-dom")
-    assert SECTION in charts and charts.count('class="scatterlayer') >= 4 and 'class="parcoords' in charts
+    assert SECTION in charts and charts.count('class="scatterlayer') >= 6 and 'class="parcoords' in charts
     assert all(f">{key}<" in charts for key in ("train_loss", "val_map"))
+    # every method is a tick of the parallel chart's method axis: no run (zero-shot, baseline) left out
+    parcoords = charts[charts.index('class="parcoords'):]
+    parcoords = parcoords[:parcoords.find("</svg>")]
+    assert all(f">{method}<" in parcoords for method in ("baseline", "dualcoop", "zeroshot")), parcoords[:3000]
 def _log_split_at(uri: str, experiment_id: str, parent: str, index: int, start_at: float) -> str:
     """One trial process: its run, then the shared split logged at the agreed instant."""
     from ablate.result import TrialResult
@@ -348,3 +368,14 @@ def test_trials_logging_the_same_split_at_once_all_record_it(tmp_path):
     for run_id in run_ids:
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("synthetic · test", "0123456789ab")]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_screenshots_are_taken_from_the_store_and_the_report(sweep, tmp_path):
+    """`make screenshots`' step: the prepared view, its charts and the report page, as PNG files."""
+    from ablate.tracking.screenshots import take
+
+    shots = take(sweep["tracking_uri"], "t", sweep["tmp"] / "report", tmp_path / "shots", "t")
+    assert [p.name for p in shots] == ["t_mlflow_runs.png", "t_mlflow_charts.png", "t_report.png"]
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000, shot

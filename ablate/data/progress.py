@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
+
+from ..progress import progress_bar
 
 Progress = Callable[[str, int, int, str], None]  # (label, done, total, unit); unit "B" shows bytes
 
@@ -20,7 +22,7 @@ class ProgressBars:
     def __call__(self, label: str, done: int, total: int, unit: str) -> None:
         bar = self.bars.get(label)
         if bar is None:
-            bar = self.bars[label] = tqdm(total=total or None, initial=done, desc=label, unit=unit,
+            bar = self.bars[label] = progress_bar(total=total or None, initial=done, desc=label, unit=unit,
                                           unit_scale=unit == "B", unit_divisor=1024 if unit == "B" else 1000,
                                           disable=not self.enabled)
         else:

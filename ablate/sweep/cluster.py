@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from ..secret_uri import SECRETS_ENV, SecretURI, reveal
 from ..spec import ConfigError
+from .quiet import quiet_private_ray_token
 
 # how Ray words an actor that died with its node (ActorDiedError's text)
 NODE_DIED = re.compile(r"node (has )?died|node \S+ (is )?dead|NodeDiedError", re.IGNORECASE)
@@ -33,6 +34,7 @@ def init_ray(address: str | None = None) -> None:
         return
     address = ray_address(address)
     if address == "local":
+        quiet_private_ray_token()
         with _loopback_only():
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     else:

@@ -23,12 +23,14 @@ from ..tracking import (
     connect,
     end_parent_run,
     ensure_experiment,
+    flatten_config,
     note_sweep_stopped,
     probe_database,
     probe_store,
     reopen_parent_run,
     resolve_tracking_uri,
     retried,
+    save_view,
     set_sweep_note,
     start_parent_run,
     sweep_bill,
@@ -53,6 +55,7 @@ from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, re
 from .forecast import PLAN_ARTIFACT, Slots, cost_table, forecast, forecast_line
 from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
+from .quiet import quiet_libraries, tune_reporter
 from .resume import check_side_files, load_state
 from .spec import SweepSpec, load_sweep_spec
 from .trial import ray_trial, work_root
@@ -141,7 +144,7 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
                                     num_samples=samples, max_concurrent_trials=spec.max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx)],
+            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx), *tune_reporter()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -271,6 +274,7 @@ def run_sweep(spec_path: str | Path, *, resume: bool = False, tracking_uri: str 
     raise SweepInterrupted once the state for --resume is saved."""
     path = resolve_spec_path(spec_path)
     spec = load_sweep_spec(path)  # validated before anything starts or is recorded
+    quiet_libraries()
     storage = _storage_root(spec, storage_path)
     # beside the Tune results; for bucket storage in the launching directory
     state_path = (Path(storage) if "://" not in storage else Path(".ablate_sweeps")) / spec.name / STATE_FILE
@@ -344,6 +348,8 @@ def _preflight(spec: SweepSpec, arms: list[Arm], path: Path, state_path: Path, s
     plan = plan_packs(spec, arms, slots.count, slots.source, costs=table)
     state, client = _open_sweep(spec, path, state_path, storage, resume, store_uri,
                                 plan.packs if spec.packing else None, len(arms))
+    # the view's parallel axes are those every trial has: known from the arms before any run exists
+    save_view(client, state.experiment_id, state.parent_run_id, [flatten_config(a.config) for a in arms])
     if state.packs is not None:  # a resume keeps the packs its Ray trials were launched with
         print(Plan(state.packs, "kept from the launch" if resume else plan.reason).line(len(arms)), file=sys.stderr)
     if table is not None and not resume:  # what the report's Cost section compares the measured figures with

@@ -85,11 +85,10 @@ def check_images(cfg: TrialConfig, root: Path) -> None:
 def build_feature_caches(configs: list[TrialConfig], resources: Resources | None,
                          plugins: Sequence[str] = (), ray_address: str | None = None) -> None:
     """Make the caches of every config valid (building the missing ones); one progress bar over all images."""
-    from tqdm.auto import tqdm
-
     from ..features import cached_images, prepare_caches
+    from ..progress import progress_bar
 
-    with tqdm(total=sum(map(cached_images, configs)), desc="feature caches", unit="img") as bar:
+    with progress_bar(total=sum(map(cached_images, configs)), desc="feature caches", unit="img") as bar:
         if resources is None:
             for cfg in configs:
                 prepare_caches(cfg, progress=False, on_images=bar.update)

@@ -102,7 +102,8 @@ def _attach_runs(tracking: TrackingContext, cfgs: list[TrialConfig], members: li
     its arm and tagged with its pack, an Optuna seed run with its sample."""
     packed = size > 1
     runs = [TrialRun.attach(tracking, cfg, trial_id, {**labels[i], **sampled},
-                            trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None)
+                            trial_run_name(names[i], sampled, trial_id), member=str(i) if packed else None,
+                            params=False)  # the trainer's resolved config, once it is built (_train)
             for cfg, i in zip(cfgs, members)]
     # which Ray trial trained each arm, and with how many others (an arm alone is a pack of one: zero-shot and
     # searched trials carry the tag and the pack figures too, so the bill counts every Ray trial once)
@@ -191,9 +192,14 @@ def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, folders
                         checkpoint=checkpoint)
         return failed
 
+    def ready(pack) -> None:  # what each arm runs with: defaults, device and weights resolved
+        for run, arm in zip(runs, pack.arms):
+            run.log_config(arm.resolved)
+
     try:
         with runs[0].system_metrics():
-            pack, results = run_pack(cfgs, workdir, report=report, strict=not packed, folders=folders)
+            pack, results = run_pack(cfgs, workdir, report=report, strict=not packed, folders=folders,
+                                     on_ready=ready)
             for i, (run, cfg, arm, folder) in enumerate(zip(runs, cfgs, pack.arms, folders)):
                 start = time.perf_counter()
                 if results[i] is not None:
@@ -207,7 +213,8 @@ def _train(cfgs: list[TrialConfig], runs: list[TrialRun], workdir: Path, folders
                     run.fail(_reason(arm.error))
                 arm.own_s += time.perf_counter() - start  # this arm's own work, too
     except Exception as err:
-        for run in runs:
+        for run, cfg in zip(runs, cfgs):
+            run.log_params(cfg)  # failed before it was built: the config as given (the params it lacks)
             if run.status() == "RUNNING":
                 run.fail(f"{_reason(err)}\n{traceback.format_exc(limit=5)}")
         raise

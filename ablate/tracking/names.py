@@ -29,6 +29,7 @@ GIT_DIRTY_TAG = "ablate.git_dirty"  # "true" when the checkout had uncommitted c
 SOURCE_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit", REPO_URL_TAG,
                GIT_DIRTY_TAG)
 SPEC_TAGS = ("ablate.spec_sha256", "ablate.spec_path")  # the spec that made the sweep, on every run of it
+CONFIG_ARTIFACT = "config.yaml"  # a trial run's resolved TrialConfig: `ablate train --config` retrains it
 # the value of a param whose field the trial's method does not read: filters on it match no run of that method
 NOT_READ = "n/a"
 UNSET = "none"  # the value of a param whose field the method reads but that is not set (e.g. ctx_init: random)

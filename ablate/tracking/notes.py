@@ -15,10 +15,10 @@ from ..catalogue import metrics
 from ..result import TrialResult
 from ..secret_uri import mask
 from ..spec import ignored_fields
-from .names import NOTE_TAG, UI_DEFAULT, children_filter
+from .names import CONFIG_ARTIFACT, GIT_DIRTY_TAG, NOTE_TAG, SPEC_TAGS, UI_DEFAULT, children_filter
 
 RUNNING_NOTE = "**Running.** The trials' table follows when the sweep ends."
-from .store import open_client, retried
+from .store import open_client, redact_uri, retried
 from .view import view_key
 
 
@@ -48,7 +48,9 @@ def view_links(experiment_id: str, parent_run_id: str) -> str:
     """Markdown links to the prepared view and its charts, relative to the UI (any host serving it)."""
     table = ui_address("", experiment_id, parent_run_id).split("/#", 1)[1]
     charts = ui_address("", experiment_id, parent_run_id, charts=True).split("/#", 1)[1]
-    return f"This sweep in the prepared view: [runs by label ratio](#{table}) · [charts](#{charts})"
+    return (f"This sweep in the prepared view: [runs by label ratio](#{table}) · [charts](#{charts}). A group's "
+            "header row shows the max of each column separately (MLflow's group aggregate), not one run's figures; "
+            "the first run under it is the group's best test mAP.")
 
 
 def ui_address(tracking_uri: str, experiment_id: str, parent_run_id: str, charts: bool = False) -> str:
@@ -149,6 +151,24 @@ def trial_note(result: TrialResult) -> str:
     return "\n\n".join([f"**{', '.join(what)}**: {score}.",
                          "Per-epoch metrics are logged at step = epoch (1…N), `train_step_loss` at the optimiser "
                          "step, end-of-trial figures once at step 0.", "\n".join(legend)])
+
+
+RERUN_HEADING = "**Rerun it**"
+
+
+def rerun_note(run_id: str, tracking_uri: str, tags: dict[str, str], out_root: str = "runs") -> str:
+    """How to retrain this run alone: download its resolved config (the artifact CONFIG_ARTIFACT) and give
+    it to `ablate train`, at the code's commit; the sweep's spec named relative to its repository."""
+    folder = f"{out_root}/rerun-{run_id[:8]}"
+    commit = tags.get("mlflow.source.git.commit")
+    code = (f" with the code at commit `{commit[:12]}` (`git checkout {commit[:12]}`"
+            + (", which had uncommitted changes when this ran" if tags.get(GIT_DIRTY_TAG) == "true" else "")
+            + ")") if commit else ""
+    spec = f"; the sweep's spec: `{tags[SPEC_TAGS[1]]}`" if SPEC_TAGS[1] in tags else ""
+    return (f"{RERUN_HEADING}{code}{spec}. Its config as it ran is the artifact `{CONFIG_ARTIFACT}`:\n\n"
+            f"    MLFLOW_TRACKING_URI={redact_uri(tracking_uri)} mlflow artifacts download --run-id {run_id} "
+            f"--artifact-path {CONFIG_ARTIFACT} --dst-path {folder}\n"
+            f"    ablate train --config {folder}/{CONFIG_ARTIFACT} --out {folder}")
 
 
 def split_input(result: TrialResult, split: str, digest: str) -> DatasetInput:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
@@ -22,6 +23,7 @@ from ..secret_uri import mask
 from ..spec import METHODS, TrialConfig, method_info
 from .names import (
     BATCH_LIMIT,
+    CONFIG_ARTIFACT,
     EPOCH_METRICS,
     ERROR_TAG,
     FINAL_STEP,
@@ -47,7 +49,7 @@ from .names import (
     run_name,
     trial_key,
 )
-from .notes import RUNNING_NOTE, set_sweep_note, split_input, sweep_note, trial_note
+from .notes import RERUN_HEADING, RUNNING_NOTE, rerun_note, set_sweep_note, split_input, sweep_note, trial_note
 from .store import TrackingContext, _retry_duplicate, open_client, retried
 from .view import save_view
 
@@ -78,10 +80,22 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
     return tags
 
 
+def repo_relative(path: Path) -> str:
+    """`path` relative to the git checkout holding it (what a reader with another clone can open), else as
+    given."""
+    top = _git(Path(path).parent, "rev-parse", "--show-toplevel")
+    try:
+        return Path(path).resolve().relative_to(Path(top).resolve()).as_posix() if top else str(path)
+    except ValueError:  # a symlink out of the checkout
+        return str(path)
+
+
 def source_tags(spec_path: Path) -> dict[str, str]:
     """MLflow's user / source / version tags (its fluent API sets them; the client API does not): the
-    source is the spec, the commit that of ablate's own code, else of the folder holding the spec."""
-    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": str(spec_path), "mlflow.source.type": "LOCAL"}
+    source is the spec (relative to its repository), the commit that of ablate's own code, else of the folder
+    holding the spec."""
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": repo_relative(spec_path),
+            "mlflow.source.type": "LOCAL"}
     where = Path(__file__).parent if git_commit(Path(__file__).parent) else spec_path.parent
     commit = git_commit(where)
     if commit:
@@ -93,7 +107,7 @@ def source_tags(spec_path: Path) -> dict[str, str]:
 def start_parent_run(client: MlflowClient, experiment_id: str, sweep_name: str, spec_path: Path,
                      spec_text: str, description: str = "") -> str:
     tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SPEC_TAGS[0]: hashlib.sha256(spec_text.encode()).hexdigest(),
-            SPEC_TAGS[1]: str(spec_path), **source_tags(spec_path)}
+            SPEC_TAGS[1]: repo_relative(spec_path), **source_tags(spec_path)}
     run = retried(client.create_run, experiment_id, tags=tags, run_name=parent_run_name(sweep_name))
     # the MLflow UI serves artifacts to whoever reaches it: the spec's URIs without their passwords
     retried(client.log_text, run.info.run_id, mask(spec_text), "spec.yaml")
@@ -180,10 +194,11 @@ class TrialRun:
 
     @classmethod
     def attach(cls, ctx: TrackingContext, cfg: TrialConfig, trial_id: str, arm: dict,
-               name: str | None = None, member: str | None = None) -> TrialRun:
+               name: str | None = None, member: str | None = None, params: bool = True) -> TrialRun:
         """Re-attach to this trial's run (retry, resume) or create it, named `name` (default: every arm
-        value, labelled), with params, arm tags and the sweep's source tags. `member` names the arm within
-        a Ray trial that trains a pack."""
+        value, labelled), with arm tags, the sweep's source tags and (`params`) `cfg` as params; a trainer
+        logs them itself once it has resolved them (`log_params`). `member` names the arm within a Ray
+        trial that trains a pack."""
         run = cls.find(ctx, trial_id, member)
         if run is not None:
             run.reopen()
@@ -198,10 +213,33 @@ class TrialRun:
                 **arm_tags(cfg), **{k: parent_tags[k] for k in (*SOURCE_TAGS, *SPEC_TAGS) if k in parent_tags}}
         run_id = retried(client.create_run, ctx.experiment_id, tags=tags,
                         run_name=name or run_name(arm) or cfg.method).info.run_id
-        params = [Param(k, v) for k, v in flatten_config(cfg).items()]
+        run = cls(client, run_id, False)
+        if params:
+            run.log_params(cfg)
+        return run
+
+    def log_config(self, cfg: TrialConfig) -> None:
+        """The config as it runs: params (those the run lacks), the artifact CONFIG_ARTIFACT that `ablate train
+        --config` retrains, and a description saying how."""
+        self.log_params(cfg)
+        data = cfg.model_dump(mode="json")
+        retried(self.client.log_text, self.run_id, yaml.safe_dump(data, sort_keys=False), CONFIG_ARTIFACT)
+        tags = retried(self.client.get_run, self.run_id).data.tags
+        if RERUN_HEADING not in tags.get(NOTE_TAG, ""):
+            self.set_tag(NOTE_TAG, self.rerun_note(tags))
+
+    def rerun_note(self, tags: dict[str, str] | None = None) -> str:
+        if tags is None:
+            tags = retried(self.client.get_run, self.run_id).data.tags
+        return rerun_note(self.run_id, self.client.tracking_uri, tags)
+
+    def log_params(self, cfg: TrialConfig) -> None:
+        """The flattened config as params, those the run lacks: a param keeps its first value (MLflow
+        refuses another), so a resumed or failing trial never contradicts what its run says ran."""
+        logged = retried(self.client.get_run, self.run_id).data.params
+        params = [Param(k, v) for k, v in flatten_config(cfg).items() if k not in logged]
         for i in range(0, len(params), 100):
-            retried(client.log_batch, run_id, params=params[i : i + 100])
-        return cls(client, run_id, False)
+            retried(self.client.log_batch, self.run_id, params=params[i : i + 100])
 
     def status(self) -> str:
         return retried(self.client.get_run, self.run_id).info.status
@@ -252,7 +290,7 @@ class TrialRun:
         """The end of a trial: `final` metrics at FINAL_STEP, the splits it read as dataset inputs, per-class
         AP and the whole result (without per-class AP) as artifacts."""
         self.log_metrics(final, step=FINAL_STEP)
-        self.set_tag(NOTE_TAG, trial_note(result))
+        self.set_tag(NOTE_TAG, f"{trial_note(result)}\n\n{self.rerun_note()}")
         self.log_splits(result)
         self.log_dict(result.per_class_ap, "per_class_ap.json")
         self.log_dict({k: v for k, v in result.to_dict().items() if k != "per_class_ap"}, "metrics.json")

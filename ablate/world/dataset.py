@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pycocotools.coco import COCO
-from tqdm.auto import tqdm
 
 from ..data.base import DataError, LabelledImages
 from ..data.coco import check_coco_root, load_coco
 from ..files import file_lock, fill_atomically
+from ..progress import progress_bar
 from .captions import STYLES
 from .scenes import WORLD_CLASSES, negation_caption, presence_caption, render, sample_classes
 
@@ -71,7 +71,7 @@ def _write_split(root: Path, split: str, n: int, cfg: WorldConfig, progress: boo
     rng_img, rng_cap, rng_neg = (np.random.default_rng([cfg.seed, key, s]) for s in range(3))
     images, annotations = [], []
     captions: dict[str, dict[str, list[str]]] = {style: {} for style in STYLES}
-    for i in tqdm(range(n), desc=f"world {split}", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc=f"world {split}", disable=not progress, leave=False):
         classes = sample_classes(rng_img, forced=i if i < len(WORLD_CLASSES) else None)
         img, objects = render(rng_img, cfg.image_size, classes)
         image_id = key * 1_000_000 + i + 1

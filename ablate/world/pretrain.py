@@ -34,6 +34,7 @@ from ..data.transforms import build_transform
 from ..errors import ConfigError
 from ..files import file_sha256, write_atomically
 from ..metrics import multilabel_metrics
+from ..progress import progress_bar
 from .captions import STYLES
 from .dataset import (
     load_captions,
@@ -43,7 +44,8 @@ from .dataset import (
 from .recipe import PretrainConfig, alias_of
 
 ZERO_SHOT_PROMPT = "a photo of a {}."
-RECIPE_VERSION = 2  # bump when the training code changes what a config produces: cached checkpoints are redone
+RECIPE_VERSION = 3  # bump when the training code changes what a config produces: cached checkpoints are redone
+TIMED_STEPS = 4  # steps timed (after the first, which warms up) to say how long the whole build takes here
 _BETAS = (0.9, 0.98)  # CLIP's: a shorter second-moment memory keeps large-batch contrastive training stable
 
 
@@ -102,8 +104,10 @@ def _optimizers(model: nn.Module, table: nn.Embedding, cfg: PretrainConfig) -> l
         if p is table.weight:
             continue
         (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
+    # fused: one kernel for every tensor, the same update as the per-tensor loop torch picks on CPU, which
+    # took ~20x longer (benchmarks/pretrain_optimizer.py)
     dense = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=_BETAS)
+                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=_BETAS, fused=True)
     return [dense, torch.optim.SparseAdam([table.weight], lr=cfg.lr, betas=_BETAS)]
 
 
@@ -128,7 +132,8 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
     loss_fn = open_clip.ClipLoss()
     gen = torch.Generator().manual_seed(cfg.seed)
     losses, val_maps = [], []
-    bar = tqdm(total=total, desc=f"pretrain {cfg.captions}", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"pretrain {cfg.captions}", disable=not progress, leave=False)
+    clock = _StepClock(total, cfg, progress)
     for _ in range(cfg.epochs):
         perm = torch.randperm(len(images), generator=gen)
         epoch_loss = 0.0
@@ -149,6 +154,7 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))  # as CLIP: temperature at most 100
             epoch_loss += loss.item()
+            clock.tick()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(epoch_loss / steps_per_epoch)
@@ -160,6 +166,34 @@ def _train(backbone: Backbone, images: Tensor, tokens: Tensor, cfg: PretrainConf
     table.sparse = False
     model.eval().requires_grad_(False)
     return losses, val_maps
+
+
+class _StepClock:
+    """Times the first steps of pre-training and says once, before the rest, what is being built, about how
+    long it takes on this machine and that it is built once (the first run's longest step)."""
+
+    def __init__(self, total: int, cfg: PretrainConfig, enabled: bool) -> None:
+        self.total, self.cfg, self.enabled = total, cfg, enabled
+        self.steps, self.start = 0, 0.0
+
+    def tick(self) -> None:
+        self.steps += 1
+        if not self.enabled or self.steps > TIMED_STEPS + 1:
+            return
+        if self.steps == 1:  # the first step warms up (allocations, kernels): not a typical step
+            self.start = time.perf_counter()
+        elif self.steps == TIMED_STEPS + 1:
+            per_step = (time.perf_counter() - self.start) / TIMED_STEPS
+            print(estimate_line(self.cfg, self.total, per_step), file=sys.stderr, flush=True)
+
+
+def estimate_line(cfg: PretrainConfig, total: int, per_step: float) -> str:
+    """One line: what pre-training builds, roughly how long here (from timed steps), and that it happens once."""
+    minutes = total * per_step / 60
+    took = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {total * per_step:.0f} s"
+    return (f"pre-training the world's CLIP ({cfg.model} on {cfg.captions} captions, {total} steps): {took} on "
+            f"this machine ({per_step:.2f} s a step over its first steps); built once, then cached for every "
+            "later run")
 
 
 def manifest_path(checkpoint: Path) -> Path:
