@@ -241,8 +241,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return stop.exit_code
     print_table(trial_table(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]))
     print(f"{summary['trials']} trials, {summary['errored']} errored; MLflow: parent run {summary['parent_run_id']} "
-          f"in {redact_uri(summary['tracking_uri'])}; Ray Tune's results: {summary['storage']}")
-    print(f"the sweep held {bill_text(summary['bill'])}")
+          f"in {redact_uri(summary['tracking_uri'])}; Ray Tune's results: {summary['storage']}; the sweep held "
+          f"{bill_text(summary['bill'])}")
     print(ui_hint(summary["tracking_uri"], summary["experiment_id"], summary["parent_run_id"]), file=sys.stderr)
     return 0 if summary["errored"] == 0 else 1
 

@@ -68,6 +68,7 @@ def test_the_quickstart_leaves_git_status_clean(tmp_path):
     out, err = done.stdout, done.stderr
     assert out.splitlines()[0].split()[:2] == ["dataset", "method"] and "{" not in out
     assert out.splitlines()[-1].startswith("2 trials, 0 errored; MLflow: parent run ")
+    assert "the sweep held " in out.splitlines()[-1] and "(2 Ray trials, each counted once)" in out.splitlines()[-1]
     for chatter in ("Number of trials", "TensorBoard", "Started a local Ray", "Token authentication",
                     "Creating initial MLflow database", "Wrote the latest version", "\r"):
         assert chatter not in out + err, chatter

@@ -55,7 +55,7 @@ from .control import STATE_FILE, Signals, SweepInterrupted, SweepState, _sha, re
 from .forecast import PLAN_ARTIFACT, Slots, cost_table, forecast, forecast_line
 from .packs import Plan, plan_packs
 from .preflight import fetch_data, prepare_data
-from .quiet import quiet_libraries, tune_reporter
+from .quiet import quiet_libraries
 from .resume import check_side_files, load_state
 from .spec import SweepSpec, load_sweep_spec
 from .trial import ray_trial, work_root
@@ -144,7 +144,7 @@ def _tuner(spec: SweepSpec, arm: Arm | None, arms: list[Arm], ctx: TrackingConte
                                     num_samples=samples, max_concurrent_trials=spec.max_concurrent_trials,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx), *tune_reporter()],
+            name=name, storage_path=storage, verbose=0, callbacks=[_tracker_callback(ctx)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

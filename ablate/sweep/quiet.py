@@ -27,6 +27,7 @@ def quiet_libraries() -> None:
     for name, level in QUIET_LOGGERS.items():
         logger = logging.getLogger(name)
         logger.setLevel(max(level, logger.getEffectiveLevel()))
+    quiet_tune_box()
 
 
 def quiet_private_ray_token() -> None:
@@ -36,16 +37,16 @@ def quiet_private_ray_token() -> None:
         logger.addFilter(_Drop("Token authentication is enabled"))
 
 
-def tune_reporter() -> list:
-    """Tune's console reporter without the experiment box and TensorBoard hint (its first reporter among the
-    callbacks is the one it uses); none on a Ray without that reporter class."""
+def quiet_tune_box() -> None:
+    """Tune's console reporter without the experiment box and TensorBoard hint. Its class is patched in
+    this (the driver's) process rather than a reporter of ours passed in: Tune appends its own reporter
+    anyway and starts only the first one's clock, so a second reporter fails on a trial's error."""
     try:
-        from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter
+        from ray.tune.experimental.output import TuneTerminalReporter
     except ImportError:
-        return []
+        return
 
-    class QuietReporter(TuneTerminalReporter):
-        def experiment_started(self, *args, **kwargs) -> None:
-            pass
+    def experiment_started(self, *args, **kwargs) -> None:
+        pass
 
-    return [QuietReporter(AirVerbosity.SILENT)]
+    TuneTerminalReporter.experiment_started = experiment_started  # type: ignore[method-assign]
