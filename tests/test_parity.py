@@ -445,8 +445,8 @@ def test_test_selected_numbers_are_tagged_and_marked_in_the_report(tmp_path):
     table = result["tables"]["synthetic"]
     assert table.cells["dualcoop"]["Avg"].test_selected and not table.cells["baseline"]["Avg"].test_selected
     markdown = (out / "table.md").read_text()
-    # one seed each: no interval, so the better mean is a tie (≈), not bold; one seed everywhere: n said once
-    assert f"50.00 {TEST_SELECTED} ≈" in markdown and "51.00 ≈ |" in markdown
+    # one seed each: no interval and no ranking claim, the better mean marked ▲ as such; n said once
+    assert f"50.00 {TEST_SELECTED} |" in markdown and "51.00 ▲ |" in markdown and "1 seed: no intervals" in markdown
     assert "selected on the test set" in markdown and "selected on the test set" in (out / "report.html").read_text()
 
 

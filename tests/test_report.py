@@ -13,7 +13,7 @@ import yaml
 
 from ablate.cli import main
 from ablate.report import ReportError, write_report
-from ablate.spec import TrialConfig
+from ablate.spec import TrialConfig, ignored_fields
 from ablate.tracking import TrackingContext, TrialRun, connect, ensure_experiment, start_parent_run
 
 # (method, label_ratio, seed) -> (test mAP, trainable params, train seconds)
@@ -43,7 +43,8 @@ def experiment(tmp_path_factory) -> str:
 
     def attach(i: int, method: str, ratio: float, seed: int) -> TrialRun:
         cfg = TrialConfig(method=method, label_ratio=ratio, seed=seed, dataset="synthetic")
-        return TrialRun.attach(ctx, cfg, f"trial{i}", {"method": method, "label_ratio": ratio, "seed": seed})
+        arm = {"method": method, "label_ratio": ratio, "seed": seed}  # the grid values the method reads, as a sweep
+        return TrialRun.attach(ctx, cfg, f"trial{i}", {k: v for k, v in arm.items() if k not in ignored_fields(method)})
 
     for i, ((method, ratio, seed), value) in enumerate(FINISHED.items()):
         run = attach(i, method, ratio, seed)

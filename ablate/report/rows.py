@@ -1,7 +1,7 @@
 """Which row of the report each finished run belongs to.
 
 A row is one configuration: the method plus every identity setting (a TrialConfig field, or a method's or
-data set's option, whose Role says `identity`) that varies among the sweep's finished runs, the table's own
+data set's option, whose Role says `identity`) that varies among that method's runs, the table's own
 axes aside (data set: one table each; label ratio: the columns; seed: the replicates in a cell). So a grid
 over any setting gives one row per value, and no two configurations ever share a cell.
 
@@ -130,13 +130,17 @@ def assign_rows(trials: list[RunRecord], space: set[str] | None = None) -> Rows:
                 if s is not chosen:
                     rows.excluded[t.run_id] = (f"search {arm}: sample #{s.number} not chosen on validation "
                                                "(the search table ranks every sample)")
-    # the settings that split rows: those with several values among the configurations
-    values: dict[str, set[str]] = {}
-    for key in keys.values():
-        for name, value in key.items():
-            values.setdefault(name, set()).add(value)
-    varying = sorted((n for n, v in values.items() if len(v) > 1 and n not in TABLE_AXES), key=_order)
-    rows.names = {t.run_id: _label(t.tag("method"), keys[t.run_id], varying) for t in trials}
+    # the settings that split a method's rows: those with several values among its configurations (one that
+    # differs only between methods, e.g. a per-method lr, adds nothing: the method already splits the rows)
+    values: dict[tuple[str, str], set[str]] = {}
+    for t in trials:
+        for name, value in keys[t.run_id].items():
+            values.setdefault((t.tag("method"), name), set()).add(value)
+    varying: dict[str, list[str]] = {}
+    for (method, name), options in sorted(values.items(), key=lambda kv: _order(kv[0][1])):
+        if len(options) > 1 and name not in TABLE_AXES:
+            varying.setdefault(method, []).append(name)
+    rows.names = {t.run_id: _label(t.tag("method"), keys[t.run_id], varying.get(t.tag("method"), [])) for t in trials}
     for search in rows.searches:
         first = next(iter(search.samples[0].runs))
         search.row = rows.names[first.run_id]

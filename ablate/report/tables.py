@@ -4,6 +4,7 @@ diagnostics, and their markdown / HTML / CSV forms."""
 from __future__ import annotations
 
 import html
+import json
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,11 @@ import yaml
 
 from ..catalogue import CATALOGUE, metrics
 from ..probes import probe_columns  # the registry and markdown only: no torch
-from ..spec import fields_where, ignored_fields, param_role
+from ..spec import fields_where, ignored_fields
 from ..stats import mean_interval, welch_interval
 from ..sweep.arms import expand, samples_per_arm
 from ..sweep.spec import SweepSpec
-from ..tracking.names import NOT_READ, flatten_config
-from .rows import identity
+from ..tracking.names import NOT_READ
 from .trials import (
     DROP_POINTS,
     DROPPED,
@@ -295,27 +295,25 @@ def table_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _arm_identity(settings: dict[str, str], method: str, dataset: str, left_out: set[str]) -> frozenset:
-    return frozenset((k, v) for k, v in settings.items() if k not in left_out and v != NOT_READ
-                     and param_role(k, method, dataset).identity)
-
-
 def expected_missing(spec_text: str | None, trials: list[RunRecord]) -> list[str]:
-    """Arms the spec expects that have fewer trial runs than it asks for (a run counts for the arm whose
-    identity settings it has, the searched ones aside)."""
+    """Arms the spec expects that have fewer trial runs than it asks for: a run counts for the arm whose grid
+    values its `ablate.arm` tag holds (the sampled ones, and a seed-averaged search's seed, aside)."""
     if not spec_text:
         return []
     spec = SweepSpec(**yaml.safe_load(spec_text))
     # a search samples its space; a seed-averaged one runs each sample under optuna.seeds, not the arm's seed
     left_out = set(spec.optuna.space) | ({"seed"} if spec.optuna.seeds else set()) if spec.optuna else set()
-    have: dict[frozenset, int] = {}
+
+    def key(values: dict) -> str:
+        return json.dumps({k: v for k, v in values.items() if k not in left_out}, sort_keys=True)
+
+    have: dict[str, int] = {}
     for t in trials:
-        key = _arm_identity(dict(identity(t)), t.tag("method"), t.tag("dataset"), left_out)
-        have[key] = have.get(key, 0) + 1
+        found = key(json.loads(t.tags.get("ablate.arm", "{}")))
+        have[found] = have.get(found, 0) + 1
     missing = []
     for arm in expand(spec):
-        key = _arm_identity(flatten_config(arm.config), arm.config.method, arm.config.dataset, left_out)
-        lacking = samples_per_arm(spec, arm) - have.get(key, 0)
+        lacking = samples_per_arm(spec, arm) - have.get(key(arm.overrides), 0)
         if lacking > 0:
             missing.append(f"{arm.slug}: {lacking} trial(s) never started")
     return missing

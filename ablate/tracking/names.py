@@ -16,7 +16,9 @@ STOPPED_TAG = "ablate.stopped"
 # the fields whose Role says `tag`: each also an `ablate.<field>` tag on a trial's run (the UI's filters)
 ARM_FIELDS = fields_where(tag=True)
 # the prepared UI view's columns and parallel axes: the tags but the data set and weights (they split sweeps)
-SWEPT_AXES = tuple(f for f in ARM_FIELDS if not FIELD_ROLES[f].weights and f != "dataset")
+# and yes/no settings (csc: a filter, not an axis)
+SWEPT_AXES = tuple(f for f in ARM_FIELDS if not FIELD_ROLES[f].weights and f != "dataset"
+                   and TrialConfig.model_fields[f].annotation is not bool)
 DEFAULT_DB = "mlflow.db"
 RESUME_TAG = "ablate.resume"
 NODE_LOSSES_TAG = "ablate.node_losses"
