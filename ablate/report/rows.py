@@ -112,9 +112,8 @@ def assign_rows(trials: list[RunRecord], space: set[str] | None = None) -> Rows:
     done = [t for t in trials if t.status == "FINISHED"]
     keys = {t.run_id: identity(t) for t in trials}
     rows = Rows()
-    searched_runs: dict[str, str] = {}  # run id -> its arm, for runs of a search
+    failed = {t.tags.get(SAMPLE_TAG) for t in trials if t.status != "FINISHED" and t.tags.get(SAMPLE_TAG)}
     for arm, samples in _searches(done, keys, space or set()).items():
-        failed = {t.tags.get(SAMPLE_TAG) for t in trials if t.status != "FINISHED" and t.tags.get(SAMPLE_TAG)}
         for s in samples:
             s.complete = s.key not in failed and not math.isnan(s.mean(SELECT_METRIC))
         ranked = sorted(samples, key=lambda s: (not s.complete, -s.mean(SELECT_METRIC) if s.complete else 0,
@@ -124,7 +123,6 @@ def assign_rows(trials: list[RunRecord], space: set[str] | None = None) -> Rows:
         rows.searches.append(Search(arm, "", searched, ranked, chosen))
         for s in samples:
             for t in s.runs:
-                searched_runs[t.run_id] = arm
                 for name in searched:
                     keys[t.run_id].pop(name, None)
                 if s is not chosen:
